@@ -1,0 +1,1 @@
+"""Audio -> log-mel -> VQ-VAE tokens: corpora, features, the tokenizer model and its CLI."""

@@ -1,0 +1,160 @@
+"""Utterance shards: many utterances per npz file, so a large corpus is a few hundred files.
+
+A shard holds, without pickles:
+- `offsets` int64 [N+1]: utterance i spans rows offsets[i]:offsets[i+1] of every per-step array;
+- per-step arrays concatenated along axis 0 (e.g. `mel` [sum F, 80], `tokens` [sum T, G], `voice` [sum T]);
+- per-utterance arrays of length N (e.g. `utterance_id`, `speaker`, `source` as unicode, `mean`, `std`);
+- `step_keys` [K] unicode: which arrays are per-step (the rest, but `offsets`, are per-utterance).
+
+Writers stream: they hold at most one shard in memory and write it to a temporary name
+before renaming, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SHARD_GLOB = "shard-*.npz"
+
+
+def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """Write an npz under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Collects utterances and writes `shard-00000.npz`, ... once `max_rows` steps are held.
+
+    `add(per_step={...}, per_utterance={...})`: per-step arrays share their first axis.
+    """
+
+    def __init__(self, folder: Path | str, max_rows: int = 200_000):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_rows = max_rows
+        self.n_shards = 0
+        self.n_utterances = 0
+        self.n_rows = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._steps: dict[str, list[np.ndarray]] = {}
+        self._utts: dict[str, list] = {}
+        self._lengths: list[int] = []
+
+    def add(self, per_step: dict[str, np.ndarray], per_utterance: dict[str, object]) -> None:
+        lengths = {k: len(v) for k, v in per_step.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"per-step arrays differ in length: {lengths}")
+        if self._lengths and (set(per_step) != set(self._steps) or set(per_utterance) != set(self._utts)):
+            raise ValueError("every utterance in a shard needs the same keys")
+        for k, v in per_step.items():
+            self._steps.setdefault(k, []).append(np.asarray(v))
+        for k, v in per_utterance.items():
+            self._utts.setdefault(k, []).append(v)
+        n = next(iter(lengths.values()))
+        self._lengths.append(n)
+        self.n_utterances += 1
+        self.n_rows += n
+        if sum(self._lengths) >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lengths:
+            return
+        arrays: dict[str, np.ndarray] = {
+            "offsets": np.concatenate([[0], np.cumsum(self._lengths)]).astype(np.int64)
+        }
+        arrays["step_keys"] = np.asarray(sorted(self._steps))
+        for k, parts in self._steps.items():
+            arrays[k] = np.concatenate(parts, axis=0)
+        for k, values in self._utts.items():
+            arrays[k] = np.asarray(values)  # strings become fixed-width unicode, never objects
+            if arrays[k].dtype == object:
+                raise ValueError(f"per-utterance value '{k}' is not a plain number or string")
+        atomic_save_npz(self.folder / f"shard-{self.n_shards:05d}.npz", **arrays)
+        self.n_shards += 1
+        self._reset()
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def shard_paths(folder: Path | str) -> list[Path]:
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def read_shard(path: Path | str) -> list[dict]:
+    """All utterances of one shard, each a dict of its per-step slices and per-utterance values."""
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    offsets = data.pop("offsets")
+    step_keys = set(data.pop("step_keys").tolist())
+    n = len(offsets) - 1
+    utts = []
+    for i in range(n):
+        a, b = offsets[i], offsets[i + 1]
+        u = {k: (data[k][a:b] if k in step_keys else _scalar(data[k][i])) for k in data}
+        utts.append(u)
+    return utts
+
+
+def _scalar(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def iter_utterances(folder: Path | str) -> Iterator[dict]:
+    """Stream every utterance of a split, one shard in memory at a time."""
+    for path in shard_paths(folder):
+        yield from read_shard(path)
+
+
+@dataclass(frozen=True)
+class UtteranceRef:
+    shard: Path
+    index: int
+    utterance_id: str
+    length: int
+
+
+def index_split(folder: Path | str) -> list[UtteranceRef]:
+    """Where each utterance of a split lives, reading only the small per-shard arrays."""
+    refs = []
+    for path in shard_paths(folder):
+        with np.load(path, allow_pickle=False) as z:
+            offsets = z["offsets"]
+            ids = z["utterance_id"]
+        for i, uid in enumerate(ids):
+            refs.append(UtteranceRef(path, i, str(uid), int(offsets[i + 1] - offsets[i])))
+    return refs
+
+
+def read_utterance(ref: UtteranceRef, keys: tuple[str, ...] | None = None) -> dict:
+    """One utterance from its shard (numpy reads only the keys asked for)."""
+    with np.load(ref.shard, allow_pickle=False) as z:
+        offsets = z["offsets"]
+        step_keys = set(z["step_keys"].tolist())
+        a, b = int(offsets[ref.index]), int(offsets[ref.index + 1])
+        out = {}
+        for k in keys or z.files:
+            if k in ("offsets", "step_keys"):
+                continue
+            v = z[k]
+            out[k] = v[a:b] if k in step_keys else _scalar(v[ref.index])
+        return out
