@@ -1,0 +1,46 @@
+"""Stage 4, evaluate: how faithful the tokens are on the held-out test split.
+
+Writes `<data_dir>/tokenizer/metrics.json` (mse, psnr, pearson on the z-scored log-mel;
+lsd_db with the z-score undone; codebook usage, perplexity, dead codes, bits per second),
+example spectrograms and audio, and logs them to the active MLflow run as `tokenizer/*`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import mlflow
+
+from pydreamer.tools.device import resolve_device
+from tokenizer.encode import tokenize
+from tokenizer.features import MelSettings
+from tokenizer.layout import DataLayout
+from tokenizer.metrics import ReconstructionMeter
+from tokenizer.shards import iter_utterances, shard_paths
+from tokenizer.train import log_examples
+from tokenizer.vqvae import load_vqvae
+
+
+def evaluate(conf: Mapping[str, Any], split: str = "test") -> dict[str, float]:
+    layout = DataLayout.of(conf["data_dir"])
+    device = resolve_device(conf["device"])
+    model, _ = load_vqvae(layout.vqvae, device)
+    folder = layout.mels(split)
+    if not shard_paths(folder):
+        raise FileNotFoundError(f"no log-mel shards in {folder}: the {split} split is empty (see {layout.manifest})")
+    meter = ReconstructionMeter(model.quantizer.codebook_size)
+    n = 0
+    for utt, tokens, recon in tokenize(model, iter_utterances(folder), device, conf["encode_batch_frames"], reconstruct=True):
+        meter.add(utt["mel"], recon, utt["mean"], utt["std"], tokens)
+        n += 1
+    steps_per_second = MelSettings.from_conf(conf).frames_per_second / model.ds
+    metrics = meter.result(steps_per_second, model.G)
+    metrics["utterances"] = n
+    metrics["split"] = split
+    layout.metrics.parent.mkdir(parents=True, exist_ok=True)
+    layout.metrics.write_text(json.dumps(metrics, indent=2))
+    log_examples(model, conf, layout, split, device, out_dir=layout.examples)
+    if mlflow.active_run():
+        mlflow.log_metrics({f"tokenizer/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(layout.metrics), "tokenizer")
+    return metrics

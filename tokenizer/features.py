@@ -1,0 +1,120 @@
+"""Log-mel features and their way back to sound.
+
+The log-mel is in dB (floored `top_db` below the utterance's peak), z-scored per utterance
+with its mean and std kept, so it can be undone exactly for listening (Griffin-Lim) and
+for metrics in dB (log-spectral distance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torchaudio.transforms as T
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 640
+    hop_length: int = 160
+    n_mels: int = 80
+    top_db: float = 80.0
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> "MelSettings":
+        return cls(**{k: conf[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+
+@lru_cache(maxsize=4)
+def _mel_transform(s: MelSettings) -> T.MelSpectrogram:
+    return T.MelSpectrogram(
+        sample_rate=s.sample_rate, n_fft=s.n_fft, win_length=s.win_length, hop_length=s.hop_length,
+        n_mels=s.n_mels, power=2.0, norm="slaney", mel_scale="slaney",
+    )
+
+
+def mel_power(wave: np.ndarray, s: MelSettings) -> np.ndarray:
+    """Mel power spectrogram [frames, n_mels]."""
+    with torch.no_grad():
+        m = _mel_transform(s)(torch.as_tensor(wave, dtype=torch.float32))
+    return m.T.numpy()
+
+
+def power_to_db(power: np.ndarray, top_db: float) -> np.ndarray:
+    """10*log10(power), floored `top_db` below the peak (the floor keeps silence finite)."""
+    db = 10.0 * np.log10(np.maximum(power, 1e-10))
+    return np.maximum(db, db.max() - top_db).astype(np.float32)
+
+
+def zscore(db: np.ndarray) -> tuple[np.ndarray, float, float]:
+    mean, std = float(db.mean()), float(db.std())
+    std = max(std, 1e-3)
+    return ((db - mean) / std).astype(np.float32), mean, std
+
+
+def unzscore(z: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return z * std + mean
+
+
+def voice_activity(db: np.ndarray, vad_db: float) -> np.ndarray:
+    """1.0 for frames whose energy is within `vad_db` dB of the loudest frame, else 0.0.
+
+    This is the environment's reward later: a forecast of voice activity is a forecast of speech.
+    """
+    energy = 10.0 * np.log10(np.maximum((10.0 ** (db / 10.0)).sum(axis=1), 1e-10))
+    return (energy > energy.max() + vad_db).astype(np.float32)
+
+
+def log_mel_features(wave: np.ndarray, s: MelSettings, vad_db: float) -> dict[str, Any]:
+    """Everything prepare keeps for one utterance."""
+    db = power_to_db(mel_power(wave, s), s.top_db)
+    z, mean, std = zscore(db)
+    return {"mel": z, "mean": mean, "std": std, "voice": voice_activity(db, vad_db)}
+
+
+@lru_cache(maxsize=4)
+def _inverse(s: MelSettings, n_iter: int) -> tuple[T.InverseMelScale, T.GriffinLim]:
+    inv = T.InverseMelScale(n_stft=s.n_fft // 2 + 1, n_mels=s.n_mels, sample_rate=s.sample_rate, norm="slaney", mel_scale="slaney")
+    gl = T.GriffinLim(n_fft=s.n_fft, win_length=s.win_length, hop_length=s.hop_length, power=2.0, n_iter=n_iter)
+    return inv, gl
+
+
+def mel_db_to_audio(db: np.ndarray, s: MelSettings, n_iter: int = 64) -> np.ndarray:
+    """Listen to a log-mel [frames, n_mels] in dB: inverse mel filterbank, then Griffin-Lim."""
+    inv, gl = _inverse(s, n_iter)
+    torch.manual_seed(0)  # Griffin-Lim starts from random phases: keep the output reproducible
+    with torch.no_grad():
+        power = torch.from_numpy((10.0 ** (np.asarray(db, dtype=np.float32) / 10.0)).T.copy())
+        wave = gl(inv(power))
+    return wave.numpy()
+
+
+def save_spectrogram_png(path: Path | str, panels: Mapping[str, np.ndarray], frames_per_second: float, title: str = "") -> None:
+    """One PNG with a row per named log-mel [frames, n_mels] (e.g. real vs reconstructed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.4 * len(panels)), squeeze=False)
+    for ax, (name, mel) in zip(axes[:, 0], panels.items()):
+        seconds = len(mel) / frames_per_second
+        im = ax.imshow(np.asarray(mel, dtype=np.float32).T, origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[1]), cmap="magma")
+        ax.set_ylabel(f"{name}\nmel bin")
+        fig.colorbar(im, ax=ax, pad=0.01)
+    axes[-1, 0].set_xlabel("seconds")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""Where each tokenizer stage writes inside `data_dir`, in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizer.split import SPLITS
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @classmethod
+    def of(cls, data_dir: str | Path) -> "DataLayout":
+        return cls(Path(data_dir))
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def mels(self, split: str) -> Path:
+        return self.root / "mels" / split
+
+    def tokens(self, split: str) -> Path:
+        return self.root / "tokens" / split
+
+    @property
+    def token_meta(self) -> Path:
+        return self.root / "tokens" / "meta.json"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def vqvae(self) -> Path:
+        return self.tokenizer_dir / "vqvae.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.tokenizer_dir / "metrics.json"
+
+    @property
+    def examples(self) -> Path:
+        return self.tokenizer_dir / "examples"
+
+    def has_tokens(self) -> bool:
+        return self.token_meta.is_file() and all(self.tokens(s).is_dir() for s in SPLITS)

@@ -1,0 +1,199 @@
+"""Stage 2, train: fit the VQ-VAE on random crops of the train split's log-mels.
+
+Crops come from a small pool of shards that is refreshed as training goes, so memory is
+bounded whatever the corpus size. Metrics go to the active MLflow run as `tokenizer/*`.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pydreamer.tools.device import resolve_device
+from tokenizer.layout import DataLayout
+from tokenizer.shards import iter_utterances, shard_paths
+from tokenizer.vqvae import VQVAE, save_vqvae
+
+
+class CropSampler:
+    """Batches of random [segment, n_mels] crops, utterances weighted by length.
+
+    Holds at most `pool_shards` shards; one is swapped for another every `refresh` batches.
+    """
+
+    def __init__(self, folder: Path, segment: int, batch_size: int, seed: int, pool_shards: int = 6, refresh: int = 200):
+        self.paths = shard_paths(folder)
+        if not self.paths:
+            raise FileNotFoundError(f"no log-mel shards in {folder}: run `python -m tokenizer prepare` first")
+        self.segment, self.batch_size, self.refresh = segment, batch_size, refresh
+        self.rng = np.random.default_rng(seed)
+        order = self.rng.permutation(len(self.paths))
+        self.pool = [self._load(self.paths[i]) for i in order[:pool_shards]]
+        self.batches = 0
+
+    @staticmethod
+    def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(path, allow_pickle=False) as z:
+            return z["mel"], z["offsets"]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        self.batches += 1
+        if len(self.paths) > len(self.pool) and self.batches % self.refresh == 0:
+            self.pool[self.rng.integers(len(self.pool))] = self._load(self.paths[self.rng.integers(len(self.paths))])
+        crops = []
+        for _ in range(self.batch_size):
+            mel, offsets = self.pool[self.rng.integers(len(self.pool))]
+            lengths = np.diff(offsets)
+            i = self.rng.choice(len(lengths), p=lengths / lengths.sum())
+            utt = mel[offsets[i]:offsets[i + 1]]
+            if len(utt) < self.segment:  # pad a short utterance with its own quietest value (silence)
+                utt = np.concatenate([utt, np.full((self.segment - len(utt), utt.shape[1]), utt.min(), utt.dtype)])
+            start = self.rng.integers(len(utt) - self.segment + 1)
+            crops.append(utt[start:start + self.segment])
+        return torch.from_numpy(np.stack(crops).astype(np.float32))
+
+
+def _val_crops(folder: Path, segment: int, max_crops: int = 64) -> torch.Tensor | None:
+    crops = []
+    for utt in iter_utterances(folder):
+        mel = utt["mel"]
+        for start in range(0, len(mel) - segment + 1, segment):
+            crops.append(mel[start:start + segment].astype(np.float32))
+            if len(crops) >= max_crops:
+                return torch.from_numpy(np.stack(crops))
+    return torch.from_numpy(np.stack(crops)) if crops else None
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _log(metrics: Mapping[str, float], step: int) -> None:
+    if mlflow.active_run():
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def train(conf: Mapping[str, Any]) -> Path:
+    """Train and save `<data_dir>/tokenizer/vqvae.pt`; returns its path."""
+    layout = DataLayout.of(conf["data_dir"])
+    device = resolve_device(conf["device"])
+    torch.manual_seed(conf["seed"])
+    seg = int(conf["vq_segment_frames"])
+    if seg % conf["time_downsample"]:
+        raise ValueError(f"vq_segment_frames ({seg}) must be a multiple of time_downsample ({conf['time_downsample']})")
+    sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], conf["seed"])
+    val = _val_crops(layout.mels("val"), seg)
+    model = VQVAE.from_conf(conf).to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=conf["vq_lr"])
+    steps = int(conf["vq_steps"])
+    restarts_before, t0 = 0, time.time()
+    bar = tqdm(range(steps), desc="train vq-vae", unit="step", mininterval=2.0)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, conf["vq_lr"])
+        batch = next(sampler).to(device)
+        model.train()
+        _, tokens, losses = model(batch)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"VQ-VAE loss became {float(losses['loss'])} at step {step}; lower vq_lr")
+        last = step == steps - 1
+        if step % conf["vq_log_interval"] == 0 or last:
+            counts = torch.bincount(tokens.reshape(-1), minlength=conf["codebook_size"]).float()
+            p = counts / counts.sum()
+            metrics = {f"tokenizer/train_{k}": float(v.detach()) for k, v in losses.items()}
+            metrics["tokenizer/train_batch_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+            metrics["tokenizer/restarted_codes"] = model.quantizer.restarts - restarts_before
+            metrics["tokenizer/steps_per_sec"] = (step + 1) / (time.time() - t0)
+            restarts_before = model.quantizer.restarts
+            bar.set_postfix(loss=f"{float(losses['loss']):.3f}", ppl=f"{metrics['tokenizer/train_batch_perplexity']:.0f}")
+            _log(metrics, step)
+        if val is not None and (step % conf["vq_eval_interval"] == 0 or last):
+            _log({"tokenizer/val_reconstruction": validation_loss(model, val, device)}, step)
+    save_vqvae(layout.vqvae, model, {"step": steps, "features": {k: conf[k] for k in
+               ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "top_db")}})
+    if mlflow.active_run():
+        mlflow.log_artifact(str(layout.vqvae), "tokenizer")
+        log_examples(model, conf, layout, "val", device, artifact_dir="tokenizer/train_examples")
+    return layout.vqvae
+
+
+@torch.no_grad()
+def validation_loss(model: VQVAE, crops: torch.Tensor, device: torch.device) -> float:
+    model.eval()
+    recon, _, losses = model(crops.to(device))
+    return float(losses["reconstruction"])
+
+
+@torch.no_grad()
+def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, split: str, device: torch.device,
+                 n: int = 3, artifact_dir: str = "tokenizer/examples", out_dir: Path | None = None) -> list[Path]:
+    """Real-vs-reconstructed spectrogram PNGs and Griffin-Lim wavs for a few utterances, and a codebook histogram."""
+    from tokenizer.audio_io import write_wav
+    from tokenizer.features import MelSettings, mel_db_to_audio, save_spectrogram_png
+
+    settings = MelSettings.from_conf(conf)
+    model.eval()
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tokenizer-examples-"))
+    written: list[Path] = []
+    counts = np.zeros(conf["codebook_size"], np.int64)
+    for i, utt in enumerate(iter_utterances(layout.mels(split))):
+        mel = torch.from_numpy(utt["mel"].astype(np.float32))[None].to(device)
+        tokens = model.encode(mel)
+        counts += np.bincount(tokens.cpu().numpy().ravel(), minlength=len(counts))
+        if i >= n:
+            continue
+        recon = model.decode(tokens)[0, : mel.shape[1]].cpu().numpy()
+        real_db = utt["mel"].astype(np.float32) * utt["std"] + utt["mean"]
+        recon_db = recon * utt["std"] + utt["mean"]
+        name = utt["utterance_id"]
+        png = out / f"{name}.png"
+        save_spectrogram_png(png, {"real": real_db, "reconstructed": recon_db}, settings.frames_per_second,
+                             title=f"{name} ({utt['speaker']})")
+        written.append(png)
+        for label, db in (("real", real_db), ("reconstructed", recon_db)):
+            wav = out / f"{name}.{label}.wav"
+            write_wav(wav, mel_db_to_audio(db, settings, conf["griffin_lim_iters"]), settings.sample_rate)
+            written.append(wav)
+        if i >= 50 and i >= n:
+            break
+    hist = out / "codebook_usage.png"
+    _codebook_histogram(hist, counts, split)
+    written.append(hist)
+    if mlflow.active_run():
+        for path in written:
+            mlflow.log_artifact(str(path), artifact_dir)
+    return written
+
+
+def _codebook_histogram(path: Path, counts: np.ndarray, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3))
+    axes[0].bar(np.arange(len(counts)), counts, width=1.0)
+    axes[0].set(xlabel="code", ylabel="uses", title=f"codebook usage ({split})")
+    axes[1].plot(np.sort(counts)[::-1])
+    axes[1].set(xlabel="rank", ylabel="uses", yscale="symlog", title=f"{int((counts > 0).sum())} of {len(counts)} codes used")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
