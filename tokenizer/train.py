@@ -111,8 +111,9 @@ def train(conf: Mapping[str, Any]) -> Path:
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"VQ-VAE loss became {float(losses['loss'])} at step {step}; lower vq_lr")
+        loss_value = float(losses["loss"].detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"VQ-VAE loss became {loss_value} at step {step}; lower vq_lr")
         last = step == steps - 1
         if step % conf["vq_log_interval"] == 0 or last:
             counts = torch.bincount(tokens.reshape(-1), minlength=conf["codebook_size"]).float()
@@ -122,7 +123,7 @@ def train(conf: Mapping[str, Any]) -> Path:
             metrics["tokenizer/restarted_codes"] = model.quantizer.restarts - restarts_before
             metrics["tokenizer/steps_per_sec"] = (step + 1) / (time.time() - t0)
             restarts_before = model.quantizer.restarts
-            bar.set_postfix(loss=f"{float(losses['loss']):.3f}", ppl=f"{metrics['tokenizer/train_batch_perplexity']:.0f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", ppl=f"{metrics['tokenizer/train_batch_perplexity']:.0f}")
             _log(metrics, step)
         if val is not None and (step % conf["vq_eval_interval"] == 0 or last):
             _log({"tokenizer/val_reconstruction": validation_loss(model, val, device)}, step)
