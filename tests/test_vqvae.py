@@ -37,7 +37,7 @@ def test_training_lowers_the_loss():
 
 def test_dead_codes_are_restarted_onto_data():
     torch.manual_seed(0)
-    q = VectorQuantizer(32, 4, decay=0.5, dead_threshold=0.5)
+    q = VectorQuantizer(32, 4, decay=0.5, dead_threshold=0.5, restart_window=2)
     q.train()
     far = torch.randn(256, 4) + 50.0
     q(torch.randn(256, 4))  # initialise on one cluster

@@ -273,7 +273,7 @@ def plan_synth_corpus(conf: Any) -> list[SynthUtterance]:
     while True:
         voice = voices[i % len(voices)]
         language = voice.split("+", 1)[0]
-        kind = KINDS[(i + i // len(voices)) % len(KINDS)]
+        kind = KINDS[(i % len(voices) + i // len(voices)) % len(KINDS)]
         text = _TEXT_MAKERS[kind](LEXICONS[language], rng)
         rate = int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1))
         pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
@@ -355,7 +355,8 @@ def _fresh_library_path(library: str) -> str:
 
 
 def _check_voice(voice: str, data: str) -> None:
-    language, _, variant = voice.partition("+")
+    """eSpeak silently ignores an unknown variant, so we look for its file ourselves."""
+    variant = voice.partition("+")[2]
     if variant and not (Path(data) / "voices" / "!v" / variant).is_file():
         raise RuntimeError(f"eSpeak NG voice {voice!r}: no variant {variant!r} in {data}/voices/!v")
 
@@ -410,10 +411,11 @@ def _resample(x: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
 
 
 def synthesize(utt: SynthUtterance, sample_rate: int = 16000, noise_db: float = -60.0) -> np.ndarray:
-    """float32 mono waveform at sample_rate (resample espeak's 22050 Hz output with
-    torchaudio.functional.resample or soxr/librosa), with seeded Gaussian background noise
-    at noise_db dBFS (so silence is not digital zero) from np.random.default_rng(utt.seed).
-    Peak-normalized to about -3 dBFS before the noise. Utterances 1.5-6 s typical.
+    """Render one planned utterance: float32 mono at `sample_rate`, a pure function of `utt`.
+
+    eSpeak's 22050 Hz output is resampled (soxr), peak-normalized to -3 dBFS, and given
+    Gaussian background noise at `noise_db` dBFS from `np.random.default_rng(utt.seed)`,
+    so that silence is never digital zero (log-mel features and VAD expect a floor).
     """
     pcm, espeak_sr = espeak_pcm(utt.text, utt.speaker, utt.rate, utt.pitch, utt.seed)
     x = _resample(pcm.astype(np.float32) / 32768.0, espeak_sr, sample_rate)

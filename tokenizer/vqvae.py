@@ -20,20 +20,24 @@ import torch.nn.functional as F
 class VectorQuantizer(nn.Module):
     """Nearest-code quantization with a straight-through gradient.
 
-    With `ema`, codes move to the running mean of the vectors assigned to them; codes whose
-    running usage falls below `dead_threshold` x the average usage are restarted on random
-    vectors of the current batch.
+    With `ema`, codes move to the running mean of the vectors assigned to them. Usage is
+    counted over windows of `restart_window` training batches; at the end of each window,
+    codes used less than `dead_threshold` x the average are restarted on random vectors of
+    the current batch, so a collapsed codebook recovers within a few dozen steps.
     """
 
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, ema: bool = True,
-                 decay: float = 0.99, dead_threshold: float = 0.1, eps: float = 1e-5):
+                 decay: float = 0.99, dead_threshold: float = 0.1, eps: float = 1e-5, restart_window: int = 20):
         super().__init__()
         self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
         self.ema, self.decay, self.dead_threshold, self.eps = ema, decay, dead_threshold, eps
+        self.restart_window = restart_window
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim) * 0.1, requires_grad=not ema)
         self.register_buffer("ema_count", torch.zeros(codebook_size))
         self.register_buffer("ema_sum", self.codebook.data.clone())
         self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("window_counts", torch.zeros(codebook_size))
+        self.window_batches = 0
         self.restarts = 0
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
@@ -50,8 +54,8 @@ class VectorQuantizer(nn.Module):
     def _init_from(self, z: torch.Tensor) -> None:
         pick = z[torch.randint(len(z), (self.codebook_size,), device=z.device)]
         self.codebook.data.copy_(pick)
-        self.ema_sum.copy_(pick)
         self.ema_count.fill_(len(z) / self.codebook_size)
+        self.ema_sum.copy_(pick * self.ema_count[:, None])  # a sum, so that sum / count is the code
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -65,19 +69,22 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_dead(self, z: torch.Tensor) -> None:
-        if not self.ema:  # without EMA counts, track usage here
-            counts = torch.bincount(self.nearest(z), minlength=self.codebook_size).float()
-            self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        dead = self.ema_count < self.dead_threshold * len(z) / self.codebook_size
+    def _restart_dead(self, z: torch.Tensor, idx: torch.Tensor) -> None:
+        self.window_counts += torch.bincount(idx, minlength=self.codebook_size).float()
+        self.window_batches += 1
+        if self.window_batches < self.restart_window:
+            return
+        dead = self.window_counts < self.dead_threshold * self.window_counts.sum() / self.codebook_size
+        self.window_counts.zero_()
+        self.window_batches = 0
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
         pick = z[torch.randint(len(z), (n_dead,), device=z.device)]
         pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
         self.codebook.data[dead] = pick
-        self.ema_sum[dead] = pick
         self.ema_count[dead] = len(z) / self.codebook_size
+        self.ema_sum[dead] = pick * self.ema_count[dead][:, None]
         self.restarts += n_dead
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -94,7 +101,7 @@ class VectorQuantizer(nn.Module):
         if self.training:
             if self.ema:
                 self._ema_update(flat.detach().float(), idx)
-            self._restart_dead(flat.detach().float())
+            self._restart_dead(flat.detach().float(), idx)
         q_st = flat + (q - flat).detach()
         return q_st.reshape(shape), idx.reshape(shape[:-1]), losses
 
