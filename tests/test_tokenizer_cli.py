@@ -126,3 +126,15 @@ def test_commonvoice_prepare_mp3(tmp_path, capsys):
     assert "missing" in manifest["skipped"][0]["reason"]
     assert manifest["split_mode"] == "utterance"  # 4 speakers < min_split_speakers: said so
     assert "utterance-level" in manifest["split_note"]
+
+
+def test_synth_prepare_is_deterministic_and_pool_matches_inline(tmp_path):
+    """The built-in corpus: the same config gives the same features, with one or two worker processes."""
+    runs = []
+    for workers in (1, 2):
+        data = tmp_path / f"w{workers}"
+        assert main(_args("prepare", data, tmp_path, "--max_files", "6", "--prepare_workers", str(workers))) == 0
+        runs.append([(u["utterance_id"], u["speaker"], u["mel"].tobytes()) for s in ("train", "val", "test")
+                     for u in iter_utterances(data / "mels" / s)])
+    assert len(runs[0]) == 6 and runs[0] == runs[1]
+    assert all(uid.startswith("synth-") and "+" in spk for uid, spk, _ in runs[0])

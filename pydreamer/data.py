@@ -1,0 +1,247 @@
+"""Replay reader: streams fixed-length training batches out of the replay store.
+
+Like pydreamer, each of the `batch_size` columns of a batch is a lane that walks whole
+episodes in consecutive chunks of `batch_length` steps; when an episode ends the lane goes
+on with the next one inside the same chunk, and `reset` marks the first step of every
+episode. So batch k+1 continues batch k column by column, and the learner can carry its
+recurrent state from one batch to the next (truncated BPTT), zeroing it where `reset` is set.
+
+Episodes are sampled with probability proportional to their length (every stored step is
+equally likely to be trained on). The store is rescanned every `reload_interval` seconds,
+so episodes written by running generators join the sampling. A lane holds one episode at a
+time and the index of the store is a few integers per episode, so memory stays bounded as
+the store grows. A file that cannot be read is skipped with a warning, counted, and never
+sampled again.
+
+Several DataLoader workers each run their own lanes from their own random stream; every
+batch says which worker made it (`worker`), and consecutive batches of one worker continue
+each other. The learner keeps one carried state per worker, as pydreamer does.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pydreamer.episodes import STEP_KEYS, EpisodeError, episode_filename, iter_episode_names, load_episode
+
+log = logging.getLogger(__name__)
+
+_OUT_TYPES = {"tokens": np.int64, "action": np.float32, "reward": np.float32, "terminal": np.float32, "reset": bool}
+
+
+class ReplayStoreIndex:
+    """Which episodes a replay store folder holds: a few integers per episode.
+
+    File names are rebuilt from (worker folder, worker, index, length); the rare name that does
+    not round-trip is kept as text.
+    """
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.subdirs: list[str] = []
+        self.subdir = np.zeros(0, np.int32)
+        self.worker = np.zeros(0, np.int32)
+        self.index = np.zeros(0, np.int64)
+        self.length = np.zeros(0, np.int64)
+        self.odd_names: dict[int, str] = {}
+        self.bad: set[tuple[str, int, int]] = set()  # (subdir, worker, index) of unusable files
+        self._cum = np.zeros(0, np.float64)
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def scan(self) -> int:
+        """Re-list the folder; returns the number of usable episodes."""
+        subdirs: dict[str, int] = {}
+        rows: list[tuple[int, int, int, int]] = []
+        odd: dict[int, str] = {}
+        for rel, (w, i, n) in iter_episode_names(self.folder):
+            sub, _, name = rel.rpartition("/")
+            s = subdirs.setdefault(sub, len(subdirs))
+            if (sub, w, i) in self.bad:
+                continue
+            if name != episode_filename(w, i, n):
+                odd[len(rows)] = name
+            rows.append((s, w, i, n))
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        self.subdirs = list(subdirs)
+        self.subdir, self.worker = arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32)
+        self.index, self.length = arr[:, 2], arr[:, 3]
+        self.odd_names = odd
+        self._cum = np.cumsum(self.length + 1, dtype=np.float64)  # weight = rows = T + 1
+        return len(rows)
+
+    def path(self, k: int) -> Path:
+        name = self.odd_names.get(k) or episode_filename(int(self.worker[k]), int(self.index[k]), int(self.length[k]))
+        sub = self.subdirs[self.subdir[k]]
+        return self.folder / sub / name if sub else self.folder / name
+
+    def key(self, k: int) -> tuple[str, int, int]:
+        return (self.subdirs[self.subdir[k]], int(self.worker[k]), int(self.index[k]))
+
+    def sample(self, rng: np.random.Generator) -> int:
+        """An episode, with probability proportional to its number of rows."""
+        return int(np.searchsorted(self._cum, rng.random() * self._cum[-1], side="right"))
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.length.sum())
+
+
+class _Lane:
+    __slots__ = ("episode", "rows", "pos")
+
+    def __init__(self):
+        self.episode: dict | None = None
+        self.rows = 0
+        self.pos = 0
+
+
+class ReplayReader(IterableDataset):
+    """Endless batches from `<replay_dir>/<subdir>`: dicts of time-major tensors.
+
+    `tokens` int64 [T, B, G], `action` float32 [T, B, A], `reward` float32 [T, B],
+    `terminal` float32 [T, B], `reset` bool [T, B] (True on an episode's first step),
+    `worker` int64 [] (the DataLoader worker whose lanes made the batch).
+    """
+
+    def __init__(
+        self,
+        replay_dir: Path | str,
+        subdir: str = "episodes",
+        batch_size: int = 32,
+        batch_length: int = 48,
+        reload_interval: float = 10.0,
+        wait_seconds: float = 600.0,
+        seed: int | None = None,
+        skip_first: bool = True,
+    ):
+        super().__init__()
+        if batch_size < 1 or batch_length < 1:
+            raise ValueError(f"batch_size and batch_length must be positive, not {batch_size} x {batch_length}")
+        self.folder = Path(replay_dir) / subdir
+        self.batch_size, self.batch_length = int(batch_size), int(batch_length)
+        self.reload_interval = float(reload_interval)
+        self.wait_seconds = float(wait_seconds)
+        self.seed = seed
+        self.skip_first = skip_first
+        self.n_skipped = 0  # unusable files met by this process
+        self.n_loaded = 0
+
+    # ---- store -----------------------------------------------------------------------
+    def _wait_for_episodes(self, index: ReplayStoreIndex) -> None:
+        start = last_note = time.monotonic()
+        while index.scan() == 0:
+            waited = time.monotonic() - start
+            if waited >= self.wait_seconds:
+                bad = f" ({len(index.bad)} unreadable files skipped)" if index.bad else ""
+                raise TimeoutError(
+                    f"no usable episodes in {self.folder} after {waited:.0f} s{bad}: start generators with "
+                    f"`python -m pydreamer.generator --configs ... --replay_dir {self.folder.parent}`"
+                )
+            if time.monotonic() - last_note >= 30:
+                log.info("waiting for episodes in %s (%.0f s)", self.folder, waited)
+                last_note = time.monotonic()
+            time.sleep(min(1.0, max(0.05, self.wait_seconds / 10)))
+
+    def _load(self, index: ReplayStoreIndex, rng: np.random.Generator, like: dict | None) -> dict:
+        """A sampled, usable episode; unusable files are skipped with a warning and counted."""
+        while True:
+            if len(index) == 0:
+                self._wait_for_episodes(index)
+            k = index.sample(rng)
+            path = index.path(k)
+            try:
+                ep = load_episode(path, keys=STEP_KEYS)
+                if like is not None:
+                    for key in ("tokens", "action"):
+                        if ep[key].shape[1:] != like[key].shape[1:]:
+                            raise EpisodeError(
+                                f"{path}: '{key}' has shape {ep[key].shape[1:]} per step, "
+                                f"the store's first episode has {like[key].shape[1:]}"
+                            )
+                self.n_loaded += 1
+                return {key: ep[key] for key in _OUT_TYPES}
+            except EpisodeError as e:
+                self.n_skipped += 1
+                index.bad.add(index.key(k))
+                log.warning("skipping episode file (%d skipped so far): %s", self.n_skipped, e)
+                index.scan()
+
+    # ---- batches ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        if self.seed is not None:
+            rng = np.random.default_rng([int(self.seed), worker])
+        else:
+            rng = np.random.default_rng(info.seed if info else None)
+        index = ReplayStoreIndex(self.folder)
+        self._wait_for_episodes(index)
+        last_scan = time.monotonic()
+        lanes = [_Lane() for _ in range(self.batch_size)]
+        like: dict | None = None
+        T, B = self.batch_length, self.batch_size
+        worker_tensor = torch.tensor(worker, dtype=torch.int64)
+        while True:
+            if self.reload_interval > 0 and time.monotonic() - last_scan >= self.reload_interval:
+                index.scan()
+                last_scan = time.monotonic()
+            out: dict[str, np.ndarray] | None = None
+            for b, lane in enumerate(lanes):
+                t = 0
+                while t < T:
+                    if lane.episode is None or lane.pos >= lane.rows:
+                        first = lane.episode is None
+                        lane.episode = self._load(index, rng, like)
+                        lane.rows = len(lane.episode["reward"])
+                        # Lanes start at random points of their first episode, so they do not all
+                        # reach episode ends in the same batch.
+                        lane.pos = int(rng.integers(lane.rows)) if (first and self.skip_first) else 0
+                        if like is None:
+                            like = lane.episode
+                    if out is None:
+                        out = {
+                            key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in _OUT_TYPES.items()
+                        }
+                    n = min(T - t, lane.rows - lane.pos)
+                    ep, a = lane.episode, lane.pos
+                    for key in _OUT_TYPES:
+                        out[key][t : t + n, b] = ep[key][a : a + n]
+                    t += n
+                    lane.pos += n
+            batch = {key: torch.from_numpy(v) for key, v in out.items()}
+            batch["worker"] = worker_tensor
+            yield batch
+
+
+def _init_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes") -> DataLoader:
+    """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes."""
+    reader = ReplayReader(
+        replay_dir,
+        subdir=subdir,
+        batch_size=conf["batch_size"],
+        batch_length=conf["batch_length"],
+        reload_interval=conf.get("replay_reload_interval", 10.0),
+        wait_seconds=conf.get("learner_wait_s", 600.0),
+        seed=conf.get("seed"),
+    )
+    workers = int(conf.get("data_workers", 0))
+    return DataLoader(
+        reader,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_init_worker if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )

@@ -1,0 +1,120 @@
+"""Episode files of the replay store: one npz (no pickles) per episode.
+
+An episode of T env steps has T+1 rows (row 0 is the observation after reset):
+- `tokens` [T+1, G] int: the observed tokens (any other observation key is stored the same way);
+- `action` [T+1, A] float32: one-hot of the action that led to the row (row 0: zeros, as in pydreamer);
+- `reward` [T+1] float32 (row 0: 0), `terminal` [T+1] bool (the env terminated there),
+  `reset` [T+1] bool (True on row 0 only);
+- ids as 0-d arrays: `utterance_id` (unicode), `worker`, `episode`, `split`.
+
+The file name `w<worker>-e<episode>-n<T>.npz` carries what the reader needs to sample by
+length without opening the file. Files are written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from tokenizer.shards import atomic_save_npz
+
+STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
+_NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
+
+
+class EpisodeError(ValueError):
+    """An episode file that cannot be used; the message names the file and the reason."""
+
+
+def episode_filename(worker: int, index: int, length: int) -> str:
+    """`w<worker>-e<index>-n<length>.npz`; length = env steps T (the file has T+1 rows)."""
+    return f"w{worker:02d}-e{index:06d}-n{length:04d}.npz"
+
+
+def parse_episode_filename(name: str) -> tuple[int, int, int] | None:
+    """(worker, index, length) from a file name, or None when the name is not an episode's."""
+    m = _NAME.match(name)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def save_episode(path: Path | str, episode: dict) -> Path:
+    """Check and write one episode atomically (temporary name, then rename)."""
+    path = Path(path)
+    missing = [k for k in STEP_KEYS if k not in episode]
+    if missing:
+        raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
+    arrays = {k: np.asarray(v) for k, v in episode.items()}
+    rows = len(arrays["reward"])
+    for k in STEP_KEYS:
+        if arrays[k].ndim == 0 or len(arrays[k]) != rows:
+            raise EpisodeError(f"{path}: '{k}' has shape {arrays[k].shape}, expected {rows} rows")
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise EpisodeError(f"{path}: '{k}' holds Python objects; episodes are plain arrays")
+    atomic_save_npz(path, **arrays)
+    return path
+
+
+def load_episode(path: Path | str, keys: tuple[str, ...] | None = None) -> dict:
+    """The arrays of one episode file (all, or `keys` plus the per-step ones: reading fewer is
+    faster); raises EpisodeError naming the file when it cannot be used."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in STEP_KEYS if k not in z.files]
+            if missing:
+                raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
+            wanted = z.files if keys is None else [k for k in z.files if k in keys or k in STEP_KEYS]
+            data = {k: z[k] for k in wanted}
+    except EpisodeError:
+        raise
+    except Exception as e:  # truncated zip, bad header, pickled member, missing file ...
+        raise EpisodeError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    rows = data["reward"].shape[0] if data["reward"].ndim else -1
+    bad = [k for k in STEP_KEYS if data[k].ndim == 0 or data[k].shape[0] != rows]
+    if bad or rows < 1:
+        raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
+    return data
+
+
+def iter_episode_names(folder: Path | str) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """(relative path, (worker, index, length)) of every episode under `folder` and its worker folders.
+
+    Uses os.scandir (no stat calls), so listing a store of 100,000 episodes stays cheap.
+    """
+    folder = Path(folder)
+    try:
+        top = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in top:
+        if entry.is_dir():
+            try:
+                inner = list(os.scandir(entry.path))
+            except FileNotFoundError:
+                continue
+            for f in inner:
+                parsed = parse_episode_filename(f.name)
+                if parsed:
+                    yield f"{entry.name}/{f.name}", parsed
+        else:
+            parsed = parse_episode_filename(entry.name)
+            if parsed:
+                yield entry.name, parsed
+
+
+def list_episodes(folder: Path | str) -> list[Path]:
+    """Every episode file under `folder` (`folder/*.npz` and `folder/<worker>/*.npz`), sorted."""
+    folder = Path(folder)
+    return sorted(folder / rel for rel, _ in iter_episode_names(folder))
+
+
+def episode_length(path: Path | str) -> int:
+    """Env steps T of an episode, from its file name."""
+    parsed = parse_episode_filename(Path(path).name)
+    if parsed is None:
+        raise EpisodeError(f"{path}: not an episode file name (expected w<worker>-e<index>-n<length>.npz)")
+    return parsed[2]

@@ -1,0 +1,61 @@
+"""Shared fixtures: small token corpora made here with ShardWriter, never by the tokenizer stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenizer.shards import ShardWriter
+
+CODEBOOK = 32
+G = 4
+
+
+def make_token_corpus(
+    data_dir: Path,
+    n_utterances: dict[str, int] | None = None,
+    lengths: tuple[int, int] = (20, 60),
+    codebook_size: int = CODEBOOK,
+    tokens_per_step: int = G,
+    shard_rows: int = 150,
+    seed: int = 0,
+    meta: bool = True,
+) -> Path:
+    """`<data_dir>/tokens/{split}/shard-*.npz` + meta.json, with every utterance's tokens
+    recognisable: step t of utterance u holds tokens derived from (u, t)."""
+    rng = np.random.default_rng(seed)
+    n_utterances = n_utterances or {"train": 12, "val": 3, "test": 2}
+    for split, n in n_utterances.items():
+        with ShardWriter(data_dir / "tokens" / split, max_rows=shard_rows) as writer:
+            for u in range(n):
+                T = int(rng.integers(lengths[0], lengths[1] + 1))
+                tokens = rng.integers(0, codebook_size, size=(T, tokens_per_step)).astype(np.int16)
+                voice = rng.random(T).astype(np.float32)
+                writer.add(
+                    per_step={"tokens": tokens, "voice": voice},
+                    per_utterance={"utterance_id": f"{split}-{u:03d}", "speaker": f"spk{u % 3}", "source": "test"},
+                )
+    if meta:
+        (data_dir / "tokens" / "meta.json").write_text(
+            json.dumps({"codebook_size": codebook_size, "tokens_per_step": tokens_per_step, "steps_per_second": 25.0})
+        )
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def token_dir(tmp_path_factory) -> Path:
+    """A tiny token corpus: 12 train, 3 val, 2 test utterances of 20..60 steps, in several shards."""
+    return make_token_corpus(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture
+def conf(token_dir):
+    """The tiny config pointed at the tiny corpus."""
+    from pydreamer.tools.config import load_config
+
+    c = load_config(["defaults", "tiny"])
+    c.data_dir = str(token_dir)
+    c.codebook_size = CODEBOOK
+    return c
