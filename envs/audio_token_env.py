@@ -22,12 +22,12 @@ from gymnasium import spaces
 
 import logging
 
+from tokenizer.layout import DataLayout
 from tokenizer.shards import shard_paths
 
 log = logging.getLogger(__name__)
 
 ENV_ID = "AudioTokens-v0"
-SPLITS = ("train", "val", "test")
 MAKE_TOKENS_COMMAND = "python -m tokenizer prepare|train|encode --configs defaults audio --data_dir {data_dir}"
 
 
@@ -39,13 +39,9 @@ class ShardError(ValueError):
     """A token shard that cannot be used; the message names the file and the reason."""
 
 
-def tokens_folder(data_dir: Path | str, split: str) -> Path:
-    return Path(data_dir) / "tokens" / split
-
-
 def read_token_meta(data_dir: Path | str) -> dict:
     """`<data_dir>/tokens/meta.json` (codebook_size, tokens_per_step, ...) or {} when absent."""
-    path = Path(data_dir) / "tokens" / "meta.json"
+    path = DataLayout.of(data_dir).token_meta
     if not path.exists():
         return {}
     try:
@@ -99,7 +95,7 @@ class AudioTokenEnv(gym.Env):
         self.worker, self.n_workers = int(worker), int(n_workers)
         self.render_mode = render_mode
 
-        folder = tokens_folder(data_dir, split)
+        folder = DataLayout.of(data_dir).tokens(split)
         self.skipped_shards: dict[str, str] = {}  # shard path -> why it is not used
         self._bad_shards: set[int] = set()
         self._index_split(folder)

@@ -6,7 +6,6 @@ metrics of a tokenizer sit side by side.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -113,7 +112,3 @@ def ensure_tokens(conf: Mapping[str, Any], echo: Callable[[str], None] = print) 
         for stage in ("prepare", "train", "encode"):
             run_stage(conf, stage, echo=echo)
     return layout.token_meta.parent
-
-
-def token_meta(data_dir: str | Path) -> dict:
-    return json.loads(DataLayout.of(data_dir).token_meta.read_text())
