@@ -6,8 +6,8 @@ For each corpus size it runs `prepare` and `encode` as separate processes (like 
 would) and reports seconds of audio per wall-clock second and the peak resident memory of
 the largest process. Prepare's memory should stay flat as the corpus grows (it streams);
 encode's real-time factor is compared against the >= 500x target. Encode uses the trained
-tokenizer in <data_dir>/tokenizer/vqvae.pt when present, else an untrained one of the
-configured size (speed does not depend on the weights).
+tokenizer given by --vqvae, else an untrained one of the configured size (speed does not
+depend on the weights).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,20 +27,23 @@ from pydreamer.tools.config import parse_args  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MiB of the largest process, exit code)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    peak_kib = max(_.ru_maxrss for _ in [__import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)])
-    if proc.returncode:
-        print(out[-3000:], file=sys.stderr)
-    return wall, peak_kib / 1024, proc.returncode
+    """(wall seconds, peak RSS in MiB of the child and its waited-for processes, exit code)."""
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not a running maximum
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            log.seek(0)
+            print(log.read()[-3000:], file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[10.0, 40.0], help="synth corpus sizes to measure")
+    parser.add_argument("--vqvae", default="", help="a trained tokenizer checkpoint to encode with (default: untrained, same size)")
     parser.add_argument("--out", default="", help="write the results as JSON here too")
     conf, args = parse_args(None, parser)
     base = Path(conf.data_dir if conf.data_dir != "data" else "/tmp/bench-tokenizer")
@@ -48,16 +52,14 @@ def main() -> None:
     for minutes in args.minutes:
         data = base / f"synth-{minutes:g}min"
         shutil.rmtree(data, ignore_errors=True)
-        common = [sys.executable, "-m", "tokenizer"]
         tail = ["--configs", *conf.configs, "--data_dir", str(data), "--synth_minutes", str(minutes),
                 "--mlflow_dir", str(base / "mlruns"), "--force"]
-        # A fresh process per stage: ru_maxrss of RUSAGE_CHILDREN is a running maximum, so measure prepare first.
         wall_p, peak_p, rc = timed([sys.executable, "-c", _STAGE, "prepare", *tail], env)
         if rc:
             sys.exit(f"prepare failed for {minutes} min")
         manifest = json.loads((data / "manifest.json").read_text())
         seconds = sum(v["seconds"] for v in manifest["splits"].values())
-        vq = base / "vqvae.pt"
+        vq = Path(args.vqvae) if args.vqvae else base / "vqvae.pt"
         if not vq.exists():
             subprocess.run([sys.executable, "-c", _UNTRAINED, str(vq), *conf.configs], check=True)
         (data / "tokenizer").mkdir(parents=True, exist_ok=True)

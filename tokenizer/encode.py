@@ -75,7 +75,6 @@ def encode(conf: Mapping[str, Any]) -> dict:
     """Write `<data_dir>/tokens/{train,val,test}/` and `tokens/meta.json`; returns the meta."""
     layout = DataLayout.of(conf["data_dir"])
     device = resolve_device(conf["device"])
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, _ = load_vqvae(layout.vqvae, device)
     settings = MelSettings.from_conf(conf)
     steps_per_second = settings.frames_per_second / model.ds

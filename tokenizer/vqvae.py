@@ -40,12 +40,16 @@ class VectorQuantizer(nn.Module):
         self.window_batches = 0
         self.restarts = 0
 
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of z [N, D]."""
-        cb = self.codebook.float()
+    def nearest(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Index of the nearest code for each row of z [N, D].
+
+        ||z||^2 is the same for every code, so argmin(||e||^2 - 2 z.e) suffices; rows go in
+        chunks so the [rows, codebook] distance matrix stays small (encode speed).
+        """
+        cb = self.codebook.detach().float()
+        cb_sq = cb.pow(2).sum(1)
         z = z.float()
-        dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ cb.T + cb.pow(2).sum(1)[None]
-        return dist.argmin(1)
+        return torch.cat([torch.addmm(cb_sq, part, cb.T, alpha=-2.0).argmin(1) for part in z.split(chunk)])
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         return F.embedding(idx, self.codebook)
