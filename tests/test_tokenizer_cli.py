@@ -88,8 +88,13 @@ def test_prepare_train_encode_evaluate(messy_folder, tmp_path, capsys):
     capsys.readouterr()
     assert main(_args("prepare", data, tmp_path, *src)) == 0
     assert "exists; skipping" in capsys.readouterr().out
-    assert main(_args("encode", data, tmp_path, "--force")) == 0
+    before = [(u["utterance_id"], u["tokens"].tobytes()) for s in ("train", "val", "test")
+              for u in iter_utterances(data / "tokens" / s)]
+    assert main(_args("encode", data, tmp_path, "--force", "--encode_workers", "2", "--shard_frames", "400")) == 0
     assert "encode: train" in capsys.readouterr().out
+    after = [(u["utterance_id"], u["tokens"].tobytes()) for s in ("train", "val", "test")
+             for u in iter_utterances(data / "tokens" / s)]
+    assert sorted(after) == sorted(before)  # same tokens whatever the number of encode processes
 
 
 def test_nothing_usable_is_one_clear_error(tmp_path, capsys):

@@ -7,6 +7,7 @@ dropped and counted: too short to learn any dynamics from.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from pydreamer.tools.device import resolve_device
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
-from tokenizer.shards import ShardWriter, iter_utterances
+from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.vqvae import VQVAE, load_vqvae
 
@@ -71,6 +72,44 @@ def step_voice(voice: np.ndarray, steps: int, ds: int) -> np.ndarray:
     return padded.reshape(steps, ds).mean(axis=1)
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(vqvae_path: str, device: str) -> None:
+    torch.set_num_threads(1)  # one thread per process: on a busy 2-core machine this beats intra-op threads
+    _WORKER["device"] = resolve_device(device)
+    _WORKER["model"], _ = load_vqvae(vqvae_path, _WORKER["device"])
+
+
+def encode_shard(mel_shard: Path, out_folder: Path, model: VQVAE, device: torch.device, conf: Mapping[str, Any]) -> dict:
+    """Tokens for one log-mel shard, written as `<out_folder>/<mel shard name>-00000.npz`, ...
+
+    Token shards mirror log-mel shards one to one, so the output does not depend on how
+    many processes encode.
+    """
+    stats: dict[str, Any] = {"kept": 0, "dropped": 0, "seconds": 0.0, "means": [], "stds": []}
+    fps = MelSettings.from_conf(conf).frames_per_second
+    with ShardWriter(out_folder, max(1, conf["shard_frames"] // model.ds), prefix=mel_shard.stem) as writer:
+        for utt, tokens, _ in tokenize(model, read_shard(mel_shard), device, conf["encode_batch_frames"]):
+            stats["seconds"] += len(utt["mel"]) / fps
+            if len(tokens) < conf["min_steps"]:
+                stats["dropped"] += 1
+                continue
+            writer.add(
+                per_step={"tokens": tokens.astype(np.int16), "voice": step_voice(utt["voice"], len(tokens), model.ds)},
+                per_utterance={k: utt[k] for k in ("utterance_id", "speaker", "source")},
+            )
+            stats["kept"] += 1
+            stats["means"].append(utt["mean"])
+            stats["stds"].append(utt["std"])
+    return stats
+
+
+def _encode_job(job: tuple[str, Path, Path, dict]) -> tuple[str, dict]:
+    split, mel_shard, out_folder, conf = job
+    return split, encode_shard(mel_shard, out_folder, _WORKER["model"], _WORKER["device"], conf)
+
+
 def encode(conf: Mapping[str, Any]) -> dict:
     """Write `<data_dir>/tokens/{train,val,test}/` and `tokens/meta.json`; returns the meta."""
     layout = DataLayout.of(conf["data_dir"])
@@ -83,37 +122,39 @@ def encode(conf: Mapping[str, Any]) -> dict:
         "steps_per_second": steps_per_second, "frames_per_second": settings.frames_per_second,
         "bits_per_second": steps_per_second * model.G * float(np.log2(model.quantizer.codebook_size)),
         "min_steps": conf["min_steps"], "features": {k: conf[k] for k in MelSettings.__dataclass_fields__},
-        "splits": {}, "dropped_short": {},
+        "splits": {s: 0 for s in SPLITS}, "dropped_short": {s: 0 for s in SPLITS},
     }
-    means, stds = [], []
-    t0, audio_seconds = time.time(), 0.0
+    jobs = []
     for split in SPLITS:
-        out = layout.tokens(split)
-        shutil.rmtree(out, ignore_errors=True)
-        kept = dropped = 0
-        with ShardWriter(out, max(1, conf["shard_frames"] // model.ds)) as writer:
-            source = iter_utterances(layout.mels(split)) if layout.mels(split).is_dir() else iter(())
-            for utt, tokens, _ in tqdm(tokenize(model, source, device, conf["encode_batch_frames"]),
-                                        desc=f"encode {split}", unit="utt", mininterval=2.0):
-                audio_seconds += len(utt["mel"]) / settings.frames_per_second
-                if len(tokens) < conf["min_steps"]:
-                    dropped += 1
-                    continue
-                writer.add(
-                    per_step={"tokens": tokens.astype(np.int16), "voice": step_voice(utt["voice"], len(tokens), model.ds)},
-                    per_utterance={k: utt[k] for k in ("utterance_id", "speaker", "source")},
-                )
-                kept += 1
-                if split == "train":
-                    means.append(utt["mean"])
-                    stds.append(utt["std"])
-        meta["splits"][split] = kept
-        meta["dropped_short"][split] = dropped
+        shutil.rmtree(layout.tokens(split), ignore_errors=True)
+        layout.tokens(split).mkdir(parents=True)
+        jobs += [(split, p, layout.tokens(split), dict(conf)) for p in shard_paths(layout.mels(split))]
+    t0 = time.time()
+    workers = min(max(1, int(conf["encode_workers"])), len(jobs))
+    if workers > 1 and device.type == "cpu":
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(layout.vqvae), conf["device"]))
+        results = pool.imap_unordered(_encode_job, jobs)
+    else:
+        pool = None
+        results = ((split, encode_shard(p, out, model, device, c)) for split, p, out, c in jobs)
+    means, stds, audio_seconds = [], [], 0.0
+    try:
+        for split, st in tqdm(results, total=len(jobs), desc="encode", unit="shard", mininterval=2.0):
+            meta["splits"][split] += st["kept"]
+            meta["dropped_short"][split] += st["dropped"]
+            audio_seconds += st["seconds"]
+            if split == "train":
+                means += st["means"]
+                stds += st["stds"]
+    finally:
+        if pool is not None:
+            pool.terminate()
     if sum(meta["splits"].values()) == 0:
         raise ValueError(f"encode: no utterance has at least min_steps={conf['min_steps']} steps; lower --min_steps")
     # Dreams have no utterance of their own: they are un-z-scored with the corpus' typical level.
     meta["mel_mean"] = float(np.mean(means)) if means else 0.0
     meta["mel_std"] = float(np.mean(stds)) if stds else 1.0
+    meta["audio_seconds"] = audio_seconds
     meta["encode_realtime_factor"] = audio_seconds / max(time.time() - t0, 1e-9)
     tmp = layout.token_meta.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2))

@@ -32,15 +32,16 @@ def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.nda
 
 
 class ShardWriter:
-    """Collects utterances and writes `shard-00000.npz`, ... once `max_rows` steps are held.
+    """Collects utterances and writes `<prefix>-00000.npz`, ... once `max_rows` steps are held.
 
     `add(per_step={...}, per_utterance={...})`: per-step arrays share their first axis.
     """
 
-    def __init__(self, folder: Path | str, max_rows: int = 200_000):
+    def __init__(self, folder: Path | str, max_rows: int = 200_000, prefix: str = "shard"):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_rows = max_rows
+        self.prefix = prefix  # file names are <prefix>-00000.npz, ...; keep them matching SHARD_GLOB
         self.n_shards = 0
         self.n_utterances = 0
         self.n_rows = 0
@@ -81,7 +82,7 @@ class ShardWriter:
             arrays[k] = np.asarray(values)  # strings become fixed-width unicode, never objects
             if arrays[k].dtype == object:
                 raise ValueError(f"per-utterance value '{k}' is not a plain number or string")
-        atomic_save_npz(self.folder / f"shard-{self.n_shards:05d}.npz", **arrays)
+        atomic_save_npz(self.folder / f"{self.prefix}-{self.n_shards:05d}.npz", **arrays)
         self.n_shards += 1
         self._reset()
 
