@@ -1,0 +1,49 @@
+"""Checkpoints: model + optimizers + step in one file, written atomically, read without pickles."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+CHECKPOINT_NAME = "latest.pt"
+
+
+def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mapping[str, Any] | None, step: int,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write to a temporary name and rename, so a reader (or a crash) never sees half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "step": int(step),
+        "dims": dict(getattr(model, "dims", {})),
+        "model": model.state_dict(),
+        "optimizers": {k: v.state_dict() for k, v in (optimizers or {}).items()},
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by save_checkpoint (weights only: no code runs on load)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a truncated or foreign file: say which
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def restore(checkpoint: Mapping[str, Any], model: torch.nn.Module, optimizers: Mapping[str, Any] | None = None) -> int:
+    """Load weights (and optimizer states) into place; returns the step the checkpoint was taken at."""
+    dims = dict(getattr(model, "dims", {}))
+    if checkpoint.get("dims") and dims and dict(checkpoint["dims"]) != dims:
+        raise ValueError(f"checkpoint was trained for {dict(checkpoint['dims'])}, this model is {dims}")
+    model.load_state_dict(checkpoint["model"])
+    for name, opt in (optimizers or {}).items():
+        if name in checkpoint.get("optimizers", {}):
+            opt.load_state_dict(checkpoint["optimizers"][name])
+    return int(checkpoint["step"])

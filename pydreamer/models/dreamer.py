@@ -1,0 +1,97 @@
+"""Dreamer = world model + actor-critic, with their three optimizers and one training step."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .actor_critic import ActorCritic
+from .rssm import RSSM, State
+from .world_model import WorldModel
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf loss: training must stop before a bad step reaches the weights or a checkpoint."""
+
+
+class Dreamer(nn.Module):
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
+        super().__init__()
+        self.dims = {"n_tokens": int(n_tokens), "tokens_per_step": int(tokens_per_step), "action_dim": int(action_dim)}
+        self.wm = WorldModel(conf, n_tokens, tokens_per_step, action_dim)
+        self.ac = ActorCritic(conf, self.wm.rssm.feature_dim, action_dim)
+        self.grad_clip = float(conf["grad_clip"])
+        self.target_interval = int(conf["target_interval"])
+        self.eval_samples = int(conf["eval_samples"])
+        self.imag_starts = int(conf["imag_starts"])
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return self.wm.initial_state(batch_size, device)
+
+    def make_optimizers(self, conf: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
+        """Separate Adam optimizers (and learning rates) for the world model, actor and critic."""
+        return {
+            "model": torch.optim.Adam(self.wm.parameters(), lr=float(conf["adam_lr"]), eps=1e-5),
+            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=float(conf["adam_lr_actor"]), eps=1e-5),
+            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=float(conf["adam_lr_critic"]), eps=1e-5),
+        }
+
+    def training_step(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        state: State,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        step: int,
+        amp: bool = False,
+    ) -> tuple[State, dict[str, float]]:
+        """One gradient step of all three parts on a time-major batch; returns the carried state and metrics.
+
+        Raises NonFiniteLoss (before touching the weights) when a loss is NaN or inf.
+        """
+        device = batch["tokens"].device
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        )
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        with autocast:
+            out = self.wm(batch, state)
+            start = State(*(x.reshape(-1, x.shape[-1]) for x in out.states))
+            start_terminal = batch["terminal"].reshape(-1)
+            if 0 < self.imag_starts < start_terminal.shape[0]:  # dream from a random subset of states
+                pick = torch.randperm(start_terminal.shape[0], device=device)[: self.imag_starts]
+                start, start_terminal = State(start.deter[pick], start.stoch[pick]), start_terminal[pick]
+            loss_actor, loss_critic, ac_metrics = self.ac.losses(self.wm, start, start_terminal)
+        losses = {"loss_model": out.loss, "loss_actor": loss_actor, "loss_critic": loss_critic}
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).item()]
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(losses[k].detach())}" for k in bad)
+            )
+        # Actor and critic first: dynamics gradients of the actor reach the world model's
+        # weights, which only the world-model loss may move, so those are cleared afterwards.
+        (loss_actor + loss_critic).backward()
+        for p in self.wm.parameters():
+            p.grad = None
+        out.loss.backward()
+        metrics = {k: float(v) for k, v in out.metrics.items()}
+        metrics.update({k: float(v) for k, v in ac_metrics.items()})
+        parts = {"model": self.wm, "actor": self.ac.actor, "critic": self.ac.critic}
+        for name, opt in optimizers.items():
+            if name == "actor" and not self.ac.trains_actor:
+                continue
+            norm = torch.nn.utils.clip_grad_norm_(parts[name].parameters(), self.grad_clip)
+            metrics[f"grad_norm_{name}"] = float(norm)
+            if math.isfinite(float(norm)):
+                opt.step()
+        if self.target_interval > 0 and step % self.target_interval == 0:
+            self.ac.update_target()
+        last = State(out.last_state.deter.detach(), out.last_state.stoch.detach())
+        return last, metrics
+
+
+def features_of(states: State) -> torch.Tensor:
+    return RSSM.features(states)

@@ -1,0 +1,46 @@
+"""Token encoder: the G VQ-VAE tokens of one step -> one embedding for the RSSM."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .functions import mlp
+
+
+class TokenEncoder(nn.Module):
+    """An embedding per token, a Conv1D across the G tokens of the step, then an MLP.
+
+    The convolution runs across the G codebook positions of one step, not across time:
+    the RSSM stays the only memory over time, so an embedding never sees a later step
+    (which would leak the future into the posterior and flatter the horizon-1 scores).
+    """
+
+    def __init__(
+        self,
+        n_tokens: int,
+        tokens_per_step: int,
+        token_embed_dim: int = 32,
+        conv_channels: int = 64,
+        hidden_dim: int = 256,
+        embed_dim: int = 256,
+    ):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.tokens_per_step = tokens_per_step
+        self.embedding = nn.Embedding(n_tokens, token_embed_dim)
+        self.conv = nn.Sequential(
+            nn.Conv1d(token_embed_dim, conv_channels, kernel_size=3, padding=1),
+            nn.ELU(),
+        )
+        self.mlp = mlp(tokens_per_step * conv_channels, hidden_dim, embed_dim, layers=1)
+        self.out_dim = embed_dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens int64 [*B, G] -> embedding [*B, embed_dim]."""
+        if tokens.shape[-1] != self.tokens_per_step:
+            raise ValueError(f"expected {self.tokens_per_step} tokens per step, got shape {tuple(tokens.shape)}")
+        batch_shape = tokens.shape[:-1]
+        x = self.embedding(tokens.reshape(-1, self.tokens_per_step))  # [N, G, E]
+        x = self.conv(x.transpose(1, 2))  # [N, C, G]
+        x = self.mlp(x.flatten(1))
+        return x.reshape(*batch_shape, -1)

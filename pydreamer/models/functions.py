@@ -1,0 +1,88 @@
+"""Small building blocks shared by the world model and the actor-critic."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LN2 = math.log(2.0)
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, layer_norm: bool = True) -> nn.Sequential:
+    """`layers` hidden layers of Linear + LayerNorm + ELU, then a linear output."""
+    parts: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        parts += [nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim) if layer_norm else nn.Identity(), nn.ELU()]
+        dim = hidden_dim
+    parts.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*parts)
+
+
+def flatten_batch(x: torch.Tensor, nonbatch_dims: int = 1) -> tuple[torch.Tensor, tuple]:
+    """[*B, ...] -> [prod(B), ...], keeping the last `nonbatch_dims` axes; returns the batch shape too."""
+    batch_shape = x.shape[: x.dim() - nonbatch_dims]
+    return x.reshape((-1,) + tuple(x.shape[x.dim() - nonbatch_dims:])), tuple(batch_shape)
+
+
+def unflatten_batch(x: torch.Tensor, batch_shape: tuple) -> torch.Tensor:
+    return x.reshape(tuple(batch_shape) + tuple(x.shape[1:]))
+
+
+def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
+    """Sample a one-hot from categorical logits (last axis).
+
+    With straight-through gradients the sample carries the gradient of the probabilities,
+    which is how the RSSM and the actor pass gradients through discrete choices.
+    """
+    probs = torch.softmax(logits.float(), -1)
+    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    if straight_through:
+        sample = sample + probs - probs.detach()
+    return sample
+
+
+def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of categoricals over the last axis, summed over the second-to-last (the stochastic groups)."""
+    logp = torch.log_softmax(logits_p.float(), -1)
+    logq = torch.log_softmax(logits_q.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).sum(-1)
+
+
+def lambda_returns(
+    reward: torch.Tensor, value: torch.Tensor, discount: torch.Tensor, lambda_: float
+) -> torch.Tensor:
+    """TD(lambda) returns of an imagined trajectory (time-major).
+
+    reward[i], discount[i]: of the transition into state i+1, shape [H, N];
+    value: [H+1, N] for states 0..H. Returns [H, N] for states 0..H-1, bootstrapped on value[H].
+    """
+    horizon = reward.shape[0]
+    out = []
+    last = value[horizon]
+    for i in reversed(range(horizon)):
+        last = reward[i] + discount[i] * ((1.0 - lambda_) * value[i + 1] + lambda_ * last)
+        out.append(last)
+    return torch.stack(out[::-1])
+
+
+class LayerNormGRUCell(nn.Module):
+    """GRU cell with layer norm on the gates (as in DreamerV2): keeps the recurrent state well scaled."""
+
+    def __init__(self, input_size: int, hidden_size: int, update_bias: float = -1.0):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.update_bias = update_bias
+        self.linear = nn.Linear(input_size + hidden_size, 3 * hidden_size, bias=False)
+        self.norm = nn.LayerNorm(3 * hidden_size)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        reset, cand, update = parts.chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1.0 - update) * h

@@ -1,0 +1,106 @@
+"""Recurrent state-space model: a GRU deterministic state plus a categorical stochastic state.
+
+One step: h_t = GRU(h_{t-1}, [z_{t-1}, a_t]); prior p(z_t | h_t); posterior q(z_t | h_t, e_t).
+The prior alone lets the model dream (imagine steps without observations); the posterior
+filters the observed utterance. The state is the pair (h, z); features are [h, z].
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .functions import LayerNormGRUCell, mlp, sample_one_hot
+
+
+class State(NamedTuple):
+    deter: torch.Tensor  # [*B, deter_dim]
+    stoch: torch.Tensor  # [*B, stoch_dim * stoch_discrete] (concatenated one-hots)
+
+
+class RSSM(nn.Module):
+    def __init__(
+        self,
+        embed_dim: int,
+        action_dim: int,
+        deter_dim: int = 512,
+        stoch_dim: int = 32,
+        stoch_discrete: int = 32,
+        hidden_dim: int = 512,
+    ):
+        super().__init__()
+        self.deter_dim = deter_dim
+        self.stoch_dim = stoch_dim
+        self.stoch_discrete = stoch_discrete
+        self.stoch_size = stoch_dim * stoch_discrete
+        self.action_dim = action_dim
+        self.img_in = nn.Sequential(
+            nn.Linear(self.stoch_size + action_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ELU()
+        )
+        self.gru = LayerNormGRUCell(hidden_dim, deter_dim)
+        self.prior_net = mlp(deter_dim, hidden_dim, self.stoch_size, layers=1)
+        self.post_net = mlp(deter_dim + embed_dim, hidden_dim, self.stoch_size, layers=1)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.deter_dim + self.stoch_size
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return State(
+            torch.zeros(batch_size, self.deter_dim, device=device),
+            torch.zeros(batch_size, self.stoch_size, device=device),
+        )
+
+    @staticmethod
+    def features(state: State) -> torch.Tensor:
+        return torch.cat([state.deter, state.stoch], -1)
+
+    def _logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x).reshape(*x.shape[:-1], self.stoch_dim, self.stoch_discrete)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        return sample_one_hot(logits).reshape(*logits.shape[:-2], self.stoch_size)
+
+    def deter_step(self, state: State, action: torch.Tensor) -> torch.Tensor:
+        x = self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1))
+        return self.gru(x, state.deter)
+
+    def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.prior_net, deter)
+
+    def imagine_step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor]:
+        """One dreamed step: the next state drawn from the prior. Returns (state, prior logits)."""
+        deter = self.deter_step(state, action)
+        logits = self.prior_logits(deter)
+        return State(deter, self._sample(logits)), logits
+
+    def observe(
+        self, embed: torch.Tensor, action: torch.Tensor, reset: torch.Tensor, state: State
+    ) -> tuple[State, torch.Tensor, torch.Tensor, State]:
+        """Filter a time-major sequence.
+
+        embed [T, B, E], action [T, B, A], reset bool [T, B] (zero the state before that step),
+        state: the state carried from the previous chunk.
+        Returns (posterior states stacked [T, B, ...], posterior logits, prior logits, last state).
+        """
+        deters, stochs, posts, priors = [], [], [], []
+        for t in range(embed.shape[0]):
+            keep = (~reset[t]).to(state.deter.dtype).unsqueeze(-1)
+            state = State(state.deter * keep, state.stoch * keep)
+            deter = self.deter_step(state, action[t])
+            prior = self.prior_logits(deter)
+            post = self._logits(self.post_net, torch.cat([deter, embed[t].to(deter.dtype)], -1))
+            state = State(deter, self._sample(post))
+            deters.append(deter)
+            stochs.append(state.stoch)
+            posts.append(post)
+            priors.append(prior)
+        states = State(torch.stack(deters), torch.stack(stochs))
+        return states, torch.stack(posts), torch.stack(priors), state
+
+    def sample_prior(self, prior_logits: torch.Tensor, n: int) -> torch.Tensor:
+        """n stochastic states from prior logits [*B, S, D] -> [n, *B, S*D] (no gradient)."""
+        with torch.no_grad():
+            logits = prior_logits.unsqueeze(0).expand(n, *prior_logits.shape)
+            return sample_one_hot(logits, straight_through=False).reshape(n, *prior_logits.shape[:-2], self.stoch_size)

@@ -1,0 +1,119 @@
+"""The world model: token encoder + RSSM + token decoder + reward and terminal heads, and its loss."""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoders import ScalarHead, TokenDecoder
+from .encoders import TokenEncoder
+from .functions import LN2, categorical_kl
+from .rssm import RSSM, State
+
+
+class WorldModelOutput(NamedTuple):
+    loss: torch.Tensor  # scalar: what the world-model optimizer minimizes
+    states: State  # posterior states [T, B, ...] (with gradients)
+    last_state: State  # carried to the next chunk of the same episodes (detach before use)
+    prior_logits: torch.Tensor  # [T, B, S, D]: the horizon-1 prediction of each step
+    post_logits: torch.Tensor  # [T, B, S, D]: what each step's observation made of it
+    token_logits: torch.Tensor  # [T, B, G, K]: decoded from the posterior
+    metrics: dict[str, torch.Tensor]
+
+
+class WorldModel(nn.Module):
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.tokens_per_step = tokens_per_step
+        self.action_dim = action_dim
+        self.kl_balance = float(conf["kl_balance"])
+        self.kl_weight = float(conf["kl_weight"])
+        self.free_nats = float(conf["free_nats"])
+        self.reward_weight = float(conf["reward_weight"])
+        self.terminal_weight = float(conf["terminal_weight"])
+        hidden = int(conf["hidden_dim"])
+        self.encoder = TokenEncoder(
+            n_tokens,
+            tokens_per_step,
+            token_embed_dim=int(conf["token_embed_dim"]),
+            conv_channels=int(conf["token_embed_dim"]) * 2,
+            hidden_dim=hidden,
+            embed_dim=int(conf["embed_dim"]),
+        )
+        self.rssm = RSSM(
+            self.encoder.out_dim,
+            action_dim,
+            deter_dim=int(conf["deter_dim"]),
+            stoch_dim=int(conf["stoch_dim"]),
+            stoch_discrete=int(conf["stoch_discrete"]),
+            hidden_dim=hidden,
+        )
+        feat = self.rssm.feature_dim
+        self.decoder = TokenDecoder(feat, n_tokens, tokens_per_step, hidden_dim=hidden)
+        self.reward_head = ScalarHead(feat, hidden)
+        self.terminal_head = ScalarHead(feat, hidden)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return self.rssm.initial_state(batch_size, device)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> WorldModelOutput:
+        tokens = batch["tokens"]
+        if tokens.min() < 0 or tokens.max() >= self.n_tokens:
+            raise ValueError(
+                f"token ids must lie in [0, {self.n_tokens}); got {int(tokens.min())}..{int(tokens.max())}"
+                " (does the model's codebook size match the data's?)"
+            )
+        embed = self.encoder(tokens)
+        states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
+        features = RSSM.features(states)
+        token_logits = self.decoder(features)
+        nll = TokenDecoder.nll(token_logits, tokens)  # [T, B, G] nats
+        loss_tokens = nll.sum(-1).mean()
+        reward_pred = self.reward_head(features)
+        loss_reward = 0.5 * (reward_pred - batch["reward"].float()).pow(2).mean()
+        terminal_logit = self.terminal_head(features)
+        loss_terminal = F.binary_cross_entropy_with_logits(terminal_logit, batch["terminal"].float())
+        # KL balancing: train the prior toward the posterior faster than the reverse.
+        kl_prior = categorical_kl(post.detach(), prior).mean()
+        kl_post = categorical_kl(post, prior.detach()).mean()
+        free = self.free_nats
+        loss_kl = self.kl_balance * kl_prior.clamp(min=free) + (1 - self.kl_balance) * kl_post.clamp(min=free)
+        loss = (
+            loss_tokens
+            + self.reward_weight * loss_reward
+            + self.terminal_weight * loss_terminal
+            + self.kl_weight * loss_kl
+        )
+        with torch.no_grad():
+            metrics = {
+                "loss_model": loss.detach(),
+                "loss_tokens": nll.mean() / LN2,  # bits per token
+                "acc_tokens": (token_logits.argmax(-1) == tokens).float().mean(),
+                "loss_reward": loss_reward.detach(),
+                "loss_terminal": loss_terminal.detach(),
+                "kl": kl_prior.detach(),
+                "entropy_prior": _entropy(prior).mean(),
+                "entropy_post": _entropy(post).mean(),
+            }
+        return WorldModelOutput(loss, states, last, prior, post, token_logits, metrics)
+
+    @torch.no_grad()
+    def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8) -> torch.Tensor:
+        """Predictive token probabilities one step ahead [T, B, G, K].
+
+        Step t is predicted from h_t (which saw steps < t) and z_t drawn from the prior, averaged
+        over `n_samples` draws: the model's forecast of each token before it is observed.
+        """
+        probs = None
+        for z in self.rssm.sample_prior(prior_logits, n_samples):
+            p = torch.softmax(self.decoder(torch.cat([states.deter, z.to(states.deter.dtype)], -1)), -1)
+            probs = p if probs is None else probs + p
+        return probs / n_samples
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1).sum(-1)

@@ -1,0 +1,71 @@
+"""launch.py end to end on the toy env: generators + learner + MLflow, kill -9 of the learner, resume."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+
+from launch import child_overrides
+from pydreamer.models.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_child_overrides_drop_what_the_launcher_decides():
+    rest = ["--n_steps", "5", "--resume_id", "abc", "--replay_dir=/x", "--batch_size=4", "--seed", "1"]
+    assert child_overrides(rest) == ["--n_steps", "5", "--batch_size=4", "--seed", "1"]
+
+
+def _launch(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0",
+           "--mlflow_dir", str(tmp_path / "mlruns"), "--batch_size", "4", "--batch_length", "8",
+           "--log_interval", "10", "--eval_interval", "50", "--save_interval", "10", "--n_env_steps", "600", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
+    proc = _launch(tmp_path, "--n_steps", "100000")
+    lines, learner_pid, ckpt = [], None, None
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until the learner has saved twice, then kill -9 it
+        lines.append(line)
+        m = re.search(r"learner \(pid (\d+)\)", line)
+        if m:
+            learner_pid = int(m[1])
+        m = re.search(r"replay store (\S+)", line)
+        if m and ckpt is None and line.startswith("launch:"):
+            ckpt = Path(m[1]) / "checkpoints" / "latest.pt"
+        if re.search(r"step (2|3)0/", line):
+            break
+        assert time.time() < deadline, "".join(lines)
+    assert learner_pid and ckpt, "".join(lines)
+    os.kill(learner_pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, "".join(lines) + rest
+    assert "learner exited with code -9" in rest
+    run_id = re.search(r"run (\w{32})", "".join(lines))[1]
+    saved = load_checkpoint(ckpt)["step"]
+    assert saved >= 10
+    episodes_before = len(list((ckpt.parent.parent / "episodes").rglob("*.npz")))
+
+    proc = _launch(tmp_path, "--n_steps", str(saved + 20), "--resume_id", run_id)
+    out, _ = proc.communicate(timeout=150)
+    assert proc.returncode == 0, out
+    assert f"resuming at step {saved}" in out
+    assert load_checkpoint(ckpt)["step"] == saved + 20
+    assert len(list((ckpt.parent.parent / "episodes").rglob("*.npz"))) >= episodes_before  # no episode lost
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted({m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss_tokens")})
+    assert steps[-1] == saved + 20 and steps == list(range(10, saved + 30, 10))
+    assert {"eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "train/data_wait_frac"} <= set(run.data.metrics)

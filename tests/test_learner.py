@@ -1,0 +1,114 @@
+"""Learner: metrics, evaluation, checkpoints, resume into the same MLflow run, NaN stop."""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.generator import run_generator
+from pydreamer.models import NonFiniteLoss
+from pydreamer.models.checkpoint import load_checkpoint
+from pydreamer.train import (Learner, checkpoint_path, discounted_returns, load_eval_episodes, main, unigram_bits,
+                             unigram_pos_bits)
+from pydreamer.tools.config import load_config
+
+torch.set_num_threads(1)
+
+
+def toy_conf(tmp_path, **kw):
+    conf = load_config(["defaults", "tiny"])
+    conf.update(env_id="ToyTokens-v0", mlflow_dir=str(tmp_path / "mlruns"), replay_dir=str(tmp_path / "replay"),
+                log_interval=10, eval_interval=20, save_interval=20, eval_episodes=4, data_workers=0,
+                batch_size=4, batch_length=8, learner_wait_s=5.0)
+    conf.update(kw)
+    return conf
+
+
+@pytest.fixture
+def replay(tmp_path):
+    """A toy replay store: 40 train and 4 eval episodes written by the generator."""
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=480)
+    run_generator(conf, conf.replay_dir, split="val", n_episodes=4)
+    return conf
+
+
+def test_discounted_returns_and_unigram():
+    r = np.array([0.0, 1.0, 1.0, 1.0], np.float32)
+    term = np.array([0, 0, 0, 1], bool)
+    assert np.allclose(discounted_returns(r, term, 0.5), [1 + 0.5 + 0.25, 1 + 0.5, 1, 0])
+    assert unigram_bits(np.array([0, 1, 2, 3]), 8) == pytest.approx(2.0)
+    assert unigram_bits(np.array([5, 5, 5]), 8) == pytest.approx(0.0)
+    assert unigram_pos_bits(np.array([[0, 5], [1, 5]]), 8) == pytest.approx(0.5)
+
+
+def test_learner_logs_evaluates_saves_and_resumes(replay):
+    conf = replay
+    from pydreamer.data import make_replay_loader
+
+    logged: dict[str, list] = {}
+
+    def log_fn(metrics, step):
+        for k, v in metrics.items():
+            logged.setdefault(k, []).append((step, v))
+
+    dims = {"n_tokens": 8, "tokens_per_step": 2, "action_dim": 3}
+    eps = load_eval_episodes(f"{conf.replay_dir}/episodes_eval", 4)
+    assert len(eps) == 4
+    learner = Learner(conf, conf.replay_dir, dims)
+    assert not learner.try_resume()
+    learner.run(make_replay_loader(conf, conf.replay_dir), 40, log_fn=log_fn, eval_episodes_fn=lambda: eps)
+    for key in ("train/loss_tokens", "train/kl", "train/grad_steps_per_sec", "train/data_wait_frac",
+                "train/loss_actor", "train/loss_critic", "eval/loss_tokens", "eval/nll_h1", "eval/acc_h1",
+                "eval/unigram_nll", "eval/value_error"):
+        assert key in logged, key
+    assert [s for s, _ in logged["train/loss_tokens"]] == [10, 20, 30, 40]
+    assert [s for s, _ in logged["eval/nll_h1"]] == [20, 40]
+    assert 0 <= logged["train/data_wait_frac"][-1][1] <= 1
+    ckpt = load_checkpoint(checkpoint_path(conf.replay_dir))
+    assert ckpt["step"] == 40
+
+    again = Learner(conf, conf.replay_dir, dims)
+    assert again.try_resume() and again.step == 40
+    for a, b in zip(learner.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    again.run(make_replay_loader(conf, conf.replay_dir), 50, log_fn=log_fn)
+    assert logged["train/loss_tokens"][-1][0] == 50
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(replay):
+    conf = replay
+    from pydreamer.data import make_replay_loader
+
+    learner = Learner(conf, conf.replay_dir, {"n_tokens": 8, "tokens_per_step": 2, "action_dim": 3})
+    learner.run(make_replay_loader(conf, conf.replay_dir), 20)
+    with torch.no_grad():
+        learner.model.wm.decoder.net[-1].bias.fill_(float("inf"))
+    with pytest.raises(NonFiniteLoss, match="step 21"):
+        learner.run(make_replay_loader(conf, conf.replay_dir), 40)
+    ckpt = load_checkpoint(checkpoint_path(conf.replay_dir))
+    assert ckpt["step"] == 20 and torch.isfinite(ckpt["model"]["wm.decoder.net.6.bias"]).all()
+
+
+def test_main_logs_to_mlflow_and_resumes_the_same_run(replay, monkeypatch):
+    conf = replay
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
+            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
+            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    assert main(args + ["--n_steps", "20"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    mlflow.end_run()
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert main(args + ["--n_steps", "40"]) == 0
+    mlflow.end_run()
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss_tokens")]
+    assert steps == [10, 20, 30, 40]  # resumed at 20: one curve, no repeated steps
+    metrics = mlflow.get_run(run_id).data.metrics
+    for key in ("eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "eval/unigram_nll", "eval/value_error",
+                "train/grad_steps_per_sec", "train/data_wait_frac"):
+        assert key in metrics, key
+    assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 40

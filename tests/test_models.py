@@ -1,0 +1,156 @@
+"""World model on fake batches: shapes, gradients, reset, learning, bad input, checkpoints."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.models import Dreamer, NonFiniteLoss, State
+from pydreamer.models.checkpoint import load_checkpoint, restore, save_checkpoint
+from pydreamer.tools.config import load_config
+
+torch.set_num_threads(1)
+
+
+def tiny_conf(**overrides):
+    conf = load_config(["defaults", "tiny"])
+    conf.update(overrides)
+    return conf
+
+
+def fake_batch(T=8, B=3, G=2, K=16, A=1, pattern=False, seed=0):
+    """A time-major batch in the replay loader's format. pattern=True: tokens cycle 0,1,2,... (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    if pattern:
+        start = torch.randint(K, (1, B, 1), generator=g)
+        tokens = (start + torch.arange(T).view(T, 1, 1) + torch.arange(G).view(1, 1, G)) % K
+    else:
+        tokens = torch.randint(K, (T, B, G), generator=g)
+    action = torch.zeros(T, B, A)
+    action[..., 0] = 1.0
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[0] = True
+    return {
+        "tokens": tokens.long(),
+        "action": action,
+        "reward": torch.rand(T, B, generator=g),
+        "terminal": torch.zeros(T, B),
+        "reset": reset,
+    }
+
+
+def test_forward_shapes_and_loss_finite():
+    conf = tiny_conf()
+    model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=1)
+    batch = fake_batch()
+    out = model.wm(batch, model.initial_state(3))
+    assert out.token_logits.shape == (8, 3, 2, 16)
+    assert out.states.deter.shape == (8, 3, conf.deter_dim)
+    assert out.states.stoch.shape == (8, 3, conf.stoch_dim * conf.stoch_discrete)
+    assert torch.isfinite(out.loss)
+    # a random model is near the uniform code: log2(16) = 4 bits per token
+    assert abs(out.metrics["loss_tokens"].item() - 4.0) < 1.0
+    # stochastic state is one-hot per variable
+    z = out.states.stoch.detach().reshape(8, 3, conf.stoch_dim, conf.stoch_discrete)
+    assert torch.allclose(z.sum(-1), torch.ones(8, 3, conf.stoch_dim))
+
+
+def test_straight_through_gradients_reach_encoder_and_posterior():
+    model = Dreamer(tiny_conf(free_nats=0.0), n_tokens=16, tokens_per_step=2, action_dim=1)  # no free KL: the prior learns
+    out = model.wm(fake_batch(), model.initial_state(3))
+    out.loss.backward()
+    for part in (model.wm.encoder, model.wm.rssm.post_net, model.wm.rssm.prior_net, model.wm.rssm.gru):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_reset_zeroes_the_carried_state():
+    model = Dreamer(tiny_conf(), n_tokens=16, tokens_per_step=2, action_dim=1).eval()
+    batch = fake_batch(T=4, B=2)
+    rssm = model.wm.rssm
+    embed = model.wm.encoder(batch["tokens"])
+    carried = State(torch.randn(2, rssm.deter_dim), torch.ones(2, rssm.stoch_size))
+    with torch.no_grad():
+        s1, *_ = rssm.observe(embed, batch["action"], batch["reset"], carried)
+        s2, *_ = rssm.observe(embed, batch["action"], batch["reset"], rssm.initial_state(2))
+    assert torch.allclose(s1.deter[0], s2.deter[0])
+    no_reset = torch.zeros_like(batch["reset"])
+    with torch.no_grad():
+        s3, *_ = rssm.observe(embed, batch["action"], no_reset, carried)
+    assert not torch.allclose(s3.deter[0], s2.deter[0])
+
+
+def test_bad_tokens_are_a_clear_error():
+    model = Dreamer(tiny_conf(), n_tokens=16, tokens_per_step=2, action_dim=1)
+    batch = fake_batch(K=32)
+    batch["tokens"][0, 0, 0] = 31
+    with pytest.raises(ValueError, match="codebook size"):
+        model.wm(batch, model.initial_state(3))
+    with pytest.raises(ValueError, match="tokens per step"):
+        model.wm(fake_batch(G=3), model.initial_state(3))
+
+
+def test_training_lowers_token_loss_and_horizon1_beats_unigram():
+    torch.manual_seed(0)
+    conf = tiny_conf(adam_lr=3e-3, hidden_dim=64, deter_dim=64, embed_dim=64)
+    K = 16
+    model = Dreamer(conf, n_tokens=K, tokens_per_step=2, action_dim=1)
+    opts = model.make_optimizers(conf)
+    state = model.initial_state(8)
+    first = None
+    for step in range(1, 151):
+        batch = fake_batch(T=12, B=8, K=K, pattern=True, seed=step)
+        state = model.initial_state(8)
+        state, metrics = model.training_step(batch, state, opts, step)
+        first = metrics["loss_tokens"] if first is None else first
+    assert metrics["loss_tokens"] < 0.5 * first
+    batch = fake_batch(T=12, B=8, K=K, pattern=True, seed=999)
+    with torch.no_grad():
+        out = model.wm(batch, model.initial_state(8))
+        probs = model.wm.horizon1_probs(out.states, out.prior_logits, n_samples=4)
+    p = probs.gather(-1, batch["tokens"].unsqueeze(-1)).squeeze(-1)[1:]  # skip the reset step
+    nll_h1 = float((-torch.log2(p.clamp_min(1e-9))).mean())
+    assert nll_h1 < 0.5 * math.log2(K), nll_h1  # the cycle is predictable; unigram is log2(K) bits
+
+
+def test_non_finite_loss_stops_before_the_weights_change():
+    conf = tiny_conf()
+    model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=1)
+    opts = model.make_optimizers(conf)
+    with torch.no_grad():
+        model.wm.decoder.net[-1].bias.fill_(float("nan"))
+    before = model.wm.encoder.embedding.weight.clone()
+    with pytest.raises(NonFiniteLoss, match="step 7"):
+        model.training_step(fake_batch(), model.initial_state(3), opts, step=7)
+    assert torch.equal(before, model.wm.encoder.embedding.weight)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    conf = tiny_conf()
+    model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=2)
+    opts = model.make_optimizers(conf)
+    model.training_step(fake_batch(A=2), model.initial_state(3), opts, step=1)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    save_checkpoint(path, model, opts, step=42)
+    assert not list(path.parent.glob(".*tmp"))
+    other = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=2)
+    other_opts = other.make_optimizers(conf)
+    assert restore(load_checkpoint(path), other, other_opts) == 42
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert other_opts["model"].state_dict()["state"]
+    wrong = Dreamer(conf, n_tokens=32, tokens_per_step=2, action_dim=2)
+    with pytest.raises(ValueError, match="trained for"):
+        restore(load_checkpoint(path), wrong)
+
+
+def test_bf16_autocast_step_runs():
+    """The GPU path (bf16 autocast) exercised on CPU: finite losses, float32 weights."""
+    conf = tiny_conf()
+    model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=3)
+    opts = model.make_optimizers(conf)
+    state, metrics = model.training_step(fake_batch(A=3), model.initial_state(3), opts, step=1, amp=True)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert next(model.parameters()).dtype == torch.float32
