@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--store", default="", help="an existing replay store to read instead of a synthetic one")
     conf, args = parse_args(None, parser)
     from pydreamer.data import make_replay_loader
-    from pydreamer.train import Learner, resolve_device
+    from pydreamer.tools.device import resolve_device
+    from pydreamer.train import Learner
 
     meta_path = Path(conf.data_dir) / "tokens" / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -27,6 +27,7 @@ from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.functions import LN2, categorical_kl
 from pydreamer.models.rssm import RSSM
+from pydreamer.tools.device import resolve_device
 
 log = logging.getLogger("pydreamer.train")
 
@@ -36,12 +37,6 @@ EXIT_INTERRUPTED = 130
 
 def checkpoint_path(replay_dir: Path | str) -> Path:
     return Path(replay_dir) / "checkpoints" / CHECKPOINT_NAME
-
-
-def resolve_device(name: str) -> torch.device:
-    from pydreamer.tools.device import resolve_device as resolve
-
-    return resolve(name)
 
 
 class _Interrupted(Exception):
