@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pydreamer.tools.device import resolve_device
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
-from tokenizer.shards import ShardWriter, read_shard, shard_paths
+from tokenizer.shards import ShardWriter, atomic_write_text, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.vqvae import VQVAE, load_vqvae
 
@@ -156,7 +156,5 @@ def encode(conf: Mapping[str, Any]) -> dict:
     meta["mel_std"] = float(np.mean(stds)) if stds else 1.0
     meta["audio_seconds"] = audio_seconds
     meta["encode_realtime_factor"] = audio_seconds / max(time.time() - t0, 1e-9)
-    tmp = layout.token_meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(layout.token_meta)
+    atomic_write_text(layout.token_meta, json.dumps(meta, indent=2))
     return meta

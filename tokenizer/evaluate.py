@@ -16,7 +16,7 @@ from tokenizer.encode import tokenize
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
 from tokenizer.metrics import ReconstructionMeter
-from tokenizer.shards import iter_utterances, shard_paths
+from tokenizer.shards import atomic_write_text, iter_utterances, shard_paths
 from tokenizer.train import log_examples
 from tokenizer.vqvae import load_vqvae
 
@@ -37,8 +37,7 @@ def evaluate(conf: Mapping[str, Any], split: str = "test") -> dict[str, float]:
     metrics = meter.result(steps_per_second, model.G)
     metrics["utterances"] = n
     metrics["split"] = split
-    layout.metrics.parent.mkdir(parents=True, exist_ok=True)
-    layout.metrics.write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(layout.metrics, json.dumps(metrics, indent=2))
     log_examples(model, conf, layout, split, device, out_dir=layout.examples)
     if mlflow.active_run():
         mlflow.log_metrics({f"tokenizer/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})

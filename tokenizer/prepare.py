@@ -20,7 +20,7 @@ from tokenizer.audio_io import UnusableAudio, load_audio, to_mono_16k
 from tokenizer.corpora import Skipped, UtteranceSource, list_corpus
 from tokenizer.features import MelSettings, log_mel_features
 from tokenizer.layout import DataLayout
-from tokenizer.shards import ShardWriter
+from tokenizer.shards import ShardWriter, atomic_write_text
 from tokenizer.split import SPLITS, assign_splits
 
 
@@ -140,10 +140,7 @@ def prepare(conf: Mapping[str, Any]) -> dict:
     empty = [s for s in SPLITS if stats[s]["utterances"] == 0]
     if empty:
         manifest["warning"] = f"split(s) {', '.join(empty)} are empty: the corpus is too small or their files were skipped"
-    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = layout.manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(layout.manifest)
+    atomic_write_text(layout.manifest, json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -31,6 +31,15 @@ def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.nda
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file (manifest, meta, metrics) under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class ShardWriter:
     """Collects utterances and writes `<prefix>-00000.npz`, ... once `max_rows` steps are held.
 
