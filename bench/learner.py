@@ -55,12 +55,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="synthetic episodes when no --replay_dir")
     parser.add_argument("--store", default="", help="an existing replay store to read instead of a synthetic one")
     conf, args = parse_args(None, parser)
+    from envs.audio_token_env import read_token_meta
     from pydreamer.data import make_replay_loader
     from pydreamer.tools.device import resolve_device
     from pydreamer.train import Learner
 
-    meta_path = Path(conf.data_dir) / "tokens" / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_token_meta(conf.data_dir)
     dims = {"n_tokens": int(meta.get("codebook_size", conf.codebook_size)),
             "tokens_per_step": int(meta.get("tokens_per_step", conf.tokens_per_step)), "action_dim": 1}
     device = resolve_device(conf.device)

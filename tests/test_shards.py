@@ -41,3 +41,16 @@ def test_no_pickles_and_no_temp_files_left(tmp_path):
         with np.load(p, allow_pickle=False) as z:
             assert all(z[k].dtype != object for k in z.files)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_failed_write_leaves_no_file_and_no_temp(tmp_path):
+    import pytest
+
+    from pydreamer.tools.files import atomic_path
+
+    target = tmp_path / "out.npz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -11,33 +11,27 @@ before renaming, so a reader never sees half a file.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from pydreamer.tools.files import atomic_path
+
 SHARD_GLOB = "shard-*.npz"
 
 
 def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.ndarray) -> None:
     """Write an npz under a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write a text file (manifest, meta, metrics) under a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 class ShardWriter:

@@ -8,13 +8,14 @@ restarting codes that fall out of use (a collapsed codebook wastes bits).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pydreamer.tools.files import atomic_path
 
 
 class VectorQuantizer(nn.Module):
@@ -194,11 +195,8 @@ class VQVAE(nn.Module):
 
 def save_vqvae(path: Path | str, model: VQVAE, extra: Mapping[str, Any] | None = None) -> None:
     """Write the checkpoint under a temporary name, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"hparams": model.hparams, "state_dict": model.state_dict(), **(extra or {})}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"hparams": model.hparams, "state_dict": model.state_dict(), **(extra or {})}, tmp)
 
 
 def load_vqvae(path: Path | str, device: str | torch.device = "cpu") -> tuple[VQVAE, dict]:

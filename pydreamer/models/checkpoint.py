@@ -1,11 +1,12 @@
 """Checkpoints: model + optimizers + step in one file, written atomically, read without pickles."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from pydreamer.tools.files import atomic_path
 
 CHECKPOINT_NAME = "latest.pt"
 
@@ -13,8 +14,6 @@ CHECKPOINT_NAME = "latest.pt"
 def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mapping[str, Any] | None, step: int,
                     extra: Mapping[str, Any] | None = None) -> None:
     """Write to a temporary name and rename, so a reader (or a crash) never sees half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "step": int(step),
         "dims": dict(getattr(model, "dims", {})),
@@ -22,9 +21,8 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mappin
         "optimizers": {k: v.state_dict() for k, v in (optimizers or {}).items()},
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
