@@ -27,6 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from pydreamer.episodes import episode_filename, iter_episode_names, save_episode
+from pydreamer.models.checkpoint import checkpoint_path
 
 log = logging.getLogger("pydreamer.generator")
 
@@ -99,11 +100,6 @@ class PrefilledNetworkPolicy:
     def __call__(self, obs: dict) -> int:
         self._steps_since_check += 1
         return int(self.network(obs)) if self.use_network else self.random(obs)
-
-
-def checkpoint_path(replay_dir: Path | str) -> Path:
-    """Where the network policy finds the learner's weights."""
-    return Path(replay_dir) / "checkpoints" / "latest.pt"
 
 
 def make_policy(conf: Mapping[str, Any], env: gym.Env, replay_dir: Path | str, seed: int | None = None):

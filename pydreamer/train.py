@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pydreamer.models import Dreamer, NonFiniteLoss, State
-from pydreamer.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
+from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.functions import LN2, categorical_kl
 from pydreamer.models.rssm import RSSM
 from pydreamer.tools.device import resolve_device
@@ -33,10 +33,6 @@ log = logging.getLogger("pydreamer.train")
 
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
-
-
-def checkpoint_path(replay_dir: Path | str) -> Path:
-    return Path(replay_dir) / "checkpoints" / CHECKPOINT_NAME
 
 
 class _Interrupted(Exception):

@@ -9,8 +9,8 @@ import torch
 from pydreamer.generator import run_generator
 from pydreamer.models import NonFiniteLoss
 from pydreamer.models.checkpoint import load_checkpoint
-from pydreamer.train import (Learner, checkpoint_path, discounted_returns, load_eval_episodes, main, unigram_bits,
-                             unigram_pos_bits)
+from pydreamer.models.checkpoint import checkpoint_path
+from pydreamer.train import Learner, discounted_returns, load_eval_episodes, main, unigram_bits, unigram_pos_bits
 from pydreamer.tools.config import load_config
 
 torch.set_num_threads(1)

@@ -11,6 +11,11 @@ from pydreamer.tools.files import atomic_path
 CHECKPOINT_NAME = "latest.pt"
 
 
+def checkpoint_path(replay_dir: Path | str) -> Path:
+    """Where the learner writes its latest weights and the network policy finds them: the run's artifact `checkpoints/latest.pt`."""
+    return Path(replay_dir) / "checkpoints" / CHECKPOINT_NAME
+
+
 def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mapping[str, Any] | None, step: int,
                     extra: Mapping[str, Any] | None = None) -> None:
     """Write to a temporary name and rename, so a reader (or a crash) never sees half a checkpoint."""
