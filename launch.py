@@ -105,7 +105,7 @@ def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydreamer.tools.config import ConfigError, load_config
+    from runtime.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pydreamer.tools.tracking import log_params, setup_mlflow, tracking_uri
+    from runtime.tracking import log_params, setup_mlflow, tracking_uri
 
     setup_mlflow(conf)
     resume_id = conf.get("resume_id") or os.environ.get("MLFLOW_RUN_ID") or ""

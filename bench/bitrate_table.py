@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydreamer.tools.config import parse_args  # noqa: E402
+from runtime.config import parse_args  # noqa: E402
 from tokenizer.layout import DataLayout  # noqa: E402
 from tokenizer.stages import run_stage  # noqa: E402
 

@@ -63,7 +63,7 @@ def rss_mb() -> float:
 def one_worker(data_dir: str, replay_dir: str, worker: int, n_workers: int, steps: int) -> dict:
     from envs import make_env
     from pydreamer.generator import run_generator
-    from pydreamer.tools.config import load_config
+    from runtime.config import load_config
 
     conf = load_config(["defaults", "audio"])
     conf.update(data_dir=data_dir, generator_log_interval=1e9)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pydreamer.tools.config import parse_args  # noqa: E402
+from runtime.config import parse_args  # noqa: E402
 
 
 def synthetic_store(folder: Path, n_episodes: int, n_tokens: int, G: int, seed: int = 0) -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     conf, args = parse_args(None, parser)
     from envs.audio_token_env import read_token_meta
     from pydreamer.data import make_replay_loader
-    from pydreamer.tools.device import resolve_device
+    from runtime.device import resolve_device
     from pydreamer.train import Learner
 
     meta = read_token_meta(conf.data_dir)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from pydreamer.data import make_replay_loader  # noqa: E402
 from pydreamer.episodes import episode_filename, list_episodes, save_episode  # noqa: E402
-from pydreamer.tools.config import load_config  # noqa: E402
+from runtime.config import load_config  # noqa: E402
 
 
 def pss_mb(pid: int) -> float:

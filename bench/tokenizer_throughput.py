@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydreamer.tools.config import parse_args  # noqa: E402
+from runtime.config import parse_args  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float, int]:
@@ -80,7 +80,7 @@ def main() -> None:
 
 # Each stage runs in its own interpreter so its peak memory is its own.
 _STAGE = "import sys; from tokenizer.__main__ import main; sys.exit(main(sys.argv[1:]))"
-_UNTRAINED = ("import sys; from pydreamer.tools.config import load_config; from tokenizer.vqvae import VQVAE, save_vqvae; "
+_UNTRAINED = ("import sys; from runtime.config import load_config; from tokenizer.vqvae import VQVAE, save_vqvae; "
               "save_vqvae(sys.argv[1], VQVAE.from_conf(load_config(sys.argv[2:])))")
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tokenizer.shards import atomic_save_npz
+from runtime.files import atomic_save_npz
 
 STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
 _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")

@@ -145,7 +145,7 @@ class _MlflowMetrics:
         if run_id:
             from mlflow import MlflowClient
 
-            from pydreamer.tools.tracking import tracking_uri
+            from runtime.tracking import tracking_uri
 
             self.client = MlflowClient(tracking_uri(conf))
 
@@ -282,7 +282,7 @@ def worker_plan(conf: Mapping[str, Any]) -> list[dict]:
 def _process_main(conf: dict, replay_dir: str, entry: dict, run_id: str | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from pydreamer.tools.config import Config
+    from runtime.config import Config
 
     conf = Config(conf)
     entry = dict(entry)
@@ -326,7 +326,7 @@ def _active_run_id() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydreamer.tools.config import parse_args
+    from runtime.config import parse_args
 
     parser = argparse.ArgumentParser(prog="python -m pydreamer.generator", description=__doc__.split("\n")[0])
     parser.add_argument("--worker", type=int, default=None, help="run only this worker, in this process")

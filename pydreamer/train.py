@@ -27,7 +27,7 @@ from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.functions import LN2, categorical_kl
 from pydreamer.models.rssm import RSSM
-from pydreamer.tools.device import resolve_device
+from runtime.device import resolve_device
 
 log = logging.getLogger("pydreamer.train")
 
@@ -314,7 +314,7 @@ def env_dims(conf: Mapping[str, Any]) -> dict[str, int]:
 def _start_run(conf: Mapping[str, Any]):
     import mlflow
 
-    from pydreamer.tools.tracking import log_params, setup_mlflow
+    from runtime.tracking import log_params, setup_mlflow
 
     setup_mlflow(conf)
     run_id = os.environ.get("MLFLOW_RUN_ID") or conf.get("resume_id") or None
@@ -335,7 +335,7 @@ def local_artifact_dir(run) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydreamer.tools.config import parse_args
+    from runtime.config import parse_args
 
     parser = argparse.ArgumentParser(prog="python -m pydreamer.train", description=__doc__.split("\n")[0])
     conf, _ = parse_args(argv, parser)

@@ -53,7 +53,7 @@ def token_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def conf(token_dir):
     """The tiny config pointed at the tiny corpus."""
-    from pydreamer.tools.config import load_config
+    from runtime.config import load_config
 
     c = load_config(["defaults", "tiny"])
     c.data_dir = str(token_dir)

@@ -1,6 +1,6 @@
 import pytest
 
-from pydreamer.tools.config import ConfigError, load_config, parse_args
+from runtime.config import ConfigError, load_config, parse_args
 
 
 def test_sections_merge_in_order_and_overrides_keep_types():

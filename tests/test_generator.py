@@ -158,7 +158,7 @@ def test_worker_plan_splits_the_budget(conf):
 def test_metrics_go_to_the_active_mlflow_run(conf, tmp_path):
     import mlflow
 
-    from pydreamer.tools.tracking import setup_mlflow
+    from runtime.tracking import setup_mlflow
 
     conf.mlflow_dir = str(tmp_path / "mlruns")
     previous = mlflow.get_tracking_uri()

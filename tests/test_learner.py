@@ -11,7 +11,7 @@ from pydreamer.models import NonFiniteLoss
 from pydreamer.models.checkpoint import load_checkpoint
 from pydreamer.models.checkpoint import checkpoint_path
 from pydreamer.train import Learner, discounted_returns, load_eval_episodes, main, unigram_bits, unigram_pos_bits
-from pydreamer.tools.config import load_config
+from runtime.config import load_config
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import torch
 
 from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import load_checkpoint, restore, save_checkpoint
-from pydreamer.tools.config import load_config
+from runtime.config import load_config
 
 torch.set_num_threads(1)
 

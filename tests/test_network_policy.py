@@ -11,7 +11,7 @@ from pydreamer.generator import make_policy, run_generator
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import save_checkpoint
 from pydreamer.policy import NetworkPolicy, space_dims
-from pydreamer.tools.config import load_config
+from runtime.config import load_config
 
 torch.set_num_threads(1)
 

@@ -46,7 +46,7 @@ def test_no_pickles_and_no_temp_files_left(tmp_path):
 def test_failed_write_leaves_no_file_and_no_temp(tmp_path):
     import pytest
 
-    from pydreamer.tools.files import atomic_path
+    from runtime.files import atomic_path
 
     target = tmp_path / "out.npz"
     with pytest.raises(RuntimeError):

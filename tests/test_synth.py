@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from pydreamer.tools.config import load_config
+from runtime.config import load_config
 from tokenizer import synth
 from tokenizer.synth import KINDS, SynthUtterance, plan_synth_corpus, synth_voices, synthesize
 

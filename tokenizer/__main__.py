@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydreamer.tools.config import parse_args
+from runtime.config import parse_args
 from tokenizer.stages import STAGES, run_stage
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pydreamer.tools.device import resolve_device
+from runtime.device import resolve_device
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
-from tokenizer.shards import ShardWriter, atomic_write_text, read_shard, shard_paths
+from runtime.files import atomic_write_text
+from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.vqvae import VQVAE, load_vqvae
 

@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 import mlflow
 
-from pydreamer.tools.device import resolve_device
+from runtime.device import resolve_device
 from tokenizer.encode import tokenize
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
 from tokenizer.metrics import ReconstructionMeter
-from tokenizer.shards import atomic_write_text, iter_utterances, shard_paths
+from runtime.files import atomic_write_text
+from tokenizer.shards import iter_utterances, shard_paths
 from tokenizer.train import log_examples
 from tokenizer.vqvae import load_vqvae
 

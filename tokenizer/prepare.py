@@ -20,7 +20,8 @@ from tokenizer.audio_io import UnusableAudio, load_audio, to_mono_16k
 from tokenizer.corpora import Skipped, UtteranceSource, list_corpus
 from tokenizer.features import MelSettings, log_mel_features
 from tokenizer.layout import DataLayout
-from tokenizer.shards import ShardWriter, atomic_write_text
+from runtime.files import atomic_write_text
+from tokenizer.shards import ShardWriter
 from tokenizer.split import SPLITS, assign_splits
 
 

@@ -17,21 +17,10 @@ from typing import Iterator
 
 import numpy as np
 
-from pydreamer.tools.files import atomic_path
+from runtime.files import atomic_save_npz
 
 SHARD_GLOB = "shard-*.npz"
 
-
-def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.ndarray) -> None:
-    """Write an npz under a temporary name, then rename it into place."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        (np.savez_compressed if compressed else np.savez)(f, **arrays)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write a text file (manifest, meta, metrics) under a temporary name, then rename it into place."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 class ShardWriter:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
-from pydreamer.tools.tracking import log_params, setup_mlflow
+from runtime.tracking import log_params, setup_mlflow
 from tokenizer.layout import DataLayout
 
 STAGES = ("prepare", "train", "encode", "evaluate")

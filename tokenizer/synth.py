@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import time
 
-    from pydreamer.tools.config import load_config
+    from runtime.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m tokenizer.synth", description=main.__doc__)
     parser.add_argument("--configs", nargs="+", default=["defaults"])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pydreamer.tools.device import resolve_device
+from runtime.device import resolve_device
 from tokenizer.layout import DataLayout
 from tokenizer.shards import iter_utterances, shard_paths
 from tokenizer.vqvae import VQVAE, save_vqvae

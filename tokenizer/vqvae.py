@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pydreamer.tools.files import atomic_path
+from runtime.files import atomic_path
 
 
 class VectorQuantizer(nn.Module):

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from pydreamer.tools.files import atomic_path
+from runtime.files import atomic_path
 
 CHECKPOINT_NAME = "latest.pt"
 

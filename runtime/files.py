@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
@@ -21,3 +23,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_save_npz(path: Path | str, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """Write an npz (no pickles) under a temporary name, then rename it into place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file (manifest, meta, metrics) under a temporary name, then rename it into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
