@@ -15,74 +15,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-STOP_GRACE_S = 60.0  # how long a child may take to stop (the learner writes a checkpoint)
-
-
-def child_overrides(rest: list[str], drop: tuple[str, ...] = ("resume_id", "replay_dir")) -> list[str]:
-    """The user's `--key value` overrides, minus the ones the launcher decides for its children."""
-    out, i = [], 0
-    while i < len(rest):
-        token = rest[i]
-        key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
-        width = 1 if (token.startswith("--") and "=" in token) else 2
-        if key in drop:
-            i += width
-            continue
-        out += rest[i:i + width]
-        i += width
-    return out
+from runtime.processes import Child, cpu_cores
 
 
 def needs_tokens(conf) -> bool:
     from envs import AUDIO_TOKENS_ID
 
-    return conf.get("env_id") == AUDIO_TOKENS_ID
+    return conf["env_id"] == AUDIO_TOKENS_ID
 
 
-class Child:
-    """One watched process, in its own session so Ctrl-C reaches only the launcher, which stops it in order."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str]):
-        self.name = name
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def stop(self, grace: float = STOP_GRACE_S) -> int | None:
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        # SIGTERM to the child itself (not its group): the learner's data-loader workers must
-        # outlive it while it writes its last checkpoint.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            print(f"launch: {self.name} did not stop in {grace:.0f} s; killing it", flush=True)
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return self.proc.wait()
+def learner_threads(conf) -> int:
+    """The learner's share of the cores: what the generators and its data-loader processes (one core
+    each) leave, at least one. On a busy 2-core machine more threads than cores stall each other."""
+    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + int(conf["data_workers"])
+    return max(1, cpu_cores() - others)
 
 
 def start_children(conf, configs: list[str], overrides: list[str], replay_dir: Path, env: dict) -> list[Child]:
-    from pydreamer.generator import worker_plan
+    """The generators (one thread each), then the learner; the learner is last in the list."""
+    from pydreamer.generator import start_generators
 
+    children = start_generators(configs, overrides, replay_dir, env=env, conf=conf)
     base = ["--configs", *configs, *overrides, "--replay_dir", str(replay_dir)]
-    children = []
-    for entry in worker_plan(conf):
-        cmd = [sys.executable, "-m", "pydreamer.generator", *base, "--worker", str(entry["worker"]),
-               "--n_workers", str(entry["n_workers"]), "--split", entry["split"]]
-        children.append(Child(f"generator {entry['split']} w{entry['worker']}", cmd, env))
-    children.append(Child("learner", [sys.executable, "-m", "pydreamer.train", *base], env))
+    children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
     return children
 
 
@@ -99,42 +58,35 @@ def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
         for child in children[:-1]:
             rc = child.poll()
             if rc not in (None, 0):  # a generator that finished its budget (0) is fine
-                print(f"launch: {child.name} (pid {child.proc.pid}) exited with code {rc}", file=sys.stderr, flush=True)
+                print(f"launch: {child.name} (pid {child.pid}) exited with code {rc}", file=sys.stderr, flush=True)
                 return "failed", 1
         time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime.config import ConfigError, load_config
+    from runtime.config import ConfigError, load_config, split_overrides
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
+    try:  # every value checked before anything is written
         conf = load_config(args.configs, rest)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from runtime.tracking import log_params, setup_mlflow, tracking_uri
+    from runtime.tracking import RunNotFound, local_artifact_dir, start_or_resume_run, tracking_uri
 
-    setup_mlflow(conf)
-    resume_id = conf.get("resume_id") or os.environ.get("MLFLOW_RUN_ID") or ""
-    previous_replay = None
-    if resume_id:
-        try:
-            previous_replay = mlflow.get_run(resume_id).data.tags.get("replay_dir")
-        except MlflowException:
-            parser.exit(2, f"{parser.prog}: error: no MLflow run '{resume_id}' in {tracking_uri(conf)}\n")
-    os.environ.pop("MLFLOW_RUN_ID", None)  # start_run(run_id=...) below says which run, explicitly
-    run = mlflow.start_run(run_id=resume_id or None, run_name=None if resume_id else (conf.get("run_name") or None))
+    # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
+    resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
+    try:
+        run = start_or_resume_run(conf, resume_id or None)
+    except RunNotFound as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     run_id = run.info.run_id
-    log_params(conf)
-    from pydreamer.train import local_artifact_dir
-
-    replay_dir = Path(conf.get("replay_dir") or previous_replay or local_artifact_dir(run) or "replay").resolve()
+    previous_replay = run.data.tags.get("replay_dir") if resume_id else None
+    replay_dir = Path(conf["replay_dir"] or previous_replay or local_artifact_dir(run) or "replay").resolve()
     replay_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tag("replay_dir", str(replay_dir))
     print(f"launch: {'resuming' if resume_id else 'started'} run {run_id} (experiment '{conf.experiment}'), "
@@ -143,14 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     status, code, children = "FAILED", 1, []
     try:
         if needs_tokens(conf):
+            from runtime.processes import set_torch_threads
+            from tokenizer.layout import DataLayout
             from tokenizer.stages import ensure_tokens
 
-            folder = ensure_tokens(conf)
+            set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
+            folder = ensure_tokens(conf, DataLayout.of(conf["data_dir"]))
             print(f"launch: tokens ready in {folder}", flush=True)
         env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri(conf),
                    MLFLOW_EXPERIMENT_ID=run.info.experiment_id)
-        children = start_children(conf, list(args.configs), child_overrides(rest), replay_dir, env)
-        print("launch: started " + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in children), flush=True)
+        overrides = split_overrides(rest, drop=("resume_id", "replay_dir"))
+        children = start_children(conf, list(args.configs), overrides, replay_dir, env)
+        print("launch: started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children), flush=True)
         outcome, code = watch(children)
         status = "FINISHED" if outcome == "done" else "FAILED"
     except KeyboardInterrupt:
@@ -163,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         for child in reversed(children):  # the learner first: it checkpoints while generators still write
             child.stop()
         mlflow.end_run(status=status)
-    how = f"python launch.py --configs {' '.join(args.configs)} --resume_id {run_id}"
-    print(f"launch: run {run_id} {status.lower()}; checkpoint {replay_dir / 'checkpoints' / 'latest.pt'}"
-          + ("" if status == "FINISHED" else f"; continue with: {how}"), flush=True)
+    from pydreamer.models.checkpoint import checkpoint_path
+
+    ckpt = checkpoint_path(replay_dir)
+    line = f"launch: run {run_id} {status.lower()}"
+    if ckpt.exists():
+        line += f"; checkpoint {ckpt}"
+        if status != "FINISHED":
+            line += f"; continue with: python launch.py --configs {' '.join(args.configs)} --resume_id {run_id}"
+    elif status != "FINISHED":
+        line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
+    print(line, flush=True)
     return code
 
 

@@ -42,7 +42,7 @@ def main() -> None:
         shutil.copy(source.manifest, folder / "manifest.json")
         c = dict(conf, data_dir=str(folder), time_downsample=ds, tokens_per_step=g)
         for stage in ("train", "evaluate"):
-            run_stage(c, stage, force=True)
+            run_stage(c, DataLayout.of(c.data_dir), stage, force=True)
         m = json.loads(DataLayout.of(folder).metrics.read_text())
         rows.append({"time_downsample": ds, "tokens_per_step": g, **m})
     cols = ("bits_per_second", "lsd_db", "mse", "pearson", "psnr", "codebook_usage", "perplexity")

@@ -55,16 +55,20 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="synthetic episodes when no --replay_dir")
     parser.add_argument("--store", default="", help="an existing replay store to read instead of a synthetic one")
     conf, args = parse_args(None, parser)
-    from envs.audio_token_env import read_token_meta
     from pydreamer.data import make_replay_loader
-    from runtime.device import resolve_device
     from pydreamer.train import Learner
+    from runtime.device import resolve_device
+    from runtime.processes import set_torch_threads
+    from tokenizer.layout import DataLayout
+    from tokenizer.tokens import MissingTokensError, read_token_spec
 
-    meta = read_token_meta(conf.data_dir)
-    dims = {"n_tokens": int(meta.get("codebook_size", conf.codebook_size)),
-            "tokens_per_step": int(meta.get("tokens_per_step", conf.tokens_per_step)), "action_dim": 1}
+    try:  # the corpus' own dimensions when data_dir has one, else the config's (synthetic store)
+        spec = read_token_spec(DataLayout.of(conf.data_dir), conf.codebook_size)
+        dims = {"n_tokens": spec.codebook_size, "tokens_per_step": spec.tokens_per_step, "action_dim": 1}
+    except MissingTokensError:
+        dims = {"n_tokens": conf.codebook_size, "tokens_per_step": conf.tokens_per_step, "action_dim": 1}
     device = resolve_device(conf.device)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    set_torch_threads()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(args.store or tmp)
         if not args.store:

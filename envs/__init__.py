@@ -5,9 +5,13 @@ import importlib
 from typing import Any, Mapping
 
 import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
 
 from envs.audio_token_env import ENV_ID as AUDIO_TOKENS_ID
 from envs.audio_token_env import AudioTokenEnv, MissingTokensError
+from tokenizer.layout import DataLayout
+from tokenizer.tokens import read_token_spec
 
 # Optional env modules that register themselves on import.
 _ENV_MODULES = ("envs.toy_env",)
@@ -22,12 +26,12 @@ def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_w
             AUDIO_TOKENS_ID,
             data_dir=conf["data_dir"],
             split=split,
-            order=conf.get("env_order", "shuffle"),
-            reward=conf.get("env_reward", "voice"),
-            max_steps=conf.get("env_max_steps") or None,
+            order=conf["env_order"],
+            reward=conf["env_reward"],
+            max_steps=conf["env_max_steps"] or None,
             worker=worker,
             n_workers=n_workers,
-            codebook_size=conf.get("codebook_size"),
+            codebook_size=conf["codebook_size"],
             disable_env_checker=True,
         )
     for name in _ENV_MODULES:
@@ -39,4 +43,31 @@ def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_w
     return gym.make(env_id)
 
 
-__all__ = ["AUDIO_TOKENS_ID", "AudioTokenEnv", "MissingTokensError", "make_env"]
+def space_dims(observation_space: spaces.Space, action_space: spaces.Space) -> dict[str, int]:
+    """(codebook size, tokens per step, number of actions) from an env's spaces."""
+    tokens = observation_space["tokens"] if isinstance(observation_space, spaces.Dict) else observation_space
+    if not isinstance(tokens, spaces.MultiDiscrete):
+        raise ValueError(f"expected a MultiDiscrete 'tokens' observation, got {tokens}")
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"expected a Discrete action space, got {action_space}")
+    nvec = np.asarray(tokens.nvec).reshape(-1)
+    return {"n_tokens": int(nvec.max()), "tokens_per_step": int(nvec.size), "action_dim": int(action_space.n)}
+
+
+def env_dims(conf: Mapping[str, Any], layout: DataLayout | None = None) -> dict[str, int]:
+    """What a model of the env needs to know (n_tokens, tokens_per_step, action_dim).
+
+    For the token corpus this is its TokenSpec (no env is built, no shard indexed); other
+    envs are built once to read their spaces.
+    """
+    if conf["env_id"] == AUDIO_TOKENS_ID:
+        spec = read_token_spec(layout or DataLayout.of(conf["data_dir"]), conf["codebook_size"])
+        return {"n_tokens": spec.codebook_size, "tokens_per_step": spec.tokens_per_step, "action_dim": 1}
+    env = make_env(conf)
+    try:
+        return space_dims(env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
+__all__ = ["AUDIO_TOKENS_ID", "AudioTokenEnv", "MissingTokensError", "env_dims", "make_env", "space_dims"]

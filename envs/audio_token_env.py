@@ -12,7 +12,7 @@ each shard in a random order (one shard load per shard and epoch, however large 
 """
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,37 +20,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-import logging
-
 from tokenizer.layout import DataLayout
-from tokenizer.shards import shard_paths
+from tokenizer.tokens import MissingTokensError, ShardError, TokenSplit, read_token_spec
 
 log = logging.getLogger(__name__)
 
 ENV_ID = "AudioTokens-v0"
-MAKE_TOKENS_COMMAND = "python -m tokenizer prepare|train|encode --configs defaults audio --data_dir {data_dir}"
-
-
-class MissingTokensError(FileNotFoundError):
-    """The token corpus (or one split of it) is not there yet."""
-
-
-class ShardError(ValueError):
-    """A token shard that cannot be used; the message names the file and the reason."""
-
-
-def read_token_meta(data_dir: Path | str) -> dict:
-    """`<data_dir>/tokens/meta.json` (codebook_size, tokens_per_step, ...) or {} when absent."""
-    path = DataLayout.of(data_dir).token_meta
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read as JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return meta
 
 
 class AudioTokenEnv(gym.Env):
@@ -95,38 +70,25 @@ class AudioTokenEnv(gym.Env):
         self.worker, self.n_workers = int(worker), int(n_workers)
         self.render_mode = render_mode
 
-        folder = DataLayout.of(data_dir).tokens(split)
-        self.skipped_shards: dict[str, str] = {}  # shard path -> why it is not used
-        self._bad_shards: set[int] = set()
-        self._index_split(folder)
-        if not len(self._ids):
-            bad = f" ({len(self.skipped_shards)} unreadable: {'; '.join(self.skipped_shards.values())})" if self.skipped_shards else ""
-            raise MissingTokensError(
-                f"no token shards for split '{split}' in {folder}{bad}: create them with "
-                f"`{MAKE_TOKENS_COMMAND.format(data_dir=data_dir)}`"
-            )
-        lengths = self._lengths
+        layout = DataLayout.of(data_dir)
+        self.corpus = TokenSplit(layout, split)
+        self.spec = self.corpus.spec = read_token_spec(layout, codebook_size)
+        lengths = self.corpus.lengths
         # Utterances with fewer than 2 steps cannot make an episode (reset, then at least one step).
         usable = np.flatnonzero(lengths >= 2)
         self.n_too_short = int(len(lengths) - len(usable))
         self._mine = usable[self.worker :: self.n_workers]
         if len(self._mine) == 0:
             raise ValueError(
-                f"split '{split}' in {folder} has {len(usable)} usable utterances: too few for "
+                f"split '{split}' in {self.corpus.folder} has {len(usable)} usable utterances: too few for "
                 f"worker {worker} of {n_workers}"
             )
         self.n_utterances = len(self._mine)
         self.n_steps_per_epoch = int(lengths[self._mine].sum())
-
-        meta = read_token_meta(data_dir)
-        if meta.get("tokens_per_step") and meta.get("codebook_size"):
-            g, k = int(meta["tokens_per_step"]), int(meta["codebook_size"])
-        else:  # no meta.json: the shards say G; the config (or the largest token) says the codebook size
-            first = self._load_shard(0, check=False)["tokens"]
-            g = int(meta.get("tokens_per_step") or first.shape[1])
-            k = int(meta.get("codebook_size") or max(codebook_size or 0, int(first.max()) + 1))
-        self.tokens_per_step, self.codebook_size = g, int(k)
-        self._cache_no, self._cache = -1, None
+        self.tokens_per_step, self.codebook_size = self.spec.tokens_per_step, self.spec.codebook_size
+        g = self.tokens_per_step
+        self._keys = ("tokens", "voice") if self.reward_kind == "voice" else ("tokens",)
+        self._bad_shards: set[int] = set()
 
         self.observation_space = spaces.Dict(
             {"tokens": spaces.MultiDiscrete(np.full(g, self.codebook_size, dtype=np.int64))}
@@ -142,71 +104,17 @@ class AudioTokenEnv(gym.Env):
         self._t = 0
         self._done = True
 
-    # ---- shards ----------------------------------------------------------------------
-    def _index_split(self, folder: Path) -> None:
-        """A compact index of the split (a few bytes per utterance), reading only the small
-        per-shard arrays; unreadable shards are skipped with a warning and named."""
-        shards, shard_of, row_of, ids, lengths = [], [], [], [], []
-        for path in shard_paths(folder) if folder.is_dir() else []:
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    offsets, uids = z["offsets"], z["utterance_id"]
-                if len(offsets) != len(uids) + 1:
-                    raise ValueError(f"{len(offsets)} offsets for {len(uids)} utterances")
-            except Exception as e:
-                self._skip_shard(path, e)
-                continue
-            shard_of.append(np.full(len(uids), len(shards), np.int32))
-            row_of.append(np.arange(len(uids), dtype=np.int32))
-            ids.append(uids.astype(str))
-            lengths.append(np.diff(offsets).astype(np.int64))
-            shards.append(path)
-        self._shards = shards
-        cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
-        self._shard_of, self._row_of = cat(shard_of, np.int32), cat(row_of, np.int32)
-        self._ids, self._lengths = cat(ids, str), cat(lengths, np.int64)
-
-    def _skip_shard(self, path: Path, error: Exception) -> None:
-        reason = f"{path}: {error}" if str(path) not in str(error) else str(error)
-        self.skipped_shards[str(path)] = reason
-        log.warning("skipping token shard (%d skipped): %s", len(self.skipped_shards), reason)
-
-    def _load_shard(self, no: int, check: bool = True) -> dict:
-        path = self._shards[no]
-        keys = ("offsets", "tokens") + (("voice",) if self.reward_kind == "voice" else ())
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {key: z[key] for key in keys}
-        except KeyError as e:
-            raise ShardError(f"{path}: token shard has no array {e}") from None
-        except Exception as e:
-            raise ShardError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-        tokens = data["tokens"]
-        if tokens.ndim != 2:
-            raise ShardError(f"{path}: 'tokens' should be [steps, G], has shape {tokens.shape}")
-        if check:
-            if tokens.shape[1] != self.tokens_per_step:
-                raise ShardError(f"{path}: {tokens.shape[1]} tokens per step, expected {self.tokens_per_step}")
-            if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
-                raise ShardError(f"{path}: tokens outside [0, codebook_size={self.codebook_size})")
-        return data
-
-    def _shard(self, no: int) -> dict:
-        if no != self._cache_no:
-            self._cache, self._cache_no = None, -1  # free the old shard before reading the next
-            self._cache, self._cache_no = self._load_shard(no), no
-        return self._cache
+    # ---- utterances ------------------------------------------------------------------
+    @property
+    def skipped_shards(self) -> dict[str, str]:
+        return self.corpus.skipped_shards
 
     def _start_utterance(self, u: int) -> None:
-        data = self._shard(int(self._shard_of[u]))
-        i = int(self._row_of[u])
-        a, b = int(data["offsets"][i]), int(data["offsets"][i + 1])
-        self._utt_tokens = data["tokens"][a:b].astype(np.int64)
-        if self.reward_kind == "voice":
-            self._utt_reward = data["voice"][a:b].astype(np.float64)
-        else:
-            self._utt_reward = np.zeros(b - a)
-        self._utt_id = str(self._ids[u])
+        utt = self.corpus.utterance(u, self._keys)
+        self._utt_tokens = utt["tokens"]
+        n = len(self._utt_tokens)
+        self._utt_reward = utt["voice"].astype(np.float64) if self.reward_kind == "voice" else np.zeros(n)
+        self._utt_id = utt["utterance_id"]
         self._t = 0
         self._done = False
 
@@ -216,7 +124,8 @@ class AudioTokenEnv(gym.Env):
         if self.order == "sequential":
             self._order = mine
         else:  # shards in random order, utterances in random order within each shard
-            shard_rank = self.np_random.permutation(len(self._shards))[self._shard_of[mine]]
+            shard_of = self.corpus.shard_of
+            shard_rank = self.np_random.permutation(len(self.corpus.shards))[shard_of[mine]]
             self._order = mine[np.lexsort((self.np_random.random(len(mine)), shard_rank))]
         self._position = 0
 
@@ -228,11 +137,7 @@ class AudioTokenEnv(gym.Env):
             self.epoch = 0
         options = options or {}
         if options.get("utterance") is not None:
-            uid = str(options["utterance"])
-            hits = np.flatnonzero(self._ids == uid)
-            if len(hits) == 0:
-                raise ValueError(f"utterance {uid!r} is not in split '{self.split}' of {self.data_dir}")
-            self._start_utterance(int(hits[0]))
+            self._start_utterance(self.corpus.find(options["utterance"]))
         else:
             while True:  # the next utterance whose shard is usable
                 if self._position >= len(self._order):
@@ -240,15 +145,16 @@ class AudioTokenEnv(gym.Env):
                     self.epoch += 1
                 u = int(self._order[self._position])
                 self._position += 1
-                if int(self._shard_of[u]) in self._bad_shards:
+                shard = int(self.corpus.shard_of[u])
+                if shard in self._bad_shards:
                     continue
                 try:
                     self._start_utterance(u)
                     break
                 except ShardError as e:
-                    self._bad_shards.add(int(self._shard_of[u]))
-                    self._skip_shard(self._shards[int(self._shard_of[u])], e)
-                    if all(int(s) in self._bad_shards for s in np.unique(self._shard_of[self._mine])):
+                    self._bad_shards.add(shard)
+                    self.corpus.skip_shard(self.corpus.shards[shard], e)
+                    if all(int(s) in self._bad_shards for s in np.unique(self.corpus.shard_of[self._mine])):
                         raise ShardError(
                             f"no usable token shards left for split '{self.split}' of {self.data_dir}: "
                             + "; ".join(self.skipped_shards.values())

@@ -133,6 +133,7 @@ class ReplayReader(IterableDataset):
         self.skip_first = skip_first
         self.n_skipped = 0  # unusable files met by this process
         self.n_loaded = 0
+        self.clock = time.monotonic  # when to rescan the store (a test may drive it)
 
     # ---- store -----------------------------------------------------------------------
     def _wait_for_episodes(self, index: ReplayStoreIndex) -> None:
@@ -184,15 +185,15 @@ class ReplayReader(IterableDataset):
             rng = np.random.default_rng(info.seed if info else None)
         index = ReplayStoreIndex(self.folder)
         self._wait_for_episodes(index)
-        last_scan = time.monotonic()
+        last_scan = self.clock()
         lanes = [_Lane() for _ in range(self.batch_size)]
         like: dict | None = None
         T, B = self.batch_length, self.batch_size
         worker_tensor = torch.tensor(worker, dtype=torch.int64)
         while True:
-            if self.reload_interval > 0 and time.monotonic() - last_scan >= self.reload_interval:
+            if self.reload_interval > 0 and self.clock() - last_scan >= self.reload_interval:
                 index.scan()
-                last_scan = time.monotonic()
+                last_scan = self.clock()
             out: dict[str, np.ndarray] | None = None
             for b, lane in enumerate(lanes):
                 t = 0
@@ -232,11 +233,11 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         subdir=subdir,
         batch_size=conf["batch_size"],
         batch_length=conf["batch_length"],
-        reload_interval=conf.get("replay_reload_interval", 10.0),
-        wait_seconds=conf.get("learner_wait_s", 600.0),
-        seed=conf.get("seed"),
+        reload_interval=conf["replay_reload_interval"],
+        wait_seconds=conf["learner_wait_s"],
+        seed=conf["seed"],
     )
-    workers = int(conf.get("data_workers", 0))
+    workers = int(conf["data_workers"])
     return DataLoader(
         reader,
         batch_size=None,
@@ -245,3 +246,20 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+
+
+def episode_batch(episodes: list[dict], max_steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Whole episodes (cut to `max_steps` rows) as one time-major batch, zero-padded, with the
+    mask of real rows [T, B]; row 0 of each column is its episode's reset step."""
+    lengths = [min(len(e["reward"]), max_steps) for e in episodes]
+    T, B = max(lengths), len(episodes)
+    like = episodes[0]
+    out = {key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in _OUT_TYPES.items()}
+    mask = np.zeros((T, B), bool)
+    for b, (e, n) in enumerate(zip(episodes, lengths)):
+        for key in _OUT_TYPES:
+            out[key][:n, b] = e[key][:n]
+        mask[:n, b] = True
+    out["reset"][:] = False
+    out["reset"][0] = True
+    return out, mask

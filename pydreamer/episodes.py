@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -118,3 +118,52 @@ def episode_length(path: Path | str) -> int:
     if parsed is None:
         raise EpisodeError(f"{path}: not an episode file name (expected w<worker>-e<index>-n<length>.npz)")
     return parsed[2]
+
+
+def _token_dtype(tokens: np.ndarray):
+    """The smallest integer type holding the tokens (int16 for any codebook up to 32,768 codes)."""
+    if tokens.size == 0 or tokens.dtype.kind not in "iu":
+        return tokens.dtype
+    lo, hi = tokens.min(), tokens.max()
+    for dt in (np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return dt
+    return tokens.dtype
+
+
+class EpisodeBuilder:
+    """Collects one episode step by step in the file's row layout (row 0 = the reset observation)."""
+
+    def __init__(self, obs: dict[str, Any], n_actions: int):
+        self.keys = list(obs)
+        self.rows = {k: [obs[k]] for k in self.keys}
+        self.n_actions = n_actions
+        self.actions: list[int] = []
+        self.rewards, self.terminals = [0.0], [False]
+
+    def add(self, action: int, obs: dict[str, Any], reward: float, terminated: bool) -> None:
+        """`action` (0-based) led to `obs`, `reward` and `terminated`."""
+        for k in self.keys:
+            self.rows[k].append(obs[k])
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.terminals.append(terminated)
+
+    @property
+    def length(self) -> int:
+        """Env steps T so far (the episode has T+1 rows)."""
+        return len(self.rewards) - 1
+
+    def finish(self, **ids: Any) -> dict[str, np.ndarray]:
+        """The episode's arrays, ids (utterance_id, worker, episode, split) as 0-d arrays."""
+        T = self.length
+        action = np.zeros((T + 1, self.n_actions), np.float32)
+        action[1 + np.arange(T), np.asarray(self.actions, np.int64)] = 1.0
+        episode = {k: np.stack(v) for k, v in self.rows.items()}
+        episode["tokens"] = episode["tokens"].astype(_token_dtype(episode["tokens"]))
+        reset = np.zeros(T + 1, bool)
+        reset[0] = True
+        episode.update(action=action, reward=np.asarray(self.rewards, np.float32),
+                       terminal=np.asarray(self.terminals, bool), reset=reset)
+        episode.update({k: np.asarray(v) for k, v in ids.items()})
+        return episode

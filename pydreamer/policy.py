@@ -1,37 +1,111 @@
-"""NetworkPolicy: the generators' policy from the learner's latest checkpoint.
+"""Policies the generators act with.
 
-It filters the episode with the world model's posterior (as the learner does) and samples
-the actor's action. Until a checkpoint exists it acts uniformly at random, so generators
-can start before the learner has saved anything.
+- RandomPolicy: uniformly random actions, the prefill policy (and the only one that matters
+  for the audio env's null action);
+- NetworkPolicy: the learner's checkpoint: it filters the episode with the world model's
+  posterior (as the learner does) and samples the actor's action;
+- PrefilledNetworkPolicy: random until the learner's first checkpoint exists, then the network.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from .models.checkpoint import load_checkpoint, restore
-from .models.dreamer import Dreamer
-from .models.functions import sample_one_hot
-from .models.rssm import RSSM
+from envs import space_dims
+from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore
+from pydreamer.models.dreamer import Dreamer
+from pydreamer.models.functions import sample_one_hot
+from pydreamer.models.rssm import RSSM
+
+log = logging.getLogger("pydreamer.policy")
 
 
-def space_dims(observation_space: spaces.Space, action_space: spaces.Space) -> dict[str, int]:
-    """(codebook size, tokens per step, number of actions) from the env's spaces."""
-    tokens = observation_space["tokens"] if isinstance(observation_space, spaces.Dict) else observation_space
-    if not isinstance(tokens, spaces.MultiDiscrete):
-        raise ValueError(f"expected a MultiDiscrete 'tokens' observation, got {tokens}")
-    if not isinstance(action_space, spaces.Discrete):
-        raise ValueError(f"expected a Discrete action space, got {action_space}")
-    nvec = np.asarray(tokens.nvec).reshape(-1)
-    return {"n_tokens": int(nvec.max()), "tokens_per_step": int(nvec.size), "action_dim": int(action_space.n)}
+class RandomPolicy:
+    """Uniformly random actions: the prefill policy (and the only one that matters for the null action)."""
+
+    def __init__(self, conf: Mapping[str, Any] | None, observation_space: spaces.Space, action_space: spaces.Space,
+                 checkpoint_path: Path | str | None = None, seed: int | None = None):
+        if not isinstance(action_space, spaces.Discrete):
+            raise TypeError(f"generators support Discrete action spaces, not {action_space}")
+        self.n = int(action_space.n)
+        self.start = int(action_space.start)
+        self.rng = np.random.default_rng(seed)
+        self._draws = np.zeros(0, np.int64)
+
+    def reset(self) -> None:
+        pass
+
+    def reload(self) -> bool:
+        return False
+
+    def __call__(self, obs: dict) -> int:
+        if self.n == 1:
+            return self.start
+        if len(self._draws) == 0:  # draw in blocks: one numpy call per 1024 steps
+            self._draws = self.rng.integers(self.n, size=1024)
+        a, self._draws = int(self._draws[0]), self._draws[1:]
+        return self.start + a
+
+
+class PrefilledNetworkPolicy:
+    """The learner's latest checkpoint; cheap random actions until the checkpoint file exists.
+
+    At an episode start, once `reload_interval` env steps have passed, it asks the network
+    policy to load a newer checkpoint, so an episode is never acted by two different networks.
+    """
+
+    def __init__(self, conf: Mapping[str, Any], observation_space, action_space, checkpoint_path: Path,
+                 seed: int | None = None, reload_interval: int = 1000):
+        self.checkpoint_path = Path(checkpoint_path)
+        self.random = RandomPolicy(conf, observation_space, action_space, seed=seed)
+        self.network = NetworkPolicy(conf, observation_space, action_space, self.checkpoint_path)
+        self.reload_interval = int(reload_interval)
+        self.use_network = False
+        self.n_reloads = 0
+        self._steps_since_check = self.reload_interval  # look at the first episode start
+
+    def reset(self) -> None:
+        if self._steps_since_check >= self.reload_interval:
+            self._steps_since_check = 0
+            if self.checkpoint_path.exists():
+                self.use_network = True
+                if self.network.reload():
+                    self.n_reloads += 1
+                    log.info("policy: loaded %s (reload %d)", self.checkpoint_path, self.n_reloads)
+        (self.network if self.use_network else self.random).reset()
+
+    def reload(self) -> bool:
+        """Look for a newer checkpoint now; True when one was loaded."""
+        self._steps_since_check = self.reload_interval
+        before = self.n_reloads
+        self.reset()
+        return self.n_reloads > before
+
+    def __call__(self, obs: dict) -> int:
+        self._steps_since_check += 1
+        return int(self.network(obs)) if self.use_network else self.random(obs)
+
+
+def make_policy(conf: Mapping[str, Any], env: gym.Env, replay_dir: Path | str, seed: int | None = None):
+    kind = conf["generator_policy"]
+    if kind == "random":
+        return RandomPolicy(conf, env.observation_space, env.action_space, seed=seed)
+    if kind == "network":
+        return PrefilledNetworkPolicy(conf, env.observation_space, env.action_space, checkpoint_path(replay_dir),
+                                      seed=seed, reload_interval=conf["policy_reload_interval"])
+    raise ValueError(f"generator_policy must be 'random' or 'network', not {kind!r}")
 
 
 class NetworkPolicy:
+    """Acts with the actor of the checkpoint at `checkpoint_path`; uniformly at random until it exists."""
+
     def __init__(
         self,
         conf: Mapping[str, Any],
@@ -44,7 +118,7 @@ class NetworkPolicy:
         self.checkpoint_path = Path(checkpoint_path)
         self.loaded_step: int | None = None
         self._mtime: float | None = None
-        self._rng = np.random.default_rng(int(conf.get("seed", 0)) + os.getpid())
+        self._rng = np.random.default_rng(int(conf["seed"]) + os.getpid())
         self.reload()
         self.reset()
 

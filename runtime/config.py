@@ -3,14 +3,18 @@
 `config/defaults.yaml` holds named sections of flat keys. `--configs a b c` merges the
 sections left to right; then `--key value` (or `--key=value`) overrides any key, keeping
 the type of its default. Unknown sections and keys are errors naming the nearest known
-names, so a typo never silently trains the wrong model.
+names, so a typo never silently trains the wrong model; values are checked (sizes, counts,
+rates, fractions, choices, devices, paths) when the config is loaded, before any stage
+writes anything.
 """
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -95,7 +99,9 @@ def coerce(key: str, text: str, default: Any) -> Any:
             return text
         value = yaml.safe_load(text)  # None, list or dict defaults: read the text as YAML
         if isinstance(default, list) and not isinstance(value, list):
-            value = [v.strip() for v in str(text).split(",")] if "," in text else [value]
+            value = [yaml.safe_load(v.strip()) for v in str(text).split(",")] if "," in text else [value]
+        if isinstance(default, list) and default and isinstance(value, list):  # elements keep the default's type
+            value = [coerce(key, str(v), default[0]) if not isinstance(v, type(default[0])) else v for v in value]
         return value
     except (ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"--{key} {text!r}: cannot be read as {type(default).__name__} ({e})") from None
@@ -133,7 +139,119 @@ def load_config(
     conf = merge_sections(sections, list(configs), path)
     conf = apply_overrides(conf, list(overrides))
     conf["configs"] = list(configs)
+    validate(conf)
     return conf
+
+
+# ---- checks made at load -------------------------------------------------------------------
+
+_POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_dim codebook_size tokens_per_step
+    time_downsample sample_rate n_fft win_length hop_length n_mels griffin_lim_iters shard_frames encode_batch_frames
+    batch_size batch_length n_steps log_interval eval_interval save_interval eval_episodes eval_max_steps eval_samples
+    deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
+    transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
+    encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
+    n_env_steps""".split()
+_NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
+    target_interval vq_res_blocks seed""".split()
+_POSITIVE_FLOAT = """synth_minutes max_seconds adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
+    learner_wait_s vq_lr""".split()
+_NON_NEGATIVE_FLOAT = "kl_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
+_FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
+_CHOICES = {
+    "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
+    "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
+    "world_model": ("rssm", "transformer"),
+}
+_NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
+
+
+def validate(conf: Mapping[str, Any]) -> None:
+    """Check every value a stage relies on; raise ConfigError naming the first bad key and why."""
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' = {conf[key]!r}: {why}")
+
+    def number(key: str, kind: type) -> float:
+        value = conf[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise bad(key, f"expected {'a number' if kind is float else 'a whole number'}")
+        return value
+
+    for key in conf:
+        if key in _POSITIVE_INT and number(key, int) <= 0:
+            raise bad(key, "must be a positive whole number")
+        if key in _NON_NEGATIVE_INT and number(key, int) < 0:
+            raise bad(key, "must be 0 or more")
+        if key in _POSITIVE_FLOAT and not number(key, float) > 0:
+            raise bad(key, "must be greater than 0")
+        if key in _NON_NEGATIVE_FLOAT and not number(key, float) >= 0:
+            raise bad(key, "must be 0 or more")
+        if key in _FRACTION and not 0 <= number(key, float) <= 1:
+            raise bad(key, "must lie in [0, 1]")
+        if key in _CHOICES and conf[key] not in _CHOICES[key]:
+            raise bad(key, f"must be one of {', '.join(_CHOICES[key])}")
+        if key in _NOT_A_FILE and conf[key] and os.path.exists(str(conf[key])) and not os.path.isdir(str(conf[key])):
+            raise bad(key, "is a file; expected a folder")
+    if "split_fractions" in conf:
+        f = conf["split_fractions"]
+        if (not isinstance(f, list) or len(f) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in f)
+                or abs(sum(f) - 1) > 1e-6 or f[0] <= 0):
+            raise bad("split_fractions", "expected three fractions train,val,test that add up to 1 (e.g. 0.8,0.1,0.1)")
+    if "synth_languages" in conf and (not isinstance(conf["synth_languages"], list) or not conf["synth_languages"]):
+        raise bad("synth_languages", "expected a list of language codes, e.g. en,de")
+    if "data_dir" in conf and not str(conf["data_dir"]).strip():
+        raise bad("data_dir", "must name a folder")
+    if conf.get("source") in ("commonvoice", "folder"):
+        root = str(conf.get("data_root") or "")
+        if not root:
+            raise ConfigError(f"config key 'data_root' is empty: --source {conf['source']} needs --data_root DIR")
+        if not os.path.isdir(root):
+            raise bad("data_root", "is not a folder (does it exist?)")
+    if "speaker_regex" in conf:
+        try:
+            if re.compile(conf["speaker_regex"]).groups < 1:
+                raise bad("speaker_regex", "needs a group, e.g. '^([^_]+)_': group 1 is the speaker")
+        except re.error as e:
+            raise bad("speaker_regex", f"is not a regular expression ({e})") from None
+    if "win_length" in conf and "n_fft" in conf and conf["win_length"] > conf["n_fft"]:
+        raise bad("win_length", f"must not exceed n_fft ({conf['n_fft']})")
+    if "transformer_dim" in conf and "transformer_heads" in conf and conf["transformer_dim"] % conf["transformer_heads"]:
+        raise bad("transformer_dim", f"must be a multiple of transformer_heads ({conf['transformer_heads']})")
+    if "device" in conf:
+        _check_device(str(conf["device"]))
+
+
+def _check_device(name: str) -> None:
+    if name in ("auto", "cpu"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ConfigError(f"config key 'device' = {name!r}: expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available here (use --device auto or cpu)")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"config key 'device' = {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def split_overrides(argv: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
+    """The `--key value` overrides of a command line, without `--configs ...` and the keys in `drop`
+    (what a parent decides for its children itself)."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--configs":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                i += 1
+            continue
+        key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+        width = 1 if (token.startswith("--") and "=" in token) else 2
+        if key not in drop:
+            out += list(argv[i:i + width])
+        i += width
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None, parser=None, path: Path | str = DEFAULT_CONFIG_PATH):

@@ -43,3 +43,42 @@ def test_cli_error_is_one_line_and_exit_2(capsys):
         parse_args(["--configs", "defaults", "--no_such_key", "1"])
     assert e.value.code == 2
     assert "unknown config key 'no_such_key'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size", "-3"], "'batch_size' = -3: must be a positive whole number"),
+    (["--split_fractions", "0.6,0.2"], "three fractions"),
+    (["--kl_balance", "1.5"], "must lie in"),
+    (["--world_model", "gru"], "must be one of rssm, transformer"),
+    (["--device", "tpu"], "expected auto, cpu, cuda"),
+    (["--source", "folder"], "needs --data_root"),
+    (["--source", "folder", "--data_root", "/no/such/dir"], "is not a folder"),
+    (["--speaker_regex", "^abc"], "needs a group"),
+])
+def test_bad_values_are_refused_at_load_naming_the_key(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(["defaults", "audio", "tiny"], args)
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        load_config(["defaults"], ["--data_dir", str(tmp_path / "f")])
+
+
+def test_list_elements_keep_their_type_in_the_comma_form():
+    conf = load_config(["defaults"], ["--split_fractions", "0.6,0.2,0.2"])
+    assert conf.split_fractions == [0.6, 0.2, 0.2] and all(isinstance(x, float) for x in conf.split_fractions)
+
+
+def test_launch_refuses_a_bad_config_with_exit_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "launch.py"), "--configs", "defaults", "tiny", "--batch_size", "-3",
+                          "--mlflow_dir", str(tmp_path / "mlruns"), "--data_dir", str(tmp_path / "tok")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "batch_size" in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []

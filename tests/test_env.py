@@ -9,7 +9,8 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs.audio_token_env import AudioTokenEnv, MissingTokensError
 from tests.conftest import CODEBOOK, G, make_token_corpus
-from tokenizer.shards import index_split, read_utterance
+from tokenizer.layout import DataLayout
+from tokenizer.tokens import TokenSplit
 
 
 def run_episode(env, **reset_kwargs):
@@ -33,11 +34,11 @@ def test_registered_env_passes_gymnasium_checker(token_dir):
 
 def test_episode_replays_the_utterance_step_by_step(token_dir):
     env = AudioTokenEnv(token_dir, order="sequential")
-    refs = {r.utterance_id: r for r in index_split(token_dir / "tokens" / "train")}
+    corpus = TokenSplit(DataLayout.of(token_dir), "train")
     for _ in range(3):
         tokens, rewards, terminated, truncated, infos = run_episode(env)
         uid = infos[0]["utterance_id"]
-        utt = read_utterance(refs[uid], ("tokens", "voice"))
+        utt = corpus.utterance(corpus.find(uid))
         assert terminated and not truncated
         np.testing.assert_array_equal(tokens, utt["tokens"])  # one observation per step of the utterance
         np.testing.assert_allclose(rewards, utt["voice"][1:], rtol=1e-6)  # reward = that step's voice activity
@@ -55,7 +56,7 @@ def test_reward_none_and_max_steps_truncate(token_dir):
 
 
 def test_one_epoch_visits_every_utterance_once(token_dir):
-    ids = [r.utterance_id for r in index_split(token_dir / "tokens" / "train")]
+    ids = TokenSplit(DataLayout.of(token_dir), "train").ids.tolist()
     seq = AudioTokenEnv(token_dir, order="sequential")
     assert [seq.reset()[1]["utterance_id"] for _ in ids] == ids
     shuf = AudioTokenEnv(token_dir, order="shuffle")
@@ -68,7 +69,7 @@ def test_one_epoch_visits_every_utterance_once(token_dir):
 
 
 def test_workers_share_the_split_without_duplicates(token_dir):
-    ids = {r.utterance_id for r in index_split(token_dir / "tokens" / "train")}
+    ids = set(TokenSplit(DataLayout.of(token_dir), "train").ids.tolist())
     seen = []
     for w in range(3):
         env = AudioTokenEnv(token_dir, worker=w, n_workers=3)
@@ -120,10 +121,10 @@ def test_tokens_outside_the_codebook_are_reported_with_the_shard(tmp_path):
 def test_one_shard_in_memory_at_a_time(tmp_path):
     make_token_corpus(tmp_path, {"train": 20}, shard_rows=60)
     env = AudioTokenEnv(tmp_path, order="sequential")
-    assert len(env._shards) > 3
+    assert len(env.corpus.shards) > 3
     for _ in range(env.n_utterances):
         env.reset()
-        rows = len(env._cache["tokens"])
+        rows = len(env.corpus._cache["tokens"])
         assert rows < 60 + 60  # the cache holds one shard, never the corpus
 
 

@@ -1,12 +1,14 @@
 import numpy as np
 
+from runtime.config import load_config
+
 from audio_fixtures import speechlike
 from tokenizer.features import MelSettings, log_mel_features, mel_db_to_audio, save_spectrogram_png, unzscore
 from tokenizer.metrics import codebook_stats, lsd_db
 
 
 def test_log_mel_shapes_zscore_and_undo():
-    s = MelSettings()
+    s = MelSettings.from_conf(load_config())
     f = log_mel_features(speechlike(2.0), s, vad_db=-35)
     assert f["mel"].shape == (201, 80) and f["voice"].shape == (201,)
     assert abs(f["mel"].mean()) < 1e-4 and abs(f["mel"].std() - 1) < 1e-3
@@ -16,7 +18,7 @@ def test_log_mel_shapes_zscore_and_undo():
 
 
 def test_griffin_lim_returns_audio_of_the_right_length(tmp_path):
-    s = MelSettings()
+    s = MelSettings.from_conf(load_config())
     f = log_mel_features(speechlike(1.0), s, -35)
     wave = mel_db_to_audio(unzscore(f["mel"], f["mean"], f["std"]), s, n_iter=4)
     assert abs(len(wave) - 16000) <= s.hop_length and np.isfinite(wave).all()

@@ -5,7 +5,6 @@ import collections
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,8 +13,11 @@ import pytest
 from gymnasium import spaces
 
 from pydreamer.episodes import list_episodes, load_episode
-from pydreamer.generator import RandomPolicy, run_generator, worker_plan
-from tokenizer.shards import index_split, read_utterance
+from pydreamer.generator import run_generator, worker_plan
+import pydreamer.policy
+from pydreamer.policy import RandomPolicy
+from tokenizer.layout import DataLayout
+from tokenizer.tokens import TokenSplit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,13 +53,13 @@ def episodes_of(replay_dir, subdir="episodes"):
 def test_episodes_hold_their_utterances(conf, tmp_path, token_dir):
     stats = run_generator(conf, tmp_path, n_episodes=5)
     assert stats["episodes"] == 5
-    refs = {r.utterance_id: r for r in index_split(token_dir / "tokens" / "train")}
+    corpus = TokenSplit(DataLayout.of(token_dir), "train")
     paths = list_episodes(tmp_path / "episodes")
     assert [p.parent.name for p in paths] == ["w0"] * 5
     total = 0
     for path in paths:
         ep = load_episode(path)
-        utt = read_utterance(refs[str(ep["utterance_id"])], ("tokens", "voice"))
+        utt = corpus.utterance(corpus.find(str(ep["utterance_id"])))
         T = len(utt["tokens"]) - 1
         assert path.name.endswith(f"-n{T:04d}.npz")
         np.testing.assert_array_equal(ep["tokens"], utt["tokens"])
@@ -71,7 +73,7 @@ def test_episodes_hold_their_utterances(conf, tmp_path, token_dir):
 
 
 def test_workers_share_utterances_and_replay_epoch_after_epoch(conf, tmp_path, token_dir):
-    n_train = len(index_split(token_dir / "tokens" / "train"))
+    n_train = len(TokenSplit(DataLayout.of(token_dir), "train"))
     seen = {}
     for w in range(2):
         run_generator(conf, tmp_path, worker=w, n_workers=2, n_episodes=3 * (n_train // 2))
@@ -134,7 +136,7 @@ def test_network_policy_is_random_until_a_checkpoint_then_reloads(conf, tmp_path
         def __call__(self, obs):
             return 2
 
-    monkeypatch.setitem(sys.modules, "pydreamer.policy", types.SimpleNamespace(NetworkPolicy=FakeNetworkPolicy))
+    monkeypatch.setattr(pydreamer.policy, "NetworkPolicy", FakeNetworkPolicy)
     conf.update(env_id="EchoTokens-v0", generator_policy="network", policy_reload_interval=25)
     run_generator(conf, tmp_path, n_episodes=5)
     before = episodes_of(tmp_path)

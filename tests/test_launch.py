@@ -2,24 +2,40 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import mlflow
 
-from launch import child_overrides
 from pydreamer.models.checkpoint import load_checkpoint
+from runtime.config import split_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_child_overrides_drop_what_the_launcher_decides():
-    rest = ["--n_steps", "5", "--resume_id", "abc", "--replay_dir=/x", "--batch_size=4", "--seed", "1"]
-    assert child_overrides(rest) == ["--n_steps", "5", "--batch_size=4", "--seed", "1"]
+    rest = ["--configs", "defaults", "tiny", "--n_steps", "5", "--resume_id", "abc", "--replay_dir=/x",
+            "--batch_size=4", "--seed", "1"]
+    assert split_overrides(rest, drop=("resume_id", "replay_dir")) == ["--n_steps", "5", "--batch_size=4", "--seed", "1"]
+
+
+def _lines(proc: subprocess.Popen) -> "queue.Queue[str | None]":
+    """The child's output lines, read by a thread, so a silent child cannot hang the test past its deadline."""
+    q: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            q.put(line)
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
 
 
 def _launch(tmp_path: Path, *extra: str) -> subprocess.Popen:
@@ -36,7 +52,15 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
     proc = _launch(tmp_path, "--n_steps", "100000")
     lines, learner_pid, ckpt = [], None, None
     deadline = time.time() + 120
-    for line in proc.stdout:  # wait until the learner has saved twice, then kill -9 it
+    out = _lines(proc)
+    while True:  # wait until the learner has saved twice, then kill -9 it
+        try:
+            line = out.get(timeout=max(0.1, deadline - time.time()))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError("no progress within 120 s:\n" + "".join(lines)) from None
+        if line is None:
+            break
         lines.append(line)
         m = re.search(r"learner \(pid (\d+)\)", line)
         if m:
@@ -46,10 +70,13 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
             ckpt = Path(m[1]) / "checkpoints" / "latest.pt"
         if re.search(r"step (2|3)0/", line):
             break
-        assert time.time() < deadline, "".join(lines)
     assert learner_pid and ckpt, "".join(lines)
     os.kill(learner_pid, signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=90)
+    proc.wait(timeout=90)
+    rest = []
+    while (line := out.get(timeout=30)) is not None:
+        rest.append(line)
+    rest = "".join(rest)
     assert proc.returncode == 1, "".join(lines) + rest
     assert "learner exited with code -9" in rest
     run_id = re.search(r"run (\w{32})", "".join(lines))[1]

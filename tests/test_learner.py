@@ -10,7 +10,8 @@ from pydreamer.generator import run_generator
 from pydreamer.models import NonFiniteLoss
 from pydreamer.models.checkpoint import load_checkpoint
 from pydreamer.models.checkpoint import checkpoint_path
-from pydreamer.train import Learner, discounted_returns, load_eval_episodes, main, unigram_bits, unigram_pos_bits
+from pydreamer.evaluate import discounted_returns, entropy_bits, load_eval_episodes, unigram_pos_bits
+from pydreamer.train import Learner, main
 from runtime.config import load_config
 
 torch.set_num_threads(1)
@@ -38,8 +39,8 @@ def test_discounted_returns_and_unigram():
     r = np.array([0.0, 1.0, 1.0, 1.0], np.float32)
     term = np.array([0, 0, 0, 1], bool)
     assert np.allclose(discounted_returns(r, term, 0.5), [1 + 0.5 + 0.25, 1 + 0.5, 1, 0])
-    assert unigram_bits(np.array([0, 1, 2, 3]), 8) == pytest.approx(2.0)
-    assert unigram_bits(np.array([5, 5, 5]), 8) == pytest.approx(0.0)
+    assert entropy_bits(np.array([0, 1, 2, 3]), 8) == pytest.approx(2.0)
+    assert entropy_bits(np.array([5, 5, 5]), 8) == pytest.approx(0.0)
     assert unigram_pos_bits(np.array([[0, 5], [1, 5]]), 8) == pytest.approx(0.5)
 
 
@@ -61,7 +62,7 @@ def test_learner_logs_evaluates_saves_and_resumes(replay):
     learner.run(make_replay_loader(conf, conf.replay_dir), 40, log_fn=log_fn, eval_episodes_fn=lambda: eps)
     for key in ("train/loss_tokens", "train/kl", "train/grad_steps_per_sec", "train/data_wait_frac",
                 "train/loss_actor", "train/loss_critic", "eval/loss_tokens", "eval/nll_h1", "eval/acc_h1",
-                "eval/unigram_nll", "eval/value_error"):
+                "eval/unigram_pos_nll", "eval/value_error"):
         assert key in logged, key
     assert [s for s, _ in logged["train/loss_tokens"]] == [10, 20, 30, 40]
     assert [s for s, _ in logged["eval/nll_h1"]] == [20, 40]
@@ -108,7 +109,7 @@ def test_main_logs_to_mlflow_and_resumes_the_same_run(replay, monkeypatch):
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss_tokens")]
     assert steps == [10, 20, 30, 40]  # resumed at 20: one curve, no repeated steps
     metrics = mlflow.get_run(run_id).data.metrics
-    for key in ("eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "eval/unigram_nll", "eval/value_error",
+    for key in ("eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "eval/unigram_pos_nll", "eval/value_error",
                 "train/grad_steps_per_sec", "train/data_wait_frac"):
         assert key in metrics, key
     assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 40

@@ -7,10 +7,12 @@ import torch
 
 import envs.toy_env  # noqa: F401  (registers ToyTokens-v0)
 from pydreamer.episodes import list_episodes, load_episode
-from pydreamer.generator import make_policy, run_generator
+from pydreamer.generator import run_generator
+from pydreamer.policy import make_policy
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import save_checkpoint
-from pydreamer.policy import NetworkPolicy, space_dims
+from envs import space_dims
+from pydreamer.policy import NetworkPolicy
 from runtime.config import load_config
 
 torch.set_num_threads(1)

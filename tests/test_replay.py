@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -126,11 +125,17 @@ def test_episodes_are_sampled_by_length(tmp_path):
 
 def test_new_episodes_join_the_sampling(tmp_path):
     fill_store(tmp_path / "episodes", [20, 20], first_tag=0)
-    it = iter(ReplayReader(tmp_path, batch_size=8, batch_length=10, seed=0, reload_interval=0.05))
+    reader = ReplayReader(tmp_path, batch_size=8, batch_length=10, seed=0, reload_interval=5.0)
+    now = [0.0]
+    reader.clock = lambda: now[0]  # the test decides when the rescan is due: no race on a sleep
+    it = iter(reader)
     tags = set(next(it)["tokens"][:, :, 0].unique().tolist())
     assert tags <= {0, 1}
     fill_store(tmp_path / "episodes", [20] * 40, worker=1, first_tag=100)
-    time.sleep(0.1)
+    for _ in range(3):  # not due yet: only the old episodes
+        tags |= set(next(it)["tokens"][:, :, 0].unique().tolist())
+    assert tags <= {0, 1}
+    now[0] = 5.0
     for _ in range(20):
         tags |= set(next(it)["tokens"][:, :, 0].unique().tolist())
     assert any(t >= 100 for t in tags)

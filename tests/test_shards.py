@@ -1,6 +1,6 @@
 import numpy as np
 
-from tokenizer.shards import ShardWriter, index_split, iter_utterances, read_utterance, shard_paths
+from tokenizer.shards import ShardWriter, iter_utterances, shard_paths
 
 
 def _write(folder, lengths, max_rows):
@@ -25,14 +25,6 @@ def test_one_step_utterances_are_not_mistaken_for_per_utterance_values(tmp_path)
     _write(tmp_path, [1, 1, 1], max_rows=100)
     u = list(iter_utterances(tmp_path))[2]
     assert u["tokens"].shape == (1, 2) and u["speaker"] == "s0"
-
-
-def test_index_and_lazy_read(tmp_path):
-    _write(tmp_path, [3, 4, 5], max_rows=4)
-    refs = index_split(tmp_path)
-    assert [r.length for r in refs] == [3, 4, 5]
-    u = read_utterance(refs[2], keys=("tokens", "utterance_id"))
-    assert set(u) == {"tokens", "utterance_id"} and u["utterance_id"] == "u2" and u["tokens"].shape == (5, 2)
 
 
 def test_no_pickles_and_no_temp_files_left(tmp_path):

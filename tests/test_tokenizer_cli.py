@@ -105,8 +105,13 @@ def test_nothing_usable_is_one_clear_error(tmp_path, capsys):
     code = main(_args("prepare", tmp_path / "d", tmp_path, "--source", "folder", "--data_root", str(root)))
     err = capsys.readouterr().err
     assert code == 1 and "nothing usable" in err and "Traceback" not in err
-    code = main(_args("prepare", tmp_path / "d", tmp_path, "--source", "folder", "--data_root", str(tmp_path / "nowhere")))
-    assert code == 1 and "is not a folder" in capsys.readouterr().err
+
+
+def test_a_missing_data_root_is_a_config_error_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # a bad config: exit code 2, checked at load
+        main(_args("prepare", tmp_path / "d", tmp_path, "--source", "folder", "--data_root", str(tmp_path / "nowhere")))
+    assert e.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_train_before_prepare_names_the_command(tmp_path, capsys):

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from runtime.config import parse_args
+from tokenizer.layout import DataLayout
 from tokenizer.stages import STAGES, run_stage
 
 
@@ -19,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
     conf, args = parse_args(argv, parser)
     stages = STAGES if args.stage == "all" else (args.stage,)
+    layout = DataLayout.of(conf["data_dir"])
     try:
         for stage in stages:
-            run_stage(conf, stage, force=args.force)
+            run_stage(conf, layout, stage, force=args.force)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,6 @@ dropped and counted: too short to learn any dynamics from.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import shutil
 import time
@@ -20,9 +19,9 @@ from tqdm import tqdm
 from runtime.device import resolve_device
 from tokenizer.features import MelSettings
 from tokenizer.layout import DataLayout
-from runtime.files import atomic_write_text
 from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
+from tokenizer.tokens import write_token_meta
 from tokenizer.vqvae import VQVAE, load_vqvae
 
 
@@ -111,9 +110,8 @@ def _encode_job(job: tuple[str, Path, Path, dict]) -> tuple[str, dict]:
     return split, encode_shard(mel_shard, out_folder, _WORKER["model"], _WORKER["device"], conf)
 
 
-def encode(conf: Mapping[str, Any]) -> dict:
+def encode(conf: Mapping[str, Any], layout: DataLayout) -> dict:
     """Write `<data_dir>/tokens/{train,val,test}/` and `tokens/meta.json`; returns the meta."""
-    layout = DataLayout.of(conf["data_dir"])
     device = resolve_device(conf["device"])
     model, _ = load_vqvae(layout.vqvae, device)
     settings = MelSettings.from_conf(conf)
@@ -157,5 +155,5 @@ def encode(conf: Mapping[str, Any]) -> dict:
     meta["mel_std"] = float(np.mean(stds)) if stds else 1.0
     meta["audio_seconds"] = audio_seconds
     meta["encode_realtime_factor"] = audio_seconds / max(time.time() - t0, 1e-9)
-    atomic_write_text(layout.token_meta, json.dumps(meta, indent=2))
+    write_token_meta(layout, meta)
     return meta

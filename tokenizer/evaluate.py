@@ -22,8 +22,7 @@ from tokenizer.train import log_examples
 from tokenizer.vqvae import load_vqvae
 
 
-def evaluate(conf: Mapping[str, Any], split: str = "test") -> dict[str, float]:
-    layout = DataLayout.of(conf["data_dir"])
+def evaluate(conf: Mapping[str, Any], layout: DataLayout, split: str = "test") -> dict[str, float]:
     device = resolve_device(conf["device"])
     model, _ = load_vqvae(layout.vqvae, device)
     folder = layout.mels(split)

@@ -18,12 +18,14 @@ import torchaudio.transforms as T
 
 @dataclass(frozen=True)
 class MelSettings:
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    win_length: int = 640
-    hop_length: int = 160
-    n_mels: int = 80
-    top_db: float = 80.0
+    """The feature settings of a corpus (from the config; kept in the tokenizer checkpoint and token meta)."""
+
+    sample_rate: int
+    n_fft: int
+    win_length: int
+    hop_length: int
+    n_mels: int
+    top_db: float
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> "MelSettings":

@@ -66,9 +66,8 @@ def _where(rec: UtteranceSource) -> str:
     return rec.path or f"synth:{rec.utterance_id}"
 
 
-def prepare(conf: Mapping[str, Any]) -> dict:
+def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
     """Run the stage; returns the manifest (also written to `<data_dir>/manifest.json`)."""
-    layout = DataLayout.of(conf["data_dir"])
     started = time.time()
     records, listing_skips = list_corpus(conf)
     if conf["max_files"] and conf["max_files"] > 0:

@@ -11,7 +11,6 @@ before renaming, so a reader never sees half a file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -117,37 +116,3 @@ def iter_utterances(folder: Path | str) -> Iterator[dict]:
     for path in shard_paths(folder):
         yield from read_shard(path)
 
-
-@dataclass(frozen=True)
-class UtteranceRef:
-    shard: Path
-    index: int
-    utterance_id: str
-    length: int
-
-
-def index_split(folder: Path | str) -> list[UtteranceRef]:
-    """Where each utterance of a split lives, reading only the small per-shard arrays."""
-    refs = []
-    for path in shard_paths(folder):
-        with np.load(path, allow_pickle=False) as z:
-            offsets = z["offsets"]
-            ids = z["utterance_id"]
-        for i, uid in enumerate(ids):
-            refs.append(UtteranceRef(path, i, str(uid), int(offsets[i + 1] - offsets[i])))
-    return refs
-
-
-def read_utterance(ref: UtteranceRef, keys: tuple[str, ...] | None = None) -> dict:
-    """One utterance from its shard (numpy reads only the keys asked for)."""
-    with np.load(ref.shard, allow_pickle=False) as z:
-        offsets = z["offsets"]
-        step_keys = set(z["step_keys"].tolist())
-        a, b = int(offsets[ref.index]), int(offsets[ref.index + 1])
-        out = {}
-        for k in keys or z.files:
-            if k in ("offsets", "step_keys"):
-                continue
-            v = z[k]
-            out[k] = v[a:b] if k in step_keys else _scalar(v[ref.index])
-        return out

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
-from runtime.tracking import log_params, setup_mlflow
+from runtime.tracking import find_run, setup_mlflow, start_or_resume_run
 from tokenizer.layout import DataLayout
 
 STAGES = ("prepare", "train", "encode", "evaluate")
@@ -29,27 +29,21 @@ def tokenizer_run(conf: Mapping[str, Any], layout: DataLayout) -> Iterator[str]:
     setup_mlflow(conf)
     id_file = layout.tokenizer_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    if run_id:
-        try:
-            mlflow.get_run(run_id)
-        except Exception:  # a different tracking store, or a deleted run: start afresh
-            run_id = None
-    nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "tokenizer", nested=nested) as run:
+    if run_id and find_run(run_id) is None:  # a different tracking store, or a deleted run: start afresh
+        run_id = None
+    tags = {"component": "tokenizer", "data_dir": str(layout.root.resolve())}
+    with start_or_resume_run(conf, run_id, run_name="tokenizer", nested=mlflow.active_run() is not None,
+                             tags=tags) as run:
         if not run_id:
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run.info.run_id)
-            mlflow.set_tag("component", "tokenizer")
-            mlflow.set_tag("data_dir", str(layout.root.resolve()))
-            log_params(conf)
         yield run.info.run_id
 
 
-def _run_prepare(conf: Mapping[str, Any]) -> str:
+def _run_prepare(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.prepare import prepare, summary_line
 
-    layout = DataLayout.of(conf["data_dir"])
-    manifest = prepare(conf)
+    manifest = prepare(conf, layout)
     if mlflow.active_run():
         mlflow.log_metrics({
             "tokenizer/prepare_utterances": manifest["utterances_kept"],
@@ -60,17 +54,16 @@ def _run_prepare(conf: Mapping[str, Any]) -> str:
     return summary_line(manifest, str(layout.manifest))
 
 
-def _run_train(conf: Mapping[str, Any]) -> str:
+def _run_train(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.train import train
 
-    return f"train: saved {train(conf)}"
+    return f"train: saved {train(conf, layout)}"
 
 
-def _run_encode(conf: Mapping[str, Any]) -> str:
+def _run_encode(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.encode import encode
 
-    layout = DataLayout.of(conf["data_dir"])
-    meta = encode(conf)
+    meta = encode(conf, layout)
     if mlflow.active_run():
         mlflow.log_metrics({"tokenizer/encode_realtime_factor": meta["encode_realtime_factor"]})
     kept = " / ".join(f"{s} {n}" for s, n in meta["splits"].items())
@@ -79,36 +72,34 @@ def _run_encode(conf: Mapping[str, Any]) -> str:
             f"dropped {dropped} shorter than {meta['min_steps']} steps -> {layout.token_meta.parent}")
 
 
-def _run_evaluate(conf: Mapping[str, Any]) -> str:
+def _run_evaluate(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.evaluate import evaluate
 
-    layout = DataLayout.of(conf["data_dir"])
-    m = evaluate(conf)
+    m = evaluate(conf, layout)
     keys = ("mse", "psnr", "pearson", "lsd_db", "codebook_usage", "perplexity", "dead_codes", "bits_per_second")
     return "evaluate: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f" -> {layout.metrics}"
 
 
-RUNNERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+RUNNERS: dict[str, Callable[[Mapping[str, Any], DataLayout], str]] = {
     "prepare": _run_prepare, "train": _run_train, "encode": _run_encode, "evaluate": _run_evaluate,
 }
 
 
-def run_stage(conf: Mapping[str, Any], stage: str, force: bool = False, echo: Callable[[str], None] = print) -> bool:
+def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bool = False,
+              echo: Callable[[str], None] = print) -> bool:
     """Run one stage unless its output exists; returns whether it ran."""
-    layout = DataLayout.of(conf["data_dir"])
     out = stage_output(layout, stage)
     if out.exists() and not force:
         echo(f"{stage}: {out} exists; skipping (--force redoes it)")
         return False
     with tokenizer_run(conf, layout):
-        echo(RUNNERS[stage](conf))
+        echo(RUNNERS[stage](conf, layout))
     return True
 
 
-def ensure_tokens(conf: Mapping[str, Any], echo: Callable[[str], None] = print) -> Path:
+def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str], None] = print) -> Path:
     """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder."""
-    layout = DataLayout.of(conf["data_dir"])
     if not layout.has_tokens():
         for stage in ("prepare", "train", "encode"):
-            run_stage(conf, stage, echo=echo)
+            run_stage(conf, layout, stage, echo=echo)
     return layout.token_meta.parent

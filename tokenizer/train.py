@@ -86,9 +86,8 @@ def _log(metrics: Mapping[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def train(conf: Mapping[str, Any]) -> Path:
+def train(conf: Mapping[str, Any], layout: DataLayout) -> Path:
     """Train and save `<data_dir>/tokenizer/vqvae.pt`; returns its path."""
-    layout = DataLayout.of(conf["data_dir"])
     device = resolve_device(conf["device"])
     torch.manual_seed(conf["seed"])
     seg = int(conf["vq_segment_frames"])
@@ -172,8 +171,6 @@ def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, spli
             wav = out / f"{name}.{label}.wav"
             write_wav(wav, mel_db_to_audio(db, settings, conf["griffin_lim_iters"]), settings.sample_rate)
             written.append(wav)
-        if i >= 50 and i >= n:
-            break
     hist = out / "codebook_usage.png"
     _codebook_histogram(hist, counts, split)
     written.append(hist)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .functions import LN2, mlp
+from .functions import mlp
 
 
 class TokenDecoder(nn.Module):
@@ -27,10 +27,6 @@ class TokenDecoder(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none").reshape(
             tokens.shape
         )
-
-    @staticmethod
-    def bits(nats: torch.Tensor) -> torch.Tensor:
-        return nats / LN2
 
 
 class ScalarHead(nn.Module):

@@ -92,6 +92,3 @@ class Dreamer(nn.Module):
         last = State(out.last_state.deter.detach(), out.last_state.stoch.detach())
         return last, metrics
 
-
-def features_of(states: State) -> torch.Tensor:
-    return RSSM.features(states)

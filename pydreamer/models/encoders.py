@@ -19,10 +19,10 @@ class TokenEncoder(nn.Module):
         self,
         n_tokens: int,
         tokens_per_step: int,
-        token_embed_dim: int = 32,
-        conv_channels: int = 64,
-        hidden_dim: int = 256,
-        embed_dim: int = 256,
+        token_embed_dim: int,
+        conv_channels: int,
+        hidden_dim: int,
+        embed_dim: int,
     ):
         super().__init__()
         self.n_tokens = n_tokens

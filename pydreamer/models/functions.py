@@ -21,16 +21,6 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, layer_norm:
     return nn.Sequential(*parts)
 
 
-def flatten_batch(x: torch.Tensor, nonbatch_dims: int = 1) -> tuple[torch.Tensor, tuple]:
-    """[*B, ...] -> [prod(B), ...], keeping the last `nonbatch_dims` axes; returns the batch shape too."""
-    batch_shape = x.shape[: x.dim() - nonbatch_dims]
-    return x.reshape((-1,) + tuple(x.shape[x.dim() - nonbatch_dims:])), tuple(batch_shape)
-
-
-def unflatten_batch(x: torch.Tensor, batch_shape: tuple) -> torch.Tensor:
-    return x.reshape(tuple(batch_shape) + tuple(x.shape[1:]))
-
-
 def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
     """Sample a one-hot from categorical logits (last axis).
 

@@ -24,10 +24,10 @@ class RSSM(nn.Module):
         self,
         embed_dim: int,
         action_dim: int,
-        deter_dim: int = 512,
-        stoch_dim: int = 32,
-        stoch_discrete: int = 32,
-        hidden_dim: int = 512,
+        deter_dim: int,
+        stoch_dim: int,
+        stoch_discrete: int,
+        hidden_dim: int,
     ):
         super().__init__()
         self.deter_dim = deter_dim

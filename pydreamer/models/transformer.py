@@ -1,0 +1,365 @@
+"""A causal Transformer world model over the same VQ-VAE tokens as the RSSM: a strong baseline.
+
+It exists to tell how much of the RSSM's forecast skill comes from its latent dynamics and how
+much any good sequence model gets from the tokens: it reads each step through the very same
+`TokenEncoder` as the RSSM and predicts the next step's G tokens (independent categoricals
+given the context, like the RSSM's token decoder) and its reward, so `loss_tokens`,
+`acc_tokens` and `loss_reward` line up with the RSSM's. A step's forecast depends on the last
+`context_steps` steps of its own episode (itself included) and nothing else: each layer attends
+a band of (context_steps - 1) // layers + 1 steps back (sliding-window attention, so the stack
+sees context_steps steps, or a few fewer when context_steps - 1 is not a multiple of the
+layers), never across a `reset`, all inside PyTorch's own attention with a mask. The state
+carried from one training chunk to the next (truncated BPTT) is not a hidden vector but the last
+`context_steps - 1` steps' token ids, a validity mask and their step indices, which the next
+chunk reads again; learned position embeddings label a step by its index in its episode modulo
+`context_steps` (a ring, never repeated inside one band). So training (one pass over carried
+window + chunk), `forecast` and `imagine` (one pass per window) compute the same function of the
+same steps, wherever the chunks were cut. A learned start feature stands for the empty context:
+an episode's first step is forecast (and trained) from nothing, which lets `imagine` dream from
+no prompt; the `loss_tokens`/`acc_tokens` metrics leave first steps out, as the RSSM's
+evaluation does, while the loss includes them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .decoders import ScalarHead, TokenDecoder
+from .encoders import TokenEncoder
+from .functions import LN2, mlp
+
+
+class TransformerState(NamedTuple):
+    """What one chunk hands to the next: the last `context_steps - 1` steps (no gradient)."""
+
+    tokens: torch.Tensor  # int64 [W, B, G]: token ids, oldest first
+    valid: torch.Tensor  # bool [W, B]: False = empty slot or a step of an earlier episode
+    step: torch.Tensor  # int64 [W, B]: each step's index in its episode (its position label mod context_steps)
+
+
+class TransformerOutput(NamedTuple):
+    loss: torch.Tensor  # scalar: what the world-model optimizer minimizes
+    last_state: TransformerState  # carried to the next chunk of the same lanes
+    metrics: dict[str, torch.Tensor]
+
+
+class TransformerPrediction(NamedTuple):
+    token_logits: torch.Tensor  # [T, B, G, K]: each step forecast from the steps before it (float32)
+    reward: torch.Tensor  # [T, B]: each step's reward forecast the same way
+    has_context: torch.Tensor  # bool [T, B]: forecast from at least one earlier step of its episode
+    first_step: torch.Tensor  # bool [T, B]: an episode's first step, forecast from the empty context
+    last_state: TransformerState
+
+
+class TransformerWorldModel(nn.Module):
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
+        super().__init__()
+        self.n_tokens = int(n_tokens)
+        self.tokens_per_step = int(tokens_per_step)
+        self.action_dim = int(action_dim)
+        self.context_steps = int(conf["context_steps"])
+        self.reward_weight = float(conf["reward_weight"])
+        dim, heads = int(conf["transformer_dim"]), int(conf["transformer_heads"])
+        if self.context_steps < 1:
+            raise ValueError(f"context_steps must be at least 1, not {self.context_steps}")
+        if dim % heads:
+            raise ValueError(f"transformer_dim ({dim}) must be a multiple of transformer_heads ({heads})")
+        self.dim, self.heads = dim, heads
+        layers = int(conf["transformer_layers"])
+        # Each layer attends `span` steps back (itself included), so the stack's receptive field,
+        # layers * (span - 1) + 1 steps, stays within context_steps: see _blocked.
+        self.span = (self.context_steps - 1) // max(1, layers) + 1
+        hidden = int(conf["hidden_dim"])
+        self.encoder = TokenEncoder(  # the RSSM's token encoder, same sizes
+            n_tokens,
+            tokens_per_step,
+            token_embed_dim=int(conf["token_embed_dim"]),
+            conv_channels=int(conf["token_embed_dim"]) * 2,
+            hidden_dim=hidden,
+            embed_dim=int(conf["embed_dim"]),
+        )
+        self.embed_in = nn.Linear(self.encoder.out_dim, dim)
+        self.position = nn.Embedding(self.context_steps, dim)
+        with torch.no_grad():
+            self.position.weight.copy_(_ring_sinusoids(self.context_steps, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            heads,
+            dim_feedforward=4 * dim,
+            dropout=float(conf["transformer_dropout"]),
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
+        # The output feature of an empty context: how an episode's first step is forecast.
+        self.start = nn.Parameter(torch.randn(dim) * 0.02)
+        # Heads read a step's feature plus the action that leads to the next step.
+        self.token_head = mlp(dim + self.action_dim, hidden, self.n_tokens * self.tokens_per_step, layers=2)
+        self.reward_head = ScalarHead(dim + self.action_dim, hidden)
+
+    # ---- state ---------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> TransformerState:
+        W = self.context_steps - 1
+        return TransformerState(
+            torch.zeros(W, batch_size, self.tokens_per_step, dtype=torch.long, device=device),
+            torch.zeros(W, batch_size, dtype=torch.bool, device=device),
+            torch.zeros(W, batch_size, dtype=torch.long, device=device),
+        )
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- the network ---------------------------------------------------------------------
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.n_tokens):
+            raise ValueError(
+                f"token ids must lie in [0, {self.n_tokens}); got {int(tokens.min())}..{int(tokens.max())}"
+                " (does the model's codebook size match the data's?)"
+            )
+
+    def _features(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor,
+                  episode: torch.Tensor) -> torch.Tensor:
+        """Batch-first windows -> one feature per step, from that step's visible context.
+
+        tokens [N, L, G], step/valid/episode [N, L] -> [N, L, dim].
+        """
+        x = self.embed_in(self.encoder(tokens)) + self.position(step % self.context_steps)
+        mask = _blocked(episode, valid, self.span).repeat_interleave(self.heads, 0)
+        return self.transformer(x, mask=mask)
+
+    def _heads(self, features: torch.Tensor, next_action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([features, next_action.to(features.dtype)], -1)
+        logits = self.token_head(x).float().reshape(*x.shape[:-1], self.tokens_per_step, self.n_tokens)
+        return logits, self.reward_head(x)
+
+    def _null_action(self, n: int, device: torch.device, first: bool = False) -> torch.Tensor:
+        """The action leading to an imagined step: the null action (index 0), or zeros before a first step."""
+        a = torch.zeros(n, self.action_dim, device=device)
+        if not first:
+            a[:, 0] = 1.0
+        return a
+
+    # ---- training ------------------------------------------------------------------------
+    def predict(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerPrediction:
+        """Forecast every step of a time-major chunk from the steps before it (carried window included)."""
+        tokens = batch["tokens"]
+        self._check_tokens(tokens)
+        reset = batch["reset"].bool()
+        T, B = reset.shape
+        W = state.tokens.shape[0]
+        device = tokens.device
+        # Where each chunk step sits in its episode: after the latest reset, or after the carried steps.
+        t = torch.arange(T, device=device).unsqueeze(1)
+        last_reset = torch.where(reset, t, torch.full_like(t, -1)).cummax(0).values
+        if W:
+            after_carried = torch.where(state.valid[-1], state.step[-1] + 1, torch.zeros_like(state.step[-1]))
+        else:
+            after_carried = torch.zeros(B, dtype=torch.long, device=device)
+        step = torch.where(last_reset >= 0, t - last_reset, after_carried + t)
+        # The carried window and the chunk as one sequence; carried steps belong to episode 0.
+        seq_tokens = torch.cat([state.tokens, tokens], 0)
+        seq_step = torch.cat([state.step, step], 0)
+        seq_valid = torch.cat([state.valid, torch.ones(T, B, dtype=torch.bool, device=device)], 0)
+        seq_episode = torch.cat([torch.zeros(W, B, dtype=torch.long, device=device), reset.long().cumsum(0)], 0)
+        feats = self._features(
+            seq_tokens.transpose(0, 1), seq_step.t(), seq_valid.t(), seq_episode.t()
+        ).transpose(0, 1)  # [W+T, B, dim]
+        # Chunk step t is forecast by the feature of the sequence position just before it.
+        if W:
+            before = feats[W - 1:W + T - 1]
+            before_valid = seq_valid[W - 1:W + T - 1]
+        else:  # no carried window: the chunk's first step has nothing before it
+            before = torch.cat([feats[:1] * 0, feats[:T - 1]], 0)
+            before_valid = torch.cat([torch.zeros(1, B, dtype=torch.bool, device=device),
+                                      torch.ones(T - 1, B, dtype=torch.bool, device=device)], 0)
+        has_context = before_valid & ~reset  # a non-reset step shares the episode of the step before it
+        start = self.transformer.norm(self.start).to(before.dtype).expand_as(before)
+        feature = torch.where(reset.unsqueeze(-1), start, before)
+        logits, reward = self._heads(feature, batch["action"])
+        keep = seq_valid[-W:] & (seq_episode[-W:] == seq_episode[-1:]) if W else seq_valid[:0]
+        last = TransformerState(seq_tokens[seq_tokens.shape[0] - W:].detach(), keep,
+                                seq_step[seq_step.shape[0] - W:].detach())
+        return TransformerPrediction(logits, reward, has_context, reset, last)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerOutput:
+        """Next-step loss of one chunk: token cross-entropy (summed over G) + reward_weight * 0.5 MSE.
+
+        Scored steps: those with context in their episode and every episode's first step (from the
+        learned start feature). A step continuing an episode whose earlier steps were never seen
+        (a lane's first chunk starting mid-episode) is not scored.
+        """
+        pred = self.predict(batch, state)
+        tokens = batch["tokens"]
+        scored = pred.has_context | pred.first_step
+        n_scored = scored.sum().clamp(min=1)
+        nll = TokenDecoder.nll(pred.token_logits, tokens)  # [T, B, G] nats
+        loss_tokens = (nll.sum(-1) * scored).sum() / n_scored
+        loss_reward = 0.5 * ((pred.reward - batch["reward"].float()).pow(2) * scored).sum() / n_scored
+        loss = loss_tokens + self.reward_weight * loss_reward
+        with torch.no_grad():
+            ctx = pred.has_context
+            n_ctx = (ctx.sum() * self.tokens_per_step).clamp(min=1)
+            hits = (pred.token_logits.argmax(-1) == tokens).float().sum(-1)
+            metrics = {
+                "loss_model": loss.detach(),
+                "loss_tokens": (nll.sum(-1) * ctx).sum() / n_ctx / LN2,  # bits per token, first steps left out
+                "acc_tokens": (hits * ctx).sum() / n_ctx,
+                "loss_reward": loss_reward.detach(),
+            }
+        return TransformerOutput(loss, pred.last_state, metrics)
+
+    # ---- forecasts and dreams ------------------------------------------------------------
+    def _window(self, tokens: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last context_steps steps up to each end (inclusive) of one utterance: tokens, step, valid."""
+        steps = ends.unsqueeze(1) - (self.context_steps - 1) + torch.arange(self.context_steps, device=ends.device)
+        valid = steps >= 0
+        steps = steps.clamp(min=0)
+        return tokens[steps], steps, valid
+
+    def _last_logits(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Windows [N, C, G] (last slot valid) -> the forecast of the step after each window [N, G, K]."""
+        feats = self._features(tokens, step, valid, torch.zeros_like(step))
+        return self._heads(feats[:, -1], self._null_action(tokens.shape[0], tokens.device))[0]
+
+    @staticmethod
+    def _advance(tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor,
+                 new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slide windows by one step, appending the new step's tokens [N, G]."""
+        return (
+            torch.cat([tokens[:, 1:], new.unsqueeze(1)], 1),
+            torch.cat([step[:, 1:], step[:, -1:] + 1], 1),
+            torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1),
+        )
+
+    def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / temperature, -1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+    @torch.no_grad()
+    def forecast(
+        self,
+        tokens: torch.Tensor,
+        horizon: int,
+        samples: int,
+        starts: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        max_windows: int = 1024,
+    ) -> torch.Tensor:
+        """Predictive token distributions of steps t+1..t+horizon given steps 0..t of one utterance.
+
+        tokens int64 [T, G] (the utterance from its first step); starts: the steps t (default all of
+        0..T-2). Returns [N, horizon, G, K]: h=1 is the model's own next-step distribution; h>1 the
+        mean over `samples` imagined rollouts, each sampling its steps (at `temperature`) and reading
+        them back as context. Cells with t+h >= T are returned too (the caller masks them).
+        """
+        self._check_tokens(tokens)
+        if horizon < 1 or samples < 1 or temperature <= 0:
+            raise ValueError(
+                f"need horizon >= 1, samples >= 1, temperature > 0; got {horizon}, {samples}, {temperature}"
+            )
+        T, G = tokens.shape
+        device = tokens.device
+        if starts is None:
+            starts = torch.arange(max(T - 1, 0), device=device)
+        starts = starts.to(device=device, dtype=torch.long).reshape(-1)
+        if starts.numel() and (starts.min() < 0 or starts.max() >= T):
+            raise ValueError(f"forecast starts must lie in [0, {T}) for an utterance of {T} steps")
+        out = torch.zeros(starts.numel(), horizon, G, self.n_tokens, device=device)
+        per_chunk = max(1, max_windows // samples)
+        for a in range(0, starts.numel(), per_chunk):
+            ends = starts[a:a + per_chunk]
+            n = ends.numel()
+            win = self._window(tokens, ends)
+            logits = self._last_logits(*win)
+            out[a:a + n, 0] = torch.softmax(logits, -1)
+            if horizon == 1:
+                continue
+            win = tuple(x.repeat_interleave(samples, 0) for x in win)
+            logits = logits.repeat_interleave(samples, 0)
+            for h in range(1, horizon):
+                win = self._advance(*win, self._sample(logits, temperature, generator))
+                logits = self._last_logits(*win)
+                out[a:a + n, h] = torch.softmax(logits, -1).reshape(n, samples, G, -1).mean(1)
+        return out
+
+    @torch.no_grad()
+    def imagine(
+        self,
+        prompt: torch.Tensor,
+        n_steps: int,
+        samples: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Dreams: `samples` sampled continuations [samples, n_steps, G] of a prompt [P, G] (an
+        utterance's first P steps; P = 0 dreams an utterance from its first step)."""
+        self._check_tokens(prompt)
+        if n_steps < 0 or samples < 1 or temperature <= 0:
+            raise ValueError(
+                f"need n_steps >= 0, samples >= 1, temperature > 0; got {n_steps}, {samples}, {temperature}"
+            )
+        device = self.start.device
+        prompt = prompt.to(device=device, dtype=torch.long)
+        G = self.tokens_per_step
+        out = torch.zeros(samples, n_steps, G, dtype=torch.long, device=device)
+        if n_steps == 0:
+            return out
+        if prompt.shape[0] == 0:  # the first step from the empty context
+            feature = self.transformer.norm(self.start).expand(samples, -1)
+            first = self._sample(self._heads(feature, self._null_action(samples, device, first=True))[0],
+                                 temperature, generator)
+            out[:, 0] = first
+            C = self.context_steps
+            win = (
+                torch.cat([torch.zeros(samples, C - 1, G, dtype=torch.long, device=device), first.unsqueeze(1)], 1),
+                torch.zeros(samples, C, dtype=torch.long, device=device),
+                torch.arange(C, device=device).expand(samples, C) == C - 1,
+            )
+            done = 1
+        else:
+            end = torch.full((samples,), prompt.shape[0] - 1, dtype=torch.long, device=device)
+            win, done = self._window(prompt, end), 0
+        for i in range(done, n_steps):
+            new = self._sample(self._last_logits(*win), temperature, generator)
+            out[:, i] = new
+            win = self._advance(*win, new)
+        return out
+
+
+def _blocked(episode: torch.Tensor, valid: torch.Tensor, span: int) -> torch.Tensor:
+    """Attention mask [N, L, L], True = may not attend: a step sees the last `span` steps of its
+    own episode (itself included), never a later step, an empty slot or another episode.
+
+    Stacked layers widen what a step depends on by span - 1 steps per layer, and only that whole
+    cone decides its output; keeping layers * (span - 1) < context_steps puts the cone inside the
+    carried window + chunk in training and inside each forecast window, so both compute the same.
+    Every position sees itself, so no row is empty (an empty row would give NaN that spreads
+    through the values); empty slots are never seen by other positions, so this changes nothing.
+    """
+    L = episode.shape[1]
+    i = torch.arange(L, device=episode.device)
+    back = i.unsqueeze(1) - i.unsqueeze(0)  # query - key
+    band = (back >= 0) & (back < span)
+    allowed = band & (episode.unsqueeze(2) == episode.unsqueeze(1)) & valid.unsqueeze(1)
+    allowed = allowed | torch.eye(L, dtype=torch.bool, device=episode.device)
+    return ~allowed
+
+
+def _ring_sinusoids(context_steps: int, dim: int) -> torch.Tensor:
+    """Initial position embeddings: sinusoids whose periods divide context_steps, so the ring of
+    labels (step index mod context_steps) has no seam and offsets between steps are easy to read."""
+    pos = torch.arange(context_steps, dtype=torch.float32).unsqueeze(1)
+    freq = 1.0 + torch.arange(dim // 2, dtype=torch.float32).remainder(max(1, context_steps // 2))
+    angle = 2 * math.pi * pos * freq / context_steps
+    out = torch.zeros(context_steps, dim)
+    out[:, 0:2 * (dim // 2):2] = torch.sin(angle)
+    out[:, 1:2 * (dim // 2):2] = torch.cos(angle)
+    return out * 0.5

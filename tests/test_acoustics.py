@@ -1,0 +1,127 @@
+"""Acoustic metrics against signals with known answers: tones, white noise, silence."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from pydreamer.acoustics import (
+    METRICS,
+    N_FFT,
+    clip_metrics,
+    compare_real_generated,
+    comparison_markdown,
+    describe_clips,
+    log_spectral_distance,
+    rms,
+    similarity_by_horizon,
+    snr_db,
+    spectral_convergence,
+    write_comparison_csv,
+)
+
+SR = 16000
+BIN_HZ = SR / N_FFT
+
+
+def sine(f0: float, seconds: float = 2.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return amplitude * np.sin(2 * np.pi * f0 * t + 0.3)
+
+
+def white_noise(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    return 0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))
+
+
+@pytest.mark.parametrize("f0", [440.0, 1000.0, 3000.0])
+def test_sine_centroid_rolloff_and_zero_crossings(f0):
+    m = clip_metrics(sine(f0), SR)
+    assert m["spectral_centroid"] == pytest.approx(f0, abs=BIN_HZ)
+    assert m["spectral_rolloff"] == pytest.approx(f0, abs=2 * BIN_HZ)
+    assert m["zero_crossing_rate"] == pytest.approx(2 * f0 / SR, rel=0.02)
+    assert m["spectral_entropy"] < 0.35  # a tone concentrates its power in a few bins
+    assert abs(m["snr_db"]) < 0.5  # stationary: loudest and quietest frames alike
+
+
+@pytest.mark.parametrize("amplitude", [0.01, 0.5, 1.0])
+def test_rms_of_a_sine_is_its_amplitude_over_sqrt2(amplitude):
+    assert rms(sine(440.0, amplitude=amplitude)) == pytest.approx(amplitude / np.sqrt(2), rel=2e-3)
+
+
+def test_white_noise_is_flat_and_centred_at_a_quarter_of_sr():
+    m = clip_metrics(white_noise(), SR)
+    assert m["spectral_entropy"] > 0.9  # a periodogram of white noise: ~0.93 at n_fft = 1024
+    assert m["spectral_centroid"] == pytest.approx(SR / 4, rel=0.03)
+    assert m["zero_crossing_rate"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_snr_sees_pauses_above_a_noise_floor():
+    y = white_noise(2.0) * 0.001
+    y[SR // 2 : SR] += sine(440.0, 0.5)  # a tone over a -60 dB floor for a quarter of the clip
+    assert 45 < snr_db(y) < 75
+
+
+@pytest.mark.parametrize("clip", [np.zeros(SR), np.zeros(100), np.zeros(0), np.full(500, np.nan), sine(440, 0.01)])
+def test_silence_and_short_clips_give_finite_numbers(clip):
+    m = clip_metrics(clip, SR)
+    assert set(m) == set(METRICS) and all(np.isfinite(v) for v in m.values())
+    assert np.isfinite(log_spectral_distance(clip, clip)) and np.isfinite(spectral_convergence(clip, sine(440)))
+    if not np.nan_to_num(clip).any():
+        assert m["snr_db"] == 0.0 and m["rms"] == 0.0 and m["spectral_entropy"] == 0.0
+        assert log_spectral_distance(clip, clip) == 0.0 and spectral_convergence(clip, clip) == 0.0
+
+
+def test_similarity_is_zero_against_itself_and_positive_against_another():
+    a, b = white_noise(seed=1), white_noise(seed=2)
+    assert log_spectral_distance(a, a) == 0.0 and spectral_convergence(a, a) == 0.0
+    assert log_spectral_distance(a, b) > 1.0 and spectral_convergence(a, b) > 0.5
+    # over the overlap only: a longer generated clip is cut to the reference
+    assert log_spectral_distance(a, np.r_[a, b]) == 0.0
+    # a louder copy: 6.02 dB everywhere
+    assert log_spectral_distance(a, 2 * a) == pytest.approx(20 * np.log10(2), abs=1e-6)
+    assert spectral_convergence(a, 2 * a) == pytest.approx(1.0)
+
+
+def test_similarity_by_horizon_finds_where_a_rollout_drifts():
+    ref = white_noise(2.0, seed=3)
+    gen = ref.copy()
+    gen[SR:] = white_noise(1.0, seed=4)  # faithful for 1 s, then unrelated
+    res = similarity_by_horizon(ref, gen, SR, window_s=0.5)
+    np.testing.assert_allclose(res["end_s"], [0.5, 1.0, 1.5, 2.0])
+    lsd = res["log_spectral_distance"]
+    assert lsd[0] == 0.0 and lsd[1] < 1.0 and lsd[2] > 3.0 and lsd[3] > 3.0
+    assert res["spectral_convergence"][0] == 0.0 and res["spectral_convergence"][3] > 0.5
+    assert res["frames"].sum() == 1 + (2 * SR - N_FFT) // 256
+
+
+def test_ks_table_tells_same_from_shifted_distributions(tmp_path):
+    rng = np.random.default_rng(0)
+    real = [{"rms": v, "snr_db": 10 + v} for v in rng.normal(1.0, 0.2, 300)]
+    same = [{"rms": v, "snr_db": 10 + v} for v in rng.normal(1.0, 0.2, 300)]
+    shifted = [{"rms": v, "snr_db": 10 + v} for v in rng.normal(1.5, 0.2, 300)]
+    rows_same = compare_real_generated(real, same)
+    rows_shift = compare_real_generated(real, shifted)
+    assert [r.metric for r in rows_same] == ["snr_db", "rms"]  # METRICS order
+    assert all(r.ks_pvalue > 0.05 for r in rows_same)
+    assert all(r.ks_pvalue < 1e-10 and r.ks_statistic > 0.5 for r in rows_shift)
+    rms_row = rows_shift[1]
+    assert rms_row.relative_difference == pytest.approx(0.5, abs=0.05)
+    assert rms_row.real_iqr == pytest.approx(2 * 0.6745 * 0.2, rel=0.15)
+    md = comparison_markdown(rows_shift)
+    assert md.count("\n") == 4 and md.startswith("| metric |") and "| rms |" in md
+    path = write_comparison_csv(rows_shift, tmp_path / "sub" / "acoustics.csv")
+    with path.open() as f:
+        table = list(csv.DictReader(f))
+    assert [t["metric"] for t in table] == ["snr_db", "rms"]
+    assert float(table[1]["ks_pvalue"]) == pytest.approx(rms_row.ks_pvalue)
+
+
+def test_compare_clip_sets_end_to_end():
+    real = describe_clips([sine(440 + 20 * i, 0.5) for i in range(6)], SR)
+    gen = describe_clips([white_noise(0.5, seed=i) for i in range(6)], SR)
+    rows = {r.metric: r for r in compare_real_generated(real, gen)}
+    assert set(rows) == set(METRICS)
+    assert rows["spectral_entropy"].ks_statistic == 1.0 and rows["spectral_centroid"].relative_difference > 5
+    with pytest.raises(ValueError):
+        compare_real_generated(real, [{"rms": np.nan}], metrics=["rms"])
