@@ -85,7 +85,7 @@ class Learner:
         batch = self._to_device(batch)
         B = batch["tokens"].shape[1]
         state = self.states.get(worker)
-        if state is None or state.deter.shape[0] != B:
+        if state is None or self.model.state_batch_size(state) != B:
             state = self.model.initial_state(B, self.device)
         self.states[worker], metrics = self.model.training_step(batch, state, self.optimizers, self.step + 1, self.amp)
         self.step += 1

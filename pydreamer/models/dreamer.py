@@ -1,4 +1,10 @@
-"""Dreamer = world model + actor-critic, with their three optimizers and one training step."""
+"""Dreamer = world model + actor-critic, with their optimizers and one training step.
+
+`world_model: rssm` (DreamerV2) trains the actor-critic in imagination beside the world model;
+`world_model: transformer` is a baseline over the same tokens: it has no latent state to
+imagine from, so it trains the world model alone (with the null action the actor has nothing
+to learn, and the critic only forecasts voice activity).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +15,8 @@ import torch
 import torch.nn as nn
 
 from .actor_critic import ActorCritic
-from .rssm import RSSM, State
+from .rssm import State
+from .transformer import TransformerWorldModel
 from .world_model import WorldModel
 
 
@@ -21,18 +28,30 @@ class Dreamer(nn.Module):
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__()
         self.dims = {"n_tokens": int(n_tokens), "tokens_per_step": int(tokens_per_step), "action_dim": int(action_dim)}
-        self.wm = WorldModel(conf, n_tokens, tokens_per_step, action_dim)
-        self.ac = ActorCritic(conf, self.wm.rssm.feature_dim, action_dim)
+        self.kind = conf["world_model"]
+        if self.kind == "transformer":
+            self.wm = TransformerWorldModel(conf, n_tokens, tokens_per_step, action_dim)
+            self.ac = None
+        else:
+            self.wm = WorldModel(conf, n_tokens, tokens_per_step, action_dim)
+            self.ac = ActorCritic(conf, self.wm.rssm.feature_dim, action_dim)
         self.grad_clip = float(conf["grad_clip"])
         self.target_interval = int(conf["target_interval"])
         self.eval_samples = int(conf["eval_samples"])
         self.imag_starts = int(conf["imag_starts"])
 
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return self.wm.initial_state(batch_size, device)
+
+    @staticmethod
+    def state_batch_size(state) -> int:
+        """Columns of a carried state: RSSM State deter [B, D]; Transformer tokens [W, B, G]."""
+        return state.deter.shape[0] if isinstance(state, State) else state.tokens.shape[1]
 
     def make_optimizers(self, conf: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Separate Adam optimizers (and learning rates) for the world model, actor and critic."""
+        if self.ac is None:
+            return {"model": torch.optim.Adam(self.wm.parameters(), lr=float(conf["adam_lr"]), eps=1e-5)}
         return {
             "model": torch.optim.Adam(self.wm.parameters(), lr=float(conf["adam_lr"]), eps=1e-5),
             "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=float(conf["adam_lr_actor"]), eps=1e-5),
@@ -59,6 +78,9 @@ class Dreamer(nn.Module):
             opt.zero_grad(set_to_none=True)
         with autocast:
             out = self.wm(batch, state)
+        if self.ac is None:
+            return self._model_step(out, optimizers, step)
+        with autocast:
             start = State(*(x.reshape(-1, x.shape[-1]) for x in out.states))
             start_terminal = batch["terminal"].reshape(-1)
             if 0 < self.imag_starts < start_terminal.shape[0]:  # dream from a random subset of states
@@ -92,3 +114,15 @@ class Dreamer(nn.Module):
         last = State(out.last_state.deter.detach(), out.last_state.stoch.detach())
         return last, metrics
 
+
+    def _model_step(self, out, optimizers: Mapping[str, torch.optim.Optimizer], step: int):
+        """The world model alone (no actor-critic): one clipped Adam step."""
+        if not torch.isfinite(out.loss).item():
+            raise NonFiniteLoss(f"non-finite loss at step {step}: loss_model={float(out.loss.detach())}")
+        out.loss.backward()
+        metrics = {k: float(v) for k, v in out.metrics.items()}
+        norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.grad_clip)
+        metrics["grad_norm_model"] = float(norm)
+        if math.isfinite(float(norm)):
+            optimizers["model"].step()
+        return out.last_state, metrics

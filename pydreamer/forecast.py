@@ -1,0 +1,89 @@
+"""Forecasts per horizon: what a world model predicts for steps t+1..t+H after observing steps 0..t.
+
+One estimator for both world models, so their numbers mean the same thing. For each start
+step t the model imagines S futures (the RSSM from its prior after filtering steps 0..t
+through the posterior; the Transformer by sampling its own tokens) and the predictive
+distribution of each token at t+h is the *mean probability* over the S futures. Its NLL is
+-log2 of that mean (a Monte-Carlo estimate of the predictive likelihood, not the mean of
+log-probabilities, which would punish a model for being unsure in a few futures), and top-1
+accuracy is the argmax of that mean against the true token.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pydreamer.models import Dreamer
+from pydreamer.models.rssm import RSSM, State
+
+
+@torch.no_grad()
+def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: int, starts: torch.Tensor,
+                  generator: torch.Generator | None = None, chunk: int = 4096) -> torch.Tensor:
+    """tokens int64 [T, G] of one utterance -> probs [N, horizon, G, K] for the N start steps."""
+    wm = model.wm
+    device = tokens.device
+    T = tokens.shape[0]
+    A = model.dims["action_dim"]
+    action = torch.zeros(T, 1, A, device=device)
+    action[1:, :, 0] = 1.0  # the null action led to every step after the first, as in the episodes
+    reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
+    reset[0] = True
+    embed = wm.encoder(tokens.unsqueeze(1))
+    with _seeded(generator):
+        states, _, _, _ = wm.rssm.observe(embed, action, reset, wm.initial_state(1, device))
+        start = State(states.deter[starts, 0], states.stoch[starts, 0])  # posterior after step t
+        out = []
+        null = torch.zeros(1, A, device=device)
+        null[0, 0] = 1.0
+        per = max(1, chunk // samples)
+        for a in range(0, len(starts), per):
+            s = State(*(x[a:a + per].repeat_interleave(samples, 0) for x in start))
+            n = s.deter.shape[0] // samples
+            steps = []
+            for _ in range(horizon):
+                s, _ = wm.rssm.imagine_step(s, null.expand(s.deter.shape[0], A))
+                p = torch.softmax(wm.decoder(RSSM.features(s)), -1)  # [n*S, G, K]
+                steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
+            out.append(torch.stack(steps, 1))
+    return torch.cat(out, 0)
+
+
+class _seeded:
+    """Draw the RSSM's samples (torch.multinomial on the global stream) from a seed, then restore it."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.seed = None if generator is None else int(generator.initial_seed())
+
+    def __enter__(self):
+        if self.seed is not None:
+            self.state = torch.random.get_rng_state()
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        if self.seed is not None:
+            torch.random.set_rng_state(self.state)
+        return False
+
+
+@torch.no_grad()
+def forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: int, starts: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """The predictive distributions [N, horizon, G, K] of either world model (same estimator)."""
+    if model.kind == "transformer":
+        return model.wm.forecast(tokens, horizon, samples, starts=starts, generator=generator)
+    return rssm_forecast(model, tokens, horizon, samples, starts, generator)
+
+
+def score(probs: torch.Tensor, tokens: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bits [N, H, G], hits [N, H, G], valid [N, H]) of forecasts against the true tokens at t+h."""
+    N, H, G, K = probs.shape
+    T = len(tokens)
+    target_t = starts[:, None] + np.arange(1, H + 1)[None]  # [N, H]
+    valid = target_t < T
+    target = tokens[np.minimum(target_t, T - 1)]  # [N, H, G]
+    p = probs.float().cpu().numpy()
+    p_true = np.take_along_axis(p, target[..., None].astype(np.int64), -1)[..., 0]
+    bits = -np.log2(np.maximum(p_true, 1e-12))
+    hits = p.argmax(-1) == target
+    return bits, hits, valid
