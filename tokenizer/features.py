@@ -74,16 +74,16 @@ def voice_activity(db: np.ndarray, vad_db: float) -> np.ndarray:
     return (energy > energy.max() + vad_db).astype(np.float32)
 
 
-def band_bins(db: np.ndarray, margin_db: float) -> int:
+def band_bins(db: np.ndarray, margin_db: float, top_db: float) -> int:
     """How many mel bins, from the bottom, carry signal: up to the highest bin whose loud
-    frames (95th percentile) rise `margin_db` above the utterance's floor.
+    frames (95th percentile) rise `margin_db` above the utterance's floor (`top_db` below its peak).
 
     Band-limited sources (8 kHz telephone or digit recordings, low-passed mp3) resampled to
     16 kHz leave the bins above their Nyquist at the floor; those bins are easy to
     reconstruct and would flatter the metrics, so they are measured and set apart.
     """
     loud = np.percentile(np.asarray(db, np.float64), 95, axis=0)
-    above = np.nonzero(loud > float(np.min(db)) + margin_db)[0]
+    above = np.nonzero(loud > float(np.max(db)) - top_db + margin_db)[0]
     return int(above[-1]) + 1 if len(above) else 0
 
 
@@ -99,7 +99,7 @@ def log_mel_features(wave: np.ndarray, s: MelSettings, vad_db: float, band_margi
     db = power_to_db(mel_power(wave, s), s.top_db)
     z, mean, std = zscore(db)
     return {"mel": z, "mean": mean, "std": std, "voice": voice_activity(db, vad_db),
-            "band_bins": band_bins(db, band_margin_db)}
+            "band_bins": band_bins(db, band_margin_db, s.top_db)}
 
 
 @lru_cache(maxsize=4)
