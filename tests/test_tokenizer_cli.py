@@ -96,6 +96,14 @@ def test_prepare_train_encode_evaluate(messy_folder, tmp_path, capsys):
              for u in iter_utterances(data / "tokens" / s)]
     assert sorted(after) == sorted(before)  # same tokens whatever the number of encode processes
 
+    # 50 steps = 2 s: only the 2.5 s clip is kept, so most of every split is dropped, and said so
+    assert main(_args("encode", data, tmp_path, "--force", "--min_steps", "50")) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((data / "tokens" / "meta.json").read_text())
+    assert "WARNING: min_steps=50" in out and "--min_steps" in out and "max_short_drop_fraction" in out
+    assert sum(meta["splits"].values()) == 1 and any(" train utterances" in w for w in meta["warnings"])
+    assert 0 < metrics["lsd_db_band"] and metrics["signal_mel_bins"] == manifest["bandwidth"]["signal_mel_bins"]
+
 
 def test_nothing_usable_is_one_clear_error(tmp_path, capsys):
     root = tmp_path / "junk"

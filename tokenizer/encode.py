@@ -51,19 +51,38 @@ def _batches(utterances: Iterable[dict], max_frames: int) -> Iterator[list[dict]
 @torch.no_grad()
 def tokenize(model: VQVAE, utterances: Iterable[dict], device: torch.device, max_frames: int = 20000,
              reconstruct: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
-    """(utterance, tokens [ceil(F / ds), G], reconstructed z-scored mel [F, n_mels] or None), batched."""
+    """(utterance, tokens [ceil(F / ds), G], reconstructed z-scored mel [F, n_mels] or None), batched.
+
+    The same clip gets the same tokens whatever batch it lands in: frames are edge-padded
+    (a clip's last step repeats its last frame, as alone) and masked past each clip's end.
+    """
     model.eval()
     for batch in _batches(utterances, max_frames):
         longest = max(len(u["mel"]) for u in batch)
         mel = np.stack([np.pad(u["mel"].astype(np.float32), ((0, longest - len(u["mel"])), (0, 0)), mode="edge")
                         for u in batch])
-        tokens = model.encode(torch.from_numpy(mel).to(device))
-        recon = model.decode(tokens).float().cpu().numpy() if reconstruct else None
+        lengths = torch.tensor([len(u["mel"]) for u in batch], device=device)
+        tokens = model.encode(torch.from_numpy(mel).to(device), lengths)  # padding never reaches a clip's tokens
+        recon = model.decode(tokens, lengths).float().cpu().numpy() if reconstruct else None
         tokens = tokens.cpu().numpy()
         for i, u in enumerate(batch):
             n = len(u["mel"])
             steps = -(-n // model.ds)
             yield u, tokens[i, :steps], (recon[i, :n] if recon is not None else None)
+
+
+def short_drop_warnings(kept: Mapping[str, int], dropped: Mapping[str, int], min_steps: int, max_fraction: float,
+                        steps_per_second: float) -> list[str]:
+    """One line per split where `min_steps` dropped more than `max_fraction` of the utterances."""
+    lines = []
+    for split, n_dropped in dropped.items():
+        total = n_dropped + kept.get(split, 0)
+        if total and n_dropped / total > max_fraction:
+            lines.append(f"WARNING: min_steps={min_steps} ({min_steps / steps_per_second:.2f} s) dropped {n_dropped} of {total} "
+                         f"{split} utterances ({n_dropped / total:.0%} > max_short_drop_fraction {max_fraction:g})"
+                         + (f", leaving no {split} utterance" if n_dropped == total else "")
+                         + "; for a corpus of short clips lower it (--min_steps 5, or --configs ... short)")
+    return lines
 
 
 def step_voice(voice: np.ndarray, steps: int, ds: int) -> np.ndarray:
@@ -150,6 +169,10 @@ def encode(conf: Mapping[str, Any], layout: DataLayout) -> dict:
             pool.terminate()
     if sum(meta["splits"].values()) == 0:
         raise ValueError(f"encode: no utterance has at least min_steps={conf['min_steps']} steps; lower --min_steps")
+    warnings = short_drop_warnings(meta["splits"], meta["dropped_short"], conf["min_steps"], conf["max_short_drop_fraction"],
+                                   steps_per_second)
+    if warnings:
+        meta["warnings"] = warnings
     # Dreams have no utterance of their own: they are un-z-scored with the corpus' typical level.
     meta["mel_mean"] = float(np.mean(means)) if means else 0.0
     meta["mel_std"] = float(np.mean(stds)) if stds else 1.0

@@ -76,11 +76,32 @@ def voice_activity(db: np.ndarray, vad_db: float) -> np.ndarray:
     return (energy > energy.max() + vad_db).astype(np.float32)
 
 
-def log_mel_features(wave: np.ndarray, s: MelSettings, vad_db: float) -> dict[str, Any]:
-    """Everything prepare keeps for one utterance."""
+def band_bins(db: np.ndarray, margin_db: float, top_db: float) -> int:
+    """How many mel bins, from the bottom, carry signal: up to the highest bin whose loud
+    frames (95th percentile) rise `margin_db` above the utterance's floor (`top_db` below its peak).
+
+    Band-limited sources (8 kHz telephone or digit recordings, low-passed mp3) resampled to
+    16 kHz leave the bins above their Nyquist at the floor; those bins are easy to
+    reconstruct and would flatter the metrics, so they are measured and set apart.
+    """
+    loud = np.percentile(np.asarray(db, np.float64), 95, axis=0)
+    above = np.nonzero(loud > float(np.max(db)) - top_db + margin_db)[0]
+    return int(above[-1]) + 1 if len(above) else 0
+
+
+def mel_bin_hz(s: MelSettings) -> np.ndarray:
+    """Upper edge (Hz) of each mel bin's triangle (slaney scale, as the features use)."""
+    import librosa
+
+    return librosa.mel_frequencies(s.n_mels + 2, fmin=0.0, fmax=s.sample_rate / 2, htk=False)[2:]
+
+
+def log_mel_features(wave: np.ndarray, s: MelSettings, vad_db: float, band_margin_db: float = 30.0) -> dict[str, Any]:
+    """Everything prepare keeps for one utterance (and its signal band, for the manifest)."""
     db = power_to_db(mel_power(wave, s), s.top_db)
     z, mean, std = zscore(db)
-    return {"mel": z, "mean": mean, "std": std, "voice": voice_activity(db, vad_db)}
+    return {"mel": z, "mean": mean, "std": std, "voice": voice_activity(db, vad_db),
+            "band_bins": band_bins(db, band_margin_db, s.top_db)}
 
 
 @lru_cache(maxsize=4)

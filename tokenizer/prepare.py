@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from tokenizer.audio_io import UnusableAudio, load_audio, to_mono_16k
 from tokenizer.corpora import Skipped, UtteranceSource, list_corpus
-from tokenizer.features import MelSettings, log_mel_features
+from tokenizer.features import MelSettings, log_mel_features, mel_bin_hz
 from tokenizer.layout import DataLayout
 from runtime.files import atomic_write_text
 from tokenizer.shards import ShardWriter
@@ -50,7 +50,7 @@ def process_utterance(rec: UtteranceSource, conf: Mapping[str, Any]) -> dict:
             wave, notes = to_mono_16k(raw.reshape(-1, 1), conf["sample_rate"], conf["sample_rate"], conf["silence_db"])
         else:
             wave, notes = load_audio(rec.path, conf["sample_rate"], conf["max_seconds"], conf["long_files"], conf["silence_db"])
-        feats = log_mel_features(wave, MelSettings.from_conf(conf), conf["vad_db"])
+        feats = log_mel_features(wave, MelSettings.from_conf(conf), conf["vad_db"], conf["band_margin_db"])
         return {"ok": True, "rec": rec, "feats": feats, "notes": notes, "seconds": len(wave) / conf["sample_rate"]}
     except UnusableAudio as e:
         return {"ok": False, "rec": rec, "reason": str(e)}
@@ -82,6 +82,7 @@ def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
     stats = {s: {"utterances": 0, "seconds": 0.0, "speakers": set()} for s in SPLITS}
     skipped: list[Skipped] = list(listing_skips)
     notes: list[dict] = []
+    band_counts: list[int] = []
 
     plain_conf = dict(conf)
     workers = max(1, int(conf["prepare_workers"]))
@@ -104,6 +105,7 @@ def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
                 per_utterance={"utterance_id": rec.utterance_id, "speaker": rec.speaker, "source": _where(rec),
                                "mean": f["mean"], "std": f["std"]},
             )
+            band_counts.append(f["band_bins"])
             st = stats[split]
             st["utterances"] += 1
             st["seconds"] += res["seconds"]
@@ -135,6 +137,7 @@ def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
         "notes": notes,
         "features": {k: conf[k] for k in MelSettings.__dataclass_fields__},
+        "bandwidth": bandwidth_summary(band_counts, MelSettings.from_conf(conf), conf["band_margin_db"]),
         "seconds_elapsed": round(time.time() - started, 1),
     }
     empty = [s for s in SPLITS if stats[s]["utterances"] == 0]
@@ -142,6 +145,32 @@ def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
         manifest["warning"] = f"split(s) {', '.join(empty)} are empty: the corpus is too small or their files were skipped"
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=2))
     return manifest
+
+
+def bandwidth_summary(band_counts: list[int], settings: MelSettings, margin_db: float) -> dict[str, Any]:
+    """The corpus' effective bandwidth: the median utterance's count of mel bins carrying signal.
+
+    Train weighs the bins above it down and evaluate reports `lsd_db_band` over the bins below it.
+    """
+    import numpy as np
+
+    bins = int(np.median(band_counts)) if band_counts else settings.n_mels
+    bins = max(1, bins)
+    edges = mel_bin_hz(settings)
+    return {
+        "signal_mel_bins": bins,
+        "n_mels": settings.n_mels,
+        "effective_hz": round(float(edges[bins - 1]), 1),
+        "band_limited": bins < settings.n_mels,
+        "utterances_band_limited": round(float(np.mean(np.asarray(band_counts) < settings.n_mels)), 4) if band_counts else 0.0,
+        "rule": f"a mel bin carries signal when its 95th-percentile level is {margin_db:g} dB above the utterance's floor "
+                "(band_margin_db); the corpus value is the median over utterances",
+    }
+
+
+def signal_mel_bins(manifest: Mapping[str, Any], n_mels: int) -> int:
+    """The prepared corpus' signal bins (all of them for a manifest written before bandwidth was measured)."""
+    return int(manifest.get("bandwidth", {}).get("signal_mel_bins", n_mels))
 
 
 def _reason_kind(reason: str) -> str:
@@ -164,5 +193,10 @@ def summary_line(manifest: Mapping[str, Any], manifest_path: str) -> str:
     per_split = " / ".join("%s %d" % (s, v["utterances"]) for s, v in sp.items())
     reasons = ", ".join("%d %s" % (n, k) for k, n in manifest["skipped_by_reason"].items())
     skip_text = f"skipped {manifest['skipped_count']}" + (f" ({reasons})" if reasons else "")
+    bw = manifest.get("bandwidth")
+    band_text = ""
+    if bw:
+        band_text = (f"; band {bw['signal_mel_bins']} of {bw['n_mels']} mel bins carry signal (up to {bw['effective_hz'] / 1000:.1f} kHz"
+                     + (", band-limited" if bw["band_limited"] else "") + ")")
     return (f"prepare: {manifest['utterances_kept']} utterances ({per_split}, {hours:.2f} h) from {manifest['source']}; "
-            f"split by {manifest['split_mode']}; {skip_text} -> {manifest_path}")
+            f"split by {manifest['split_mode']}; {skip_text}{band_text} -> {manifest_path}")

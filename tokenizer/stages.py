@@ -65,18 +65,22 @@ def _run_encode(conf: Mapping[str, Any], layout: DataLayout) -> str:
 
     meta = encode(conf, layout)
     if mlflow.active_run():
-        mlflow.log_metrics({"tokenizer/encode_realtime_factor": meta["encode_realtime_factor"]})
+        mlflow.log_metrics({"tokenizer/encode_realtime_factor": meta["encode_realtime_factor"],
+                            **{f"tokenizer/encode_dropped_short_{s}": n for s, n in meta["dropped_short"].items()}})
+        if meta.get("warnings"):
+            mlflow.set_tag("tokenizer.encode_warning", "\n".join(meta["warnings"])[:5000])
     kept = " / ".join(f"{s} {n}" for s, n in meta["splits"].items())
     dropped = sum(meta["dropped_short"].values())
-    return (f"encode: {kept} utterances at {meta['bits_per_second']:.0f} bit/s, {meta['encode_realtime_factor']:.0f}x real time; "
+    line = (f"encode: {kept} utterances at {meta['bits_per_second']:.0f} bit/s, {meta['encode_realtime_factor']:.0f}x real time; "
             f"dropped {dropped} shorter than {meta['min_steps']} steps -> {layout.token_meta.parent}")
+    return "\n".join([line, *meta.get("warnings", [])])
 
 
 def _run_evaluate(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.evaluate import evaluate
 
     m = evaluate(conf, layout)
-    keys = ("mse", "psnr", "pearson", "lsd_db", "codebook_usage", "perplexity", "dead_codes", "bits_per_second")
+    keys = ("mse", "psnr", "pearson", "lsd_db", "lsd_db_band", "codebook_usage", "perplexity", "dead_codes", "bits_per_second")
     return "evaluate: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f" -> {layout.metrics}"
 
 

@@ -5,6 +5,7 @@ bounded whatever the corpus size. Metrics go to the active MLflow run as `tokeni
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from runtime.device import resolve_device
 from tokenizer.layout import DataLayout
+from tokenizer.prepare import signal_mel_bins
 from tokenizer.shards import iter_utterances, shard_paths
 from tokenizer.vqvae import VQVAE, save_vqvae
 
@@ -25,14 +27,19 @@ from tokenizer.vqvae import VQVAE, save_vqvae
 class CropSampler:
     """Batches of random [segment, n_mels] crops, utterances weighted by length.
 
+    With `pack`, an utterance shorter than the crop is followed by others, back to back,
+    until the crop is full: on a corpus of short clips (spoken digits) padded crops were
+    mostly padding, so the encoder learned padding and the codebook collapsed onto it.
+    Without `pack`, a short utterance is padded with its own quietest value (silence).
     Holds at most `pool_shards` shards; one is swapped for another every `refresh` batches.
     """
 
-    def __init__(self, folder: Path, segment: int, batch_size: int, seed: int, pool_shards: int = 6, refresh: int = 200):
+    def __init__(self, folder: Path, segment: int, batch_size: int, seed: int, pool_shards: int = 6, refresh: int = 200,
+                 pack: bool = True):
         self.paths = shard_paths(folder)
         if not self.paths:
             raise FileNotFoundError(f"no log-mel shards in {folder}: run `python -m tokenizer prepare` first")
-        self.segment, self.batch_size, self.refresh = segment, batch_size, refresh
+        self.segment, self.batch_size, self.refresh, self.pack = segment, batch_size, refresh, pack
         self.rng = np.random.default_rng(seed)
         order = self.rng.permutation(len(self.paths))
         self.pool = [self._load(self.paths[i]) for i in order[:pool_shards]]
@@ -46,32 +53,46 @@ class CropSampler:
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
 
+    def _utterance(self) -> np.ndarray:
+        mel, offsets = self.pool[self.rng.integers(len(self.pool))]
+        lengths = np.diff(offsets)
+        i = self.rng.choice(len(lengths), p=lengths / lengths.sum())
+        return mel[offsets[i]:offsets[i + 1]]
+
+    def _crop(self) -> np.ndarray:
+        parts, room = [], self.segment
+        while room > 0:
+            utt = self._utterance()
+            if len(utt) >= room:
+                start = self.rng.integers(len(utt) - room + 1)
+                parts.append(utt[start:start + room])
+                break
+            if not self.pack:  # pad a short utterance with its own quietest value (silence)
+                parts += [utt, np.full((room - len(utt), utt.shape[1]), utt.min(), utt.dtype)]
+                break
+            parts.append(utt)
+            room -= len(utt)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def __next__(self) -> torch.Tensor:
         self.batches += 1
         if len(self.paths) > len(self.pool) and self.batches % self.refresh == 0:
             self.pool[self.rng.integers(len(self.pool))] = self._load(self.paths[self.rng.integers(len(self.paths))])
-        crops = []
-        for _ in range(self.batch_size):
-            mel, offsets = self.pool[self.rng.integers(len(self.pool))]
-            lengths = np.diff(offsets)
-            i = self.rng.choice(len(lengths), p=lengths / lengths.sum())
-            utt = mel[offsets[i]:offsets[i + 1]]
-            if len(utt) < self.segment:  # pad a short utterance with its own quietest value (silence)
-                utt = np.concatenate([utt, np.full((self.segment - len(utt), utt.shape[1]), utt.min(), utt.dtype)])
-            start = self.rng.integers(len(utt) - self.segment + 1)
-            crops.append(utt[start:start + self.segment])
-        return torch.from_numpy(np.stack(crops).astype(np.float32))
+        return torch.from_numpy(np.stack([self._crop() for _ in range(self.batch_size)]).astype(np.float32))
 
 
 def _val_crops(folder: Path, segment: int, max_crops: int = 64) -> torch.Tensor | None:
-    crops = []
+    """Validation crops cut from the split's utterances laid back to back (short clips give crops too)."""
+    parts, frames = [], 0
     for utt in iter_utterances(folder):
-        mel = utt["mel"]
-        for start in range(0, len(mel) - segment + 1, segment):
-            crops.append(mel[start:start + segment].astype(np.float32))
-            if len(crops) >= max_crops:
-                return torch.from_numpy(np.stack(crops))
-    return torch.from_numpy(np.stack(crops)) if crops else None
+        parts.append(utt["mel"].astype(np.float32))
+        frames += len(parts[-1])
+        if frames >= segment * max_crops:
+            break
+    n = frames // segment
+    if n == 0:
+        return None
+    return torch.from_numpy(np.concatenate(parts)[: n * segment].reshape(n, segment, -1))
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
@@ -93,9 +114,10 @@ def train(conf: Mapping[str, Any], layout: DataLayout) -> Path:
     seg = int(conf["vq_segment_frames"])
     if seg % conf["time_downsample"]:
         raise ValueError(f"vq_segment_frames ({seg}) must be a multiple of time_downsample ({conf['time_downsample']})")
-    sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], conf["seed"])
+    sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], conf["seed"], pack=conf["vq_pack_crops"])
     val = _val_crops(layout.mels("val"), seg)
-    model = VQVAE.from_conf(conf).to(device)
+    band = signal_mel_bins(json.loads(layout.manifest.read_text()), conf["n_mels"]) if layout.manifest.is_file() else 0
+    model = VQVAE.from_conf(conf, band_bins=band).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=conf["vq_lr"])
     steps = int(conf["vq_steps"])
     restarts_before, t0 = 0, time.time()

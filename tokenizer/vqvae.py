@@ -28,7 +28,8 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, ema: bool = True,
-                 decay: float = 0.99, dead_threshold: float = 0.1, eps: float = 1e-5, restart_window: int = 20):
+                 decay: float = 0.99, dead_threshold: float = 0.1, eps: float = 1e-5, restart_window: int = 20,
+                 reservoir_size: int = 16384):
         super().__init__()
         self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
         self.ema, self.decay, self.dead_threshold, self.eps = ema, decay, dead_threshold, eps
@@ -40,6 +41,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("window_counts", torch.zeros(codebook_size))
         self.window_batches = 0
         self.restarts = 0
+        self.reservoir_size = reservoir_size
+        self.reservoir: torch.Tensor | None = None  # recent valid encoder outputs (not saved: training state only)
+        self._reservoir_at = 0
 
     def nearest(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """Index of the nearest code for each row of z [N, D].
@@ -57,7 +61,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, z: torch.Tensor) -> None:
-        pick = z[torch.randint(len(z), (self.codebook_size,), device=z.device)]
+        if len(z) >= self.codebook_size:  # distinct vectors: duplicate codes are exact ties, settled by float noise
+            pick = z[torch.randperm(len(z), device=z.device)[: self.codebook_size]]
+        else:
+            pick = z[torch.randint(len(z), (self.codebook_size,), device=z.device)]
+            pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
         self.codebook.data.copy_(pick)
         self.ema_count.fill_(len(z) / self.codebook_size)
         self.ema_sum.copy_(pick * self.ema_count[:, None])  # a sum, so that sum / count is the code
@@ -74,39 +82,77 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
+    def _remember(self, z: torch.Tensor) -> None:
+        """Keep up to `reservoir_size` recent vectors in a ring (a random subset of each batch)."""
+        if self.reservoir_size <= 0 or len(z) == 0:
+            return
+        per_batch = max(1, self.reservoir_size // self.restart_window)
+        if len(z) > per_batch:
+            z = z[torch.randperm(len(z), device=z.device)[:per_batch]]
+        if self.reservoir is None or self.reservoir.device != z.device:
+            self.reservoir, self._reservoir_at = z.new_empty(0, self.dim), 0
+        if len(self.reservoir) < self.reservoir_size:
+            self.reservoir = torch.cat([self.reservoir, z[: self.reservoir_size - len(self.reservoir)]])
+            return
+        at = (self._reservoir_at + torch.arange(len(z), device=z.device)) % self.reservoir_size
+        self.reservoir[at] = z
+        self._reservoir_at = int(at[-1] + 1) % self.reservoir_size
+
+    @torch.no_grad()
+    def _restart_candidates(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """n vectors to restart dead codes on: far-from-the-codebook ones are the likeliest."""
+        pool = self.reservoir if self.reservoir is not None and len(self.reservoir) >= n else z
+        cb = self.codebook.detach().float()
+        d2 = torch.cat([torch.addmm(cb.pow(2).sum(1), part, cb.T, alpha=-2.0).min(1).values + part.pow(2).sum(1)
+                        for part in pool.split(8192)]).clamp_min(0)
+        if float(d2.sum()) <= 0:
+            return pool[torch.randint(len(pool), (n,), device=pool.device)]
+        return pool[torch.multinomial(d2, n, replacement=n > len(pool))]
+
+    @torch.no_grad()
     def _restart_dead(self, z: torch.Tensor, idx: torch.Tensor) -> None:
         self.window_counts += torch.bincount(idx, minlength=self.codebook_size).float()
         self.window_batches += 1
+        self._remember(z)
         if self.window_batches < self.restart_window:
             return
         dead = self.window_counts < self.dead_threshold * self.window_counts.sum() / self.codebook_size
         self.window_counts.zero_()
         self.window_batches = 0
         n_dead = int(dead.sum())
-        if n_dead == 0:
+        if n_dead == 0 or len(z) == 0:
             return
-        pick = z[torch.randint(len(z), (n_dead,), device=z.device)]
+        pick = self._restart_candidates(z, n_dead)
         pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
         self.codebook.data[dead] = pick
         self.ema_count[dead] = len(z) / self.codebook_size
         self.ema_sum[dead] = pick * self.ema_count[dead][:, None]
         self.restarts += n_dead
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """z [..., D] -> (quantized with straight-through gradient, indices [...], losses)."""
+    def forward(self, z: torch.Tensor, valid: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z [..., D] -> (quantized with straight-through gradient, indices [...], losses).
+
+        `valid` [...] (bool) marks the vectors that are data, not padding: only they count
+        in the losses, the EMA statistics and the restart reservoir.
+        """
         shape = z.shape
         flat = z.reshape(-1, self.dim)
+        keep = None if valid is None else valid.reshape(-1)
+        data = flat if keep is None else flat[keep]
         if self.training and not bool(self.initialized):
-            self._init_from(flat.detach().float())
+            self._init_from(data.detach().float())
         idx = self.nearest(flat.detach())
         q = self.lookup(idx)
-        losses = {"commitment": F.mse_loss(flat, q.detach())}
+        q_data = q if keep is None else q[keep]
+        losses = {"commitment": F.mse_loss(data, q_data.detach())}
         if not self.ema:
-            losses["codebook"] = F.mse_loss(q, flat.detach())
+            losses["codebook"] = F.mse_loss(q_data, data.detach())
         if self.training:
+            idx_data = idx if keep is None else idx[keep]
             if self.ema:
-                self._ema_update(flat.detach().float(), idx)
-            self._restart_dead(flat.detach().float(), idx)
+                self._ema_update(data.detach().float(), idx_data)
+            self._restart_dead(data.detach().float(), idx_data)
         q_st = flat + (q - flat).detach()
         return q_st.reshape(shape), idx.reshape(shape[:-1]), losses
 
@@ -119,8 +165,31 @@ class ResBlock(nn.Module):
             nn.GELU(), nn.Conv1d(channels, channels, 1),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x + _masked(self.net, x, mask)
+
+
+def _masked(layers: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Run `layers` with every frame past a clip's end zeroed before each convolution.
+
+    A convolution zero-pads a clip alone; zeroing padded frames in a batch gives every
+    convolution the same inputs, so a clip's tokens do not depend on its batch mates.
+    `mask` [B, 1, T] is at the input's frame rate and follows it through strided layers.
+    """
+    for layer in layers:
+        if mask is None:
+            x = layer(x)
+            continue
+        if isinstance(layer, ResBlock):
+            x = layer(x, mask)
+        elif isinstance(layer, (nn.Conv1d, nn.ConvTranspose1d)):
+            x = layer(x * mask)
+            if x.shape[-1] != mask.shape[-1]:  # strided: the valid length scales with the frame rate
+                lengths = mask.sum(-1, keepdim=True) * x.shape[-1] / mask.shape[-1]
+                mask = (torch.arange(x.shape[-1], device=x.device) < lengths).to(x.dtype)
+        else:
+            x = layer(x)
+    return x if mask is None else x * mask
 
 
 def _res_stack(channels: int, n: int) -> list[nn.Module]:
@@ -128,16 +197,26 @@ def _res_stack(channels: int, n: int) -> list[nn.Module]:
 
 
 class VQVAE(nn.Module):
+    """Log-mel <-> token steps. `band_bins`: the mel bins below the source's bandwidth; the
+    empty ones above it weigh `out_of_band_weight` in the reconstruction loss (a constant
+    floor must not crowd out the bins that carry speech)."""
+
     def __init__(self, n_mels: int = 80, channels: int = 192, code_dim: int = 64, codebook_size: int = 1024,
                  tokens_per_step: int = 4, time_downsample: int = 4, res_blocks: int = 2, beta: float = 0.25,
-                 ema: bool = True, ema_decay: float = 0.99, dead_threshold: float = 0.1):
+                 ema: bool = True, ema_decay: float = 0.99, dead_threshold: float = 0.1,
+                 band_bins: int = 0, out_of_band_weight: float = 1.0, reservoir_size: int = 16384):
         super().__init__()
         if time_downsample < 1 or time_downsample & (time_downsample - 1):
             raise ValueError(f"time_downsample must be a power of two (1, 2, 4, 8, ...), got {time_downsample}")
+        band_bins = n_mels if band_bins <= 0 else min(band_bins, n_mels)
         self.hparams = dict(n_mels=n_mels, channels=channels, code_dim=code_dim, codebook_size=codebook_size,
                             tokens_per_step=tokens_per_step, time_downsample=time_downsample, res_blocks=res_blocks,
-                            beta=beta, ema=ema, ema_decay=ema_decay, dead_threshold=dead_threshold)
+                            beta=beta, ema=ema, ema_decay=ema_decay, dead_threshold=dead_threshold,
+                            band_bins=band_bins, out_of_band_weight=out_of_band_weight, reservoir_size=reservoir_size)
         self.n_mels, self.G, self.D, self.ds = n_mels, tokens_per_step, code_dim, time_downsample
+        weight = torch.full((n_mels,), float(out_of_band_weight))
+        weight[:band_bins] = 1.0
+        self.register_buffer("bin_weight", weight / weight.mean(), persistent=False)
         n_down = int(math.log2(time_downsample))
         enc: list[nn.Module] = [nn.Conv1d(n_mels, channels, 3, padding=1), *_res_stack(channels, res_blocks)]
         for _ in range(n_down):
@@ -149,14 +228,17 @@ class VQVAE(nn.Module):
             dec += [nn.GELU(), nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1), *_res_stack(channels, res_blocks)]
         dec += [nn.GELU(), nn.Conv1d(channels, n_mels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
-        self.quantizer = VectorQuantizer(codebook_size, code_dim, beta, ema, ema_decay, dead_threshold)
+        self.quantizer = VectorQuantizer(codebook_size, code_dim, beta, ema, ema_decay, dead_threshold,
+                                         reservoir_size=reservoir_size)
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any]) -> "VQVAE":
+    def from_conf(cls, conf: Mapping[str, Any], band_bins: int = 0) -> "VQVAE":
         return cls(n_mels=conf["n_mels"], channels=conf["vq_channels"], code_dim=conf["vq_code_dim"],
                    codebook_size=conf["codebook_size"], tokens_per_step=conf["tokens_per_step"],
                    time_downsample=conf["time_downsample"], res_blocks=conf["vq_res_blocks"], beta=conf["vq_beta"],
-                   ema=conf["vq_ema"], ema_decay=conf["vq_ema_decay"], dead_threshold=conf["vq_dead_threshold"])
+                   ema=conf["vq_ema"], ema_decay=conf["vq_ema_decay"], dead_threshold=conf["vq_dead_threshold"],
+                   band_bins=band_bins, out_of_band_weight=conf["vq_out_of_band_weight"],
+                   reservoir_size=conf["vq_restart_reservoir"])
 
     def pad_frames(self, mel: torch.Tensor) -> torch.Tensor:
         """Repeat the last frame so the length is a whole number of steps."""
@@ -165,30 +247,43 @@ class VQVAE(nn.Module):
             mel = torch.cat([mel, mel[:, -1:].expand(-1, extra, -1)], dim=1)
         return mel
 
-    def _latents(self, mel: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.pad_frames(mel).transpose(1, 2))  # [B, G*D, T]
+    def _mask(self, lengths: torch.Tensor | None, frames: int, rate: int, device: torch.device) -> torch.Tensor | None:
+        """[B, 1, frames // rate] 1.0 on the steps (rate=ds) or frames (rate=1) inside each clip."""
+        if lengths is None:
+            return None
+        valid = -(-torch.as_tensor(lengths, device=device) // self.ds) * (self.ds // rate)
+        return (torch.arange(frames // rate, device=device) < valid[:, None]).float()[:, None]
+
+    def _latents(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` [B] (frames): padded frames past them never reach the clip's latents.
+
+        A clip's frames up to a whole step must repeat its last frame (as `pad_frames` does
+        for a clip alone); `tokenize` pads with mode='edge' for that."""
+        x = self.pad_frames(mel).transpose(1, 2)
+        h = _masked(self.encoder, x, self._mask(lengths, x.shape[-1], 1, x.device))  # [B, G*D, T]
         B, _, T = h.shape
         return h.transpose(1, 2).reshape(B, T, self.G, self.D)
 
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        """Log-mel [B, F, n_mels] -> tokens [B, ceil(F / ds), G] (int64)."""
-        z = self._latents(mel)
+    def encode(self, mel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-mel [B, F, n_mels] -> tokens [B, ceil(F / ds), G] (int64); with `lengths`, batch-invariant."""
+        z = self._latents(mel, lengths)
         return self.quantizer.nearest(z.reshape(-1, self.D)).reshape(z.shape[:-1])
 
-    def decode_latents(self, q: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, q: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         B, T = q.shape[:2]
-        return self.decoder(q.reshape(B, T, self.G * self.D).transpose(1, 2)).transpose(1, 2)
+        x = q.reshape(B, T, self.G * self.D).transpose(1, 2)
+        return _masked(self.decoder, x, self._mask(lengths, T * self.ds, self.ds, x.device)).transpose(1, 2)
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens [B, T, G] -> log-mel [B, T * ds, n_mels] (z-scored, like the input)."""
-        return self.decode_latents(self.quantizer.lookup(tokens))
+        return self.decode_latents(self.quantizer.lookup(tokens), lengths)
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruct a batch of crops; returns (recon [B, F', n_mels], tokens, losses with 'loss')."""
         target = self.pad_frames(mel)
         q, tokens, losses = self.quantizer(self._latents(mel))
         recon = self.decode_latents(q)
-        losses["reconstruction"] = F.mse_loss(recon, target)
+        losses["reconstruction"] = ((recon - target).pow(2) * self.bin_weight).mean()
         losses["loss"] = losses["reconstruction"] + self.quantizer.beta * losses["commitment"] + losses.get("codebook", 0.0)
         return recon, tokens, losses
 
