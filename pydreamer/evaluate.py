@@ -1,4 +1,15 @@
-"""Evaluation of a world model on held-out episodes: the learner's periodic `eval/*` metrics.
+"""Evaluation of a world model: the learner's periodic `eval/*` metrics, and per horizon on a split.
+
+    python -m pydreamer.evaluate --run RUN_ID [--split test] [--horizons 15] [--samples 8]
+                                 [--max_utterances N] [--starts_per_utterance N] [--seed 0]
+
+The command reads the run's config and checkpoint, the split's token shards from the run's
+`data_dir` (test = speakers never used in training or model selection), and scores, for start
+steps t of each utterance, the forecasts of steps t+1..t+H (see forecast.py) beside the
+per-position baselines (baselines.py) on exactly the same cells. It logs `test/nll_h{h}`,
+`test/acc_h{h}` and `test/baseline/{name}/...` to the run at the checkpoint's step and writes a
+CSV table, a PNG of NLL and accuracy against horizon, a JSON summary and a t-SNE of latent
+features under `<replay store>/evaluation/<split>/` (the run's artifacts).
 
 Episodes are scored whole (cut to `eval_max_steps`), each filtered from a zero state, in
 batches made by data.py. Token forecasts are compared with baselines that know the token
@@ -7,8 +18,12 @@ unigram flatters any model).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,6 +93,8 @@ def evaluate_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[str, A
     """
     if not episodes:
         return {}
+    if model.kind == "transformer":
+        return _transformer_episodes(model, episodes, conf, device)
     model.eval()
     gamma, max_steps = float(conf["gamma"]), int(conf["eval_max_steps"])
     sums = dict.fromkeys(("rec_bits", "h1_bits", "h1_sampled_bits", "h1_hits", "kl", "rew_sq"), 0.0)
@@ -138,3 +155,271 @@ def evaluate_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[str, A
     if v.std() > 0 and r.std() > 0:
         metrics["value_corr"] = float(np.corrcoef(v, r)[0, 1])
     return metrics
+
+
+@torch.no_grad()
+def _transformer_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[str, Any], device: torch.device,
+                          batch_episodes: int = 16) -> dict[str, float]:
+    """The Transformer's eval/*: its next-step forecast is exact (no latent to sample), so nll_h1 is
+    the cross-entropy of each step given the steps before it, reset rows left out as for the RSSM."""
+    model.eval()
+    bits = hits = n = 0.0
+    all_tokens = []
+    for start in range(0, len(episodes), batch_episodes):
+        arrays, mask = episode_batch(episodes[start:start + batch_episodes], int(conf["eval_max_steps"]))
+        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+        pred = model.wm.predict(batch, model.initial_state(mask.shape[1], device))
+        m = torch.from_numpy(mask).to(device) & pred.has_context
+        logp = torch.log_softmax(pred.token_logits.float(), -1)
+        true = logp.gather(-1, batch["tokens"].unsqueeze(-1)).squeeze(-1)
+        bits += float((-true / LN2).sum(-1)[m].sum())
+        hits += float((logp.argmax(-1) == batch["tokens"]).float().sum(-1)[m].sum())
+        n += int(m.sum()) * arrays["tokens"].shape[-1]
+        all_tokens += [t[:int(k)] for t, k in zip(np.moveaxis(arrays["tokens"], 1, 0), mask.sum(0))]
+    model.train()
+    return {"nll_h1": bits / max(n, 1), "nll_h1_sampled": bits / max(n, 1), "acc_h1": hits / max(n, 1),
+            "unigram_pos_nll": unigram_pos_bits(np.concatenate(all_tokens), model.dims["n_tokens"]),
+            "episodes": float(len(episodes)), "loss_tokens": bits / max(n, 1)}
+
+
+# ---- per horizon, on a split of the token corpus ---------------------------------------------
+
+class EvaluationError(ValueError):
+    """What stops `python -m pydreamer.evaluate` before it computes anything: one line, exit code 2."""
+
+
+def run_config(run) -> dict:
+    """The run's merged config, rebuilt from its params with each key's type from defaults.yaml."""
+    from runtime.config import coerce, load_config
+
+    conf = load_config(["defaults"])
+    for key, text in run.data.params.items():
+        if key in conf:
+            conf[key] = coerce(key, text, conf[key]) if not isinstance(conf[key], str) else text
+    return conf
+
+
+def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    every = np.arange(T - 1)
+    return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
+
+
+def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
+                   starts_per_utterance: int, seed: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
+    """Mean bits per token and accuracy per horizon, for the model and each baseline, on the same cells."""
+    from pydreamer.forecast import forecast, score
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"model": np.zeros((2, horizons))}
+    sums.update({name: np.zeros((2, horizons)) for name in baselines.names})
+    cells = np.zeros(horizons)
+    model.eval()
+    for tokens in utterances:
+        starts = _starts(len(tokens), starts_per_utterance, rng)
+        probs = forecast(model, torch.from_numpy(tokens).to(device), horizons, samples,
+                         torch.from_numpy(starts).to(device), gen)
+        bits, hits, valid = score(probs, tokens, starts)
+        for h in range(horizons):
+            v = valid[:, h]
+            sums["model"][0, h] += bits[v, h].sum()
+            sums["model"][1, h] += hits[v, h].sum()
+            cells[h] += v.sum() * tokens.shape[1]
+            for name in baselines.names:
+                b_bits, b_hits = baselines.score(name, tokens, starts, h + 1)
+                sums[name][0, h] += b_bits.sum()
+                sums[name][1, h] += b_hits.sum()
+    denom = np.maximum(cells, 1)
+    return {name: {"nll": v[0] / denom, "acc": v[1] / denom, "cells": cells} for name, v in sums.items()}
+
+
+@torch.no_grad()
+def latent_points(model: Dreamer, utterances: list[np.ndarray], device: torch.device, per_utterance: int = 20,
+                  seed: int = 0) -> np.ndarray:
+    """Posterior features of a few steps of each utterance (RSSM), or the Transformer's step features."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for tokens in utterances:
+        x = torch.from_numpy(tokens).to(device).unsqueeze(1)
+        T = len(tokens)
+        if model.kind == "transformer":
+            feats = model.wm.step_features(x) if hasattr(model.wm, "step_features") else None
+            if feats is None:
+                return np.zeros((0, 1))
+        else:
+            action = torch.zeros(T, 1, model.dims["action_dim"], device=device)
+            reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
+            reset[0] = True
+            states, _, _, _ = model.wm.rssm.observe(model.wm.encoder(x), action, reset, model.initial_state(1, device))
+            feats = RSSM.features(states)[:, 0]
+        pick = rng.choice(T, min(per_utterance, T), replace=False)
+        out.append(feats[torch.from_numpy(pick).to(device)].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _plot(path: Path, results: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        h = np.arange(1, len(r["nll"]) + 1)
+        style = dict(lw=2.5, color="k") if name == "model" else dict(lw=1.2, ls="--")
+        axes[0].plot(h, r["nll"], label=name, **style)
+        axes[1].plot(h, r["acc"], label=name, **style)
+    axes[0].set(xlabel="horizon (steps)", ylabel="NLL (bits per token)", title="predictive NLL")
+    axes[1].set(xlabel="horizon (steps)", ylabel="top-1 accuracy", title="accuracy")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tsne_png(path: Path, points: np.ndarray, labels: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, len(points) / 4)), init="pca",
+              random_state=0).fit_transform(points)
+    language = [lab.split("+")[0] for lab in labels]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, keys, what in ((axes[0], labels, "speaker"), (axes[1], language, "language")):
+        for k in sorted(set(keys)):
+            m = np.array([x == k for x in keys])
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, label=k)
+        ax.set_title(f"coloured by {what}")
+        if len(set(keys)) <= 12:
+            ax.legend(markerscale=2, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pydreamer.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="the MLflow run id of a launch.py run")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--horizons", type=int, default=15, help="score h = 1..H steps ahead")
+    parser.add_argument("--samples", type=int, default=8, help="imagined futures averaged per start step")
+    parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
+    parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.horizons < 1 or args.samples < 1:
+        parser.exit(2, f"{parser.prog}: error: --horizons and --samples must be positive\n")
+    try:
+        return _main(args)
+    except EvaluationError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def _main(args) -> int:
+    import mlflow
+
+    from pydreamer.baselines import Baselines
+    from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore
+    from runtime.device import resolve_device
+    from runtime.processes import set_torch_threads
+    from runtime.tracking import find_run, setup_mlflow, tracking_uri
+    from tokenizer.layout import DataLayout
+    from tokenizer.tokens import MissingTokensError, TokenSplit, read_token_spec
+
+    set_torch_threads()
+    store = {"mlflow_dir": args.mlflow_dir, "experiment": "audio-world-model"}
+    setup_mlflow(store)
+    run = find_run(args.run)
+    if run is None:
+        raise EvaluationError(f"no MLflow run '{args.run}' in {tracking_uri(store)}")
+    conf = run_config(run)
+    replay_dir = run.data.tags.get("replay_dir")
+    ckpt_path = checkpoint_path(replay_dir) if replay_dir else None
+    if ckpt_path is None or not ckpt_path.exists():
+        raise EvaluationError(f"run {args.run} has no checkpoint ({ckpt_path or 'no replay_dir tag'}): "
+                              f"it saves one every save_interval={conf['save_interval']} learner steps")
+    layout = DataLayout.of(conf["data_dir"])
+    try:
+        spec = read_token_spec(layout, conf["codebook_size"])
+        split = TokenSplit(layout, args.split, spec)
+    except MissingTokensError as e:
+        raise EvaluationError(str(e)) from None
+    utterances = [u for u in split if len(u["tokens"]) >= 2]
+    if not utterances:
+        raise EvaluationError(f"the {args.split} split of {layout.root} has no utterance of 2 or more steps "
+                              f"(see {layout.token_meta}: short utterances are dropped at encode, --min_steps)")
+    if args.max_utterances > 0:
+        utterances = utterances[:args.max_utterances]
+    device = resolve_device(conf["device"])
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    model = Dreamer(conf, spec.codebook_size, spec.tokens_per_step, 1).to(device)
+    step = restore(ckpt, model)
+    t0 = time.time()
+    fit_on = [u["tokens"] for u in TokenSplit(layout, "train", spec)]
+    val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
+    baselines = Baselines.fit(fit_on, val, spec.codebook_size, args.horizons)
+    tokens = [u["tokens"] for u in utterances]
+    results = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
+                             args.seed, device)
+    seconds = time.time() - t0
+    cells = "every start step" if args.starts_per_utterance <= 0 else \
+        f"{args.starts_per_utterance} seeded start steps per utterance (seed {args.seed})"
+    out = Path(replay_dir) / "evaluation" / args.split
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["horizon," + ",".join(f"{n}_nll,{n}_acc" for n in results)]
+    for h in range(args.horizons):
+        rows.append(f"{h + 1}," + ",".join(f"{r['nll'][h]:.4f},{r['acc'][h]:.4f}" for r in results.values()))
+    (out / "horizons.csv").write_text("\n".join(rows) + "\n")
+    title = f"{conf['world_model']} run {args.run[:8]} at step {step}: {args.split} split, {len(tokens)} utterances"
+    _plot(out / "horizons.png", results, title)
+    summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "split": args.split,
+               "utterances": len(tokens), "cells": cells, "samples": args.samples, "seconds": seconds,
+               "baseline_smoothing": baselines.choices(),
+               "results": {n: {k: [float(x) for x in v] for k, v in r.items()} for n, r in results.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    metrics = {}
+    for h in range(args.horizons):
+        metrics[f"{args.split}/nll_h{h + 1}"] = results["model"]["nll"][h]
+        metrics[f"{args.split}/acc_h{h + 1}"] = results["model"]["acc"][h]
+        for name in baselines.names:
+            metrics[f"{args.split}/baseline/{name}/nll_h{h + 1}"] = results[name]["nll"][h]
+            metrics[f"{args.split}/baseline/{name}/acc_h{h + 1}"] = results[name]["acc"][h]
+    try:
+        points = latent_points(model, tokens, device, seed=args.seed)
+        if len(points) >= 10:
+            labels = [u["speaker"] for u in utterances for _ in range(min(20, len(u["tokens"])))]
+            _tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
+    except Exception as e:  # a picture must not cost the numbers
+        log.warning("t-SNE skipped: %s", e)
+    client = mlflow.MlflowClient()
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(args.run, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)])
+    if not str(run.info.artifact_uri).startswith(("file:", "/")) or not str(out).startswith(
+            str(run.info.artifact_uri).replace("file://", "")):
+        client.log_artifacts(args.run, str(out), f"evaluation/{args.split}")
+    print(_table(results, [1, 5, 15], args.horizons))
+    print(f"evaluate: {conf['world_model']} run {args.run} at step {step}, {args.split} split, {len(tokens)} "
+          f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
+    return 0
+
+
+def _table(results: dict, show: list[int], horizons: int) -> str:
+    hs = [h for h in show if h <= horizons] or [horizons]
+    lines = ["| predictor | " + " | ".join(f"NLL h={h} | acc h={h}" for h in hs) + " |",
+             "|---|" + "---|---|" * len(hs)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['nll'][h - 1]:.3f} | {r['acc'][h - 1]:.3f}" for h in hs) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -136,9 +136,8 @@ class Learner:
                 if episodes:
                     last_eval = evaluate_episodes(self.model, episodes, conf, self.device, self.amp)
                     log_fn({f"eval/{k}": v for k, v in last_eval.items()}, self.step)
-                    log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f, "
-                             "value_error %.3f", self.step, last_eval["nll_h1"], last_eval["unigram_pos_nll"],
-                             last_eval["acc_h1"], last_eval["value_error"])
+                    log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f",
+                             self.step, last_eval["nll_h1"], last_eval["unigram_pos_nll"], last_eval["acc_h1"])
                 else:
                     log.info("eval at step %d: no eval episodes yet", self.step)
                 window_start += time.perf_counter() - t_eval  # evaluation is not training time
