@@ -1,0 +1,101 @@
+"""python -m pydreamer.evaluate: the estimator on a chain whose answer is known, and what bad input gets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.evaluate import main
+from pydreamer.forecast import score
+from pydreamer.models import Dreamer
+from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+from runtime.config import load_config
+from runtime.tracking import setup_mlflow, start_or_resume_run
+from tests.conftest import make_token_corpus
+
+
+def _chain(K: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.full(K, 0.3), size=K)
+    return P
+
+
+def _conditional_entropy(P: np.ndarray, h: int) -> float:
+    """H(X_{t+h} | X_t) in bits under the chain's stationary distribution."""
+    w, v = np.linalg.eig(P.T)
+    pi = np.real(v[:, np.argmax(np.real(w))])
+    pi = pi / pi.sum()
+    Ph = np.linalg.matrix_power(P, h)
+    return float(-(pi[:, None] * Ph * np.log2(np.maximum(Ph, 1e-300))).sum())
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_mean_probability_estimator_matches_the_chains_entropy(h):
+    """A forecaster that knows the chain and imagines S futures by sampling it: the NLL of the
+    mean probability over futures is H(X_{t+h} | X_t) (up to Monte-Carlo and sampling error)."""
+    K, T, S, H = 6, 4000, 64, 3
+    P = _chain(K, 1)
+    rng = np.random.default_rng(0)
+    x = np.zeros(T, np.int64)
+    for t in range(1, T):
+        x[t] = rng.choice(K, p=P[x[t - 1]])
+    starts = np.arange(T - 1)
+    probs = np.zeros((len(starts), H, 1, K))
+    state = np.repeat(x[starts][:, None], S, 1)  # [N, S] imagined tokens, starting from the observed one
+    for k in range(H):
+        probs[:, k, 0] = P[state].mean(1)  # mean over futures of the next-step distribution
+        u = rng.random(state.shape)[..., None]
+        state = (u > np.cumsum(P[state], -1)).sum(-1).clip(max=K - 1)
+    bits, hits, valid = score(torch.from_numpy(probs), x[:, None], starts)
+    measured = bits[valid[:, h - 1], h - 1].mean()
+    assert measured == pytest.approx(_conditional_entropy(P, h), abs=0.06)
+    assert hits.dtype == bool and valid[:, 0].all() and not valid[-1, 1]
+
+
+def _run_with_checkpoint(tmp_path, splits, checkpoint=True):
+    data = make_token_corpus(tmp_path / "tok", splits)
+    conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(data), "--mlflow_dir", str(tmp_path / "mlruns"),
+                                                        "--codebook_size", "32"])
+    replay = tmp_path / "replay"
+    with start_or_resume_run(conf, tags={"replay_dir": str(replay)}) as run:
+        pass
+    if checkpoint:
+        model = Dreamer(conf, 32, 4, 1)
+        save_checkpoint(checkpoint_path(replay), model, None, 7)
+    return run.info.run_id
+
+
+def _evaluate(tmp_path, *args):
+    return main(["--mlflow_dir", str(tmp_path / "mlruns"), "--horizons", "3", "--samples", "2", *args])
+
+
+def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
+    run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
+    assert _evaluate(tmp_path, "--run", run_id) == 0
+    out = capsys.readouterr().out
+    assert "| bigram |" in out and "every start step" in out
+    import mlflow
+
+    metrics = mlflow.get_run(run_id).data.metrics
+    for key in ("test/nll_h1", "test/acc_h3", "test/baseline/bigram/nll_h2", "test/baseline/copy_last/acc_h1",
+                "test/baseline/unigram/nll_h3"):
+        assert key in metrics and np.isfinite(metrics[key])
+    folder = tmp_path / "replay" / "evaluation" / "test"
+    assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown run", "no MLflow run 'nosuchrun'"),
+    ("no checkpoint", "has no checkpoint"),
+    ("missing split", "no token shards for split 'test'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
+    if case == "unknown run":
+        setup_mlflow({"mlflow_dir": str(tmp_path / "mlruns"), "experiment": "audio-world-model"})
+        run_id = "nosuchrun"
+    else:
+        run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2}, checkpoint=case != "no checkpoint")
+    with pytest.raises(SystemExit) as e:
+        _evaluate(tmp_path, "--run", run_id)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
