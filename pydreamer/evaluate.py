@@ -199,64 +199,6 @@ def run_config(run) -> dict:
     return conf
 
 
-def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    every = np.arange(T - 1)
-    return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
-
-
-def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
-                   starts_per_utterance: int, seed: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Mean bits per token and accuracy per horizon, for the model and each baseline, on the same cells."""
-    from pydreamer.forecast import forecast, score
-
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    sums = {"model": np.zeros((2, horizons))}
-    sums.update({name: np.zeros((2, horizons)) for name in baselines.names})
-    cells = np.zeros(horizons)
-    model.eval()
-    for tokens in utterances:
-        starts = _starts(len(tokens), starts_per_utterance, rng)
-        probs = forecast(model, torch.from_numpy(tokens).to(device), horizons, samples,
-                         torch.from_numpy(starts).to(device), gen)
-        bits, hits, valid = score(probs, tokens, starts)
-        for h in range(horizons):
-            v = valid[:, h]
-            sums["model"][0, h] += bits[v, h].sum()
-            sums["model"][1, h] += hits[v, h].sum()
-            cells[h] += v.sum() * tokens.shape[1]
-            for name in baselines.names:
-                b_bits, b_hits = baselines.score(name, tokens, starts, h + 1)
-                sums[name][0, h] += b_bits.sum()
-                sums[name][1, h] += b_hits.sum()
-    denom = np.maximum(cells, 1)
-    return {name: {"nll": v[0] / denom, "acc": v[1] / denom, "cells": cells} for name, v in sums.items()}
-
-
-@torch.no_grad()
-def latent_points(model: Dreamer, utterances: list[np.ndarray], device: torch.device, per_utterance: int = 20,
-                  seed: int = 0) -> np.ndarray:
-    """Posterior features of a few steps of each utterance (RSSM), or the Transformer's step features."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for tokens in utterances:
-        x = torch.from_numpy(tokens).to(device).unsqueeze(1)
-        T = len(tokens)
-        if model.kind == "transformer":
-            feats = model.wm.step_features(x) if hasattr(model.wm, "step_features") else None
-            if feats is None:
-                return np.zeros((0, 1))
-        else:
-            action = torch.zeros(T, 1, model.dims["action_dim"], device=device)
-            reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
-            reset[0] = True
-            states, _, _, _ = model.wm.rssm.observe(model.wm.encoder(x), action, reset, model.initial_state(1, device))
-            feats = RSSM.features(states)[:, 0]
-        pick = rng.choice(T, min(per_utterance, T), replace=False)
-        out.append(feats[torch.from_numpy(pick).to(device)].float().cpu().numpy())
-    return np.concatenate(out)
-
-
 def _plot(path: Path, results: dict, title: str) -> None:
     import matplotlib
 
@@ -272,30 +214,6 @@ def _plot(path: Path, results: dict, title: str) -> None:
     axes[0].set(xlabel="horizon (steps)", ylabel="NLL (bits per token)", title="predictive NLL")
     axes[1].set(xlabel="horizon (steps)", ylabel="top-1 accuracy", title="accuracy")
     axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _tsne_png(path: Path, points: np.ndarray, labels: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, len(points) / 4)), init="pca",
-              random_state=0).fit_transform(points)
-    language = [lab.split("+")[0] for lab in labels]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, keys, what in ((axes[0], labels, "speaker"), (axes[1], language, "language")):
-        for k in sorted(set(keys)):
-            m = np.array([x == k for x in keys])
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, label=k)
-        ax.set_title(f"coloured by {what}")
-        if len(set(keys)) <= 12:
-            ax.legend(markerscale=2, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -326,6 +244,8 @@ def _main(args) -> int:
     import mlflow
 
     from pydreamer.baselines import Baselines
+    from pydreamer.forecast import evaluate_split
+    from pydreamer.latents import latent_points, tsne_png
     from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
@@ -395,7 +315,7 @@ def _main(args) -> int:
         points = latent_points(model, tokens, device, seed=args.seed)
         if len(points) >= 10:
             labels = [u["speaker"] for u in utterances for _ in range(min(20, len(u["tokens"])))]
-            _tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
+            tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
     except Exception as e:  # a picture must not cost the numbers
         log.warning("t-SNE skipped: %s", e)
     client = mlflow.MlflowClient()

@@ -87,3 +87,35 @@ def score(probs: torch.Tensor, tokens: np.ndarray, starts: np.ndarray) -> tuple[
     bits = -np.log2(np.maximum(p_true, 1e-12))
     hits = p.argmax(-1) == target
     return bits, hits, valid
+
+
+def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    every = np.arange(T - 1)
+    return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
+
+
+def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
+                   starts_per_utterance: int, seed: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
+    """Mean bits per token and accuracy per horizon, for the model and each baseline, on the same cells."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"model": np.zeros((2, horizons))}
+    sums.update({name: np.zeros((2, horizons)) for name in baselines.names})
+    cells = np.zeros(horizons)
+    model.eval()
+    for tokens in utterances:
+        starts = _starts(len(tokens), starts_per_utterance, rng)
+        probs = forecast(model, torch.from_numpy(tokens).to(device), horizons, samples,
+                         torch.from_numpy(starts).to(device), gen)
+        bits, hits, valid = score(probs, tokens, starts)
+        for h in range(horizons):
+            v = valid[:, h]
+            sums["model"][0, h] += bits[v, h].sum()
+            sums["model"][1, h] += hits[v, h].sum()
+            cells[h] += v.sum() * tokens.shape[1]
+            for name in baselines.names:
+                b_bits, b_hits = baselines.score(name, tokens, starts, h + 1)
+                sums[name][0, h] += b_bits.sum()
+                sums[name][1, h] += b_hits.sum()
+    denom = np.maximum(cells, 1)
+    return {name: {"nll": v[0] / denom, "acc": v[1] / denom, "cells": cells} for name, v in sums.items()}
