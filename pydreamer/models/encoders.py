@@ -1,6 +1,8 @@
 """Token encoder: the G VQ-VAE tokens of one step -> one embedding for the RSSM."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn as nn
 
@@ -34,6 +36,13 @@ class TokenEncoder(nn.Module):
         )
         self.mlp = mlp(tokens_per_step * conv_channels, hidden_dim, embed_dim, layers=1)
         self.out_dim = embed_dim
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int) -> "TokenEncoder":
+        """The encoder both world models use, sized by the config (so their inputs are the same)."""
+        return cls(n_tokens, tokens_per_step, token_embed_dim=int(conf["token_embed_dim"]),
+                   conv_channels=int(conf["token_embed_dim"]) * 2, hidden_dim=int(conf["hidden_dim"]),
+                   embed_dim=int(conf["embed_dim"]))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens int64 [*B, G] -> embedding [*B, embed_dim]."""

@@ -73,14 +73,7 @@ class TransformerWorldModel(nn.Module):
         # layers * (span - 1) + 1 steps, stays within context_steps: see _blocked.
         self.span = (self.context_steps - 1) // max(1, layers) + 1
         hidden = int(conf["hidden_dim"])
-        self.encoder = TokenEncoder(  # the RSSM's token encoder, same sizes
-            n_tokens,
-            tokens_per_step,
-            token_embed_dim=int(conf["token_embed_dim"]),
-            conv_channels=int(conf["token_embed_dim"]) * 2,
-            hidden_dim=hidden,
-            embed_dim=int(conf["embed_dim"]),
-        )
+        self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)  # the RSSM's, same sizes
         self.embed_in = nn.Linear(self.encoder.out_dim, dim)
         self.position = nn.Embedding(self.context_steps, dim)
         with torch.no_grad():

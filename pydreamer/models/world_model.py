@@ -35,14 +35,7 @@ class WorldModel(nn.Module):
         self.reward_weight = float(conf["reward_weight"])
         self.terminal_weight = float(conf["terminal_weight"])
         hidden = int(conf["hidden_dim"])
-        self.encoder = TokenEncoder(
-            n_tokens,
-            tokens_per_step,
-            token_embed_dim=int(conf["token_embed_dim"]),
-            conv_channels=int(conf["token_embed_dim"]) * 2,
-            hidden_dim=hidden,
-            embed_dim=int(conf["embed_dim"]),
-        )
+        self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)
         self.rssm = RSSM(
             self.encoder.out_dim,
             action_dim,
