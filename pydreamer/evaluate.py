@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8, help="imagined futures averaged per start step")
     parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
     parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                        help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
+                             "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     args = parser.parse_args(argv)
@@ -262,6 +265,8 @@ def _main(args) -> int:
     conf = run_config(run)
     replay_dir = run.data.tags.get("replay_dir")
     ckpt_path = checkpoint_path(replay_dir) if replay_dir else None
+    if ckpt_path is not None and args.checkpoint == "best" and checkpoint_path(replay_dir, "best").exists():
+        ckpt_path = checkpoint_path(replay_dir, "best")
     if ckpt_path is None or not ckpt_path.exists():
         raise EvaluationError(f"run {args.run} has no checkpoint ({ckpt_path or 'no replay_dir tag'}): "
                               f"it saves one every save_interval={conf['save_interval']} learner steps")
@@ -297,9 +302,10 @@ def _main(args) -> int:
     for h in range(args.horizons):
         rows.append(f"{h + 1}," + ",".join(f"{r['nll'][h]:.4f},{r['acc'][h]:.4f}" for r in results.values()))
     (out / "horizons.csv").write_text("\n".join(rows) + "\n")
-    title = f"{conf['world_model']} run {args.run[:8]} at step {step}: {args.split} split, {len(tokens)} utterances"
+    title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.split} split, {len(tokens)} utterances"
     _plot(out / "horizons.png", results, title)
-    summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "split": args.split,
+    summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
+               "split": args.split,
                "utterances": len(tokens), "cells": cells, "samples": args.samples, "seconds": seconds,
                "baseline_smoothing": baselines.choices(),
                "results": {n: {k: [float(x) for x in v] for k, v in r.items()} for n, r in results.items()}}
@@ -327,7 +333,7 @@ def _main(args) -> int:
             str(run.info.artifact_uri).replace("file://", "")):
         client.log_artifacts(args.run, str(out), f"evaluation/{args.split}")
     print(_table(results, [1, 5, 15], args.horizons))
-    print(f"evaluate: {conf['world_model']} run {args.run} at step {step}, {args.split} split, {len(tokens)} "
+    print(f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, {len(tokens)} "
           f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
     return 0
 

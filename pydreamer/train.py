@@ -54,6 +54,8 @@ class Learner:
         self.step = 0
         self.states: dict[int, State] = {}  # one carried state per replay-reader worker
         self.ckpt_path = checkpoint_path(self.replay_dir)
+        self.best_path = checkpoint_path(self.replay_dir, "best")
+        self.best_nll = math.inf  # the lowest val eval/nll_h1 so far, whose weights are in best_path
         self.saved_step: int | None = None
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
 
@@ -64,6 +66,8 @@ class Learner:
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
         self.step = restore(ckpt, self.model, self.optimizers)
         self.saved_step = self.step
+        if self.best_path.exists():
+            self.best_nll = float(load_checkpoint(self.best_path)["extra"].get("val_nll_h1", math.inf))
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         return True
 
@@ -74,6 +78,18 @@ class Learner:
             import mlflow
 
             mlflow.log_artifact(str(self.ckpt_path), "checkpoints")
+
+    def keep_if_best(self, val_nll: float) -> bool:
+        """Model selection on val: keep these weights as best.pt when their one-step forecast is the best yet."""
+        if not val_nll < self.best_nll:
+            return False
+        self.best_nll = val_nll
+        save_checkpoint(self.best_path, self.model, None, self.step, extra={"val_nll_h1": val_nll})
+        if self.log_artifacts:
+            import mlflow
+
+            mlflow.log_artifact(str(self.best_path), "checkpoints")
+        return True
 
     # training
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,8 +152,10 @@ class Learner:
                 if episodes:
                     last_eval = evaluate_episodes(self.model, episodes, conf, self.device, self.amp)
                     log_fn({f"eval/{k}": v for k, v in last_eval.items()}, self.step)
-                    log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f",
-                             self.step, last_eval["nll_h1"], last_eval["unigram_pos_nll"], last_eval["acc_h1"])
+                    best = self.keep_if_best(last_eval["nll_h1"])
+                    log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f%s",
+                             self.step, last_eval["nll_h1"], last_eval["unigram_pos_nll"], last_eval["acc_h1"],
+                             "  (best so far: kept as best.pt)" if best else "")
                 else:
                     log.info("eval at step %d: no eval episodes yet", self.step)
                 window_start += time.perf_counter() - t_eval  # evaluation is not training time

@@ -1,6 +1,8 @@
 """python -m pydreamer.evaluate: the estimator on a chain whose answer is known, and what bad input gets."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,20 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
         assert key in metrics and np.isfinite(metrics[key])
     folder = tmp_path / "replay" / "evaluation" / "test"
     assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "summary.json").read_text())["checkpoint"] == "latest.pt"  # no best.pt: latest
+
+
+def test_evaluate_prefers_the_best_checkpoint_unless_told(tmp_path, capsys):
+    run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
+    conf = load_config(["defaults", "audio", "tiny"], ["--codebook_size", "32"])
+    save_checkpoint(checkpoint_path(tmp_path / "replay", "best"), Dreamer(conf, 32, 4, 1), None, 3,
+                    extra={"val_nll_h1": 4.0})
+    summary = tmp_path / "replay" / "evaluation" / "test" / "summary.json"
+    assert _evaluate(tmp_path, "--run", run_id) == 0
+    assert json.loads(summary.read_text())["checkpoint"] == "best.pt"
+    assert json.loads(summary.read_text())["step"] == 3
+    assert _evaluate(tmp_path, "--run", run_id, "--checkpoint", "latest") == 0
+    assert json.loads(summary.read_text())["step"] == 7
 
 
 @pytest.mark.parametrize("case, message", [

@@ -69,9 +69,16 @@ def test_learner_logs_evaluates_saves_and_resumes(replay):
     assert 0 <= logged["train/data_wait_frac"][-1][1] <= 1
     ckpt = load_checkpoint(checkpoint_path(conf.replay_dir))
     assert ckpt["step"] == 40
+    # model selection: best.pt holds the weights of the lowest val nll_h1 seen
+    evals = dict(logged["eval/nll_h1"])
+    best = load_checkpoint(checkpoint_path(conf.replay_dir, "best"))
+    assert best["step"] == min(evals, key=evals.get)
+    assert best["extra"]["val_nll_h1"] == pytest.approx(min(evals.values()))
+    assert not learner.keep_if_best(learner.best_nll + 1.0)  # worse than the best: best.pt untouched
 
     again = Learner(conf, conf.replay_dir, dims)
     assert again.try_resume() and again.step == 40
+    assert again.best_nll == pytest.approx(min(evals.values()))  # a resumed run keeps its model selection
     for a, b in zip(learner.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
     again.run(make_replay_loader(conf, conf.replay_dir), 50, log_fn=log_fn)

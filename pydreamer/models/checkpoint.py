@@ -9,11 +9,15 @@ import torch
 from runtime.files import atomic_path
 
 CHECKPOINT_NAME = "latest.pt"
+BEST_NAME = "best.pt"
 
 
-def checkpoint_path(replay_dir: Path | str) -> Path:
-    """Where the learner writes its latest weights and the network policy finds them: the run's artifact `checkpoints/latest.pt`."""
-    return Path(replay_dir) / "checkpoints" / CHECKPOINT_NAME
+def checkpoint_path(replay_dir: Path | str, which: str = "latest") -> Path:
+    """The run's artifact `checkpoints/latest.pt` (the learner's latest weights, which the network policy
+    follows) or `checkpoints/best.pt` (the weights with the lowest val `eval/nll_h1` so far: model selection)."""
+    if which not in ("latest", "best"):
+        raise ValueError(f"checkpoint must be 'latest' or 'best', not {which!r}")
+    return Path(replay_dir) / "checkpoints" / (CHECKPOINT_NAME if which == "latest" else BEST_NAME)
 
 
 def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mapping[str, Any] | None, step: int,
