@@ -43,7 +43,7 @@ def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: i
             steps = []
             for _ in range(horizon):
                 s, _ = wm.rssm.imagine_step(s, null.expand(s.deter.shape[0], A))
-                p = torch.softmax(wm.decoder(RSSM.features(s)), -1)  # [n*S, G, K]
+                p, _ = wm.decoder.sample(RSSM.features(s))  # [n*S, G, K]
                 steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
             out.append(torch.stack(steps, 1))
     return torch.cat(out, 0)

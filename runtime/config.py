@@ -162,6 +162,7 @@ _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
     "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
     "world_model": ("rssm", "transformer"),
+    "token_head": ("independent", "autoregressive"),
 }
 _NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
 

@@ -154,3 +154,47 @@ def test_bf16_autocast_step_runs():
     state, metrics = model.training_step(fake_batch(A=3), model.initial_state(3), opts, step=1, amp=True)
     assert all(math.isfinite(v) for v in metrics.values())
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_autoregressive_token_head_learns_what_ties_a_step_together():
+    """Tokens 1 and 0 of a step are equal, token 0 a fair coin: independent heads pay 2 bits per
+    step, a head that sees the step's earlier token 1 bit; its draws keep the tie."""
+    from pydreamer.models.decoders import TokenDecoder
+
+    torch.manual_seed(0)
+    first = torch.randint(2, (512,))
+    tokens = torch.stack([first, first + 2], -1)  # position 1 repeats position 0 (codes 2, 3)
+    features = torch.zeros(512, 4)
+    bits = {}
+    for head in ("independent", "autoregressive"):
+        dec = TokenDecoder(4, 4, 2, hidden_dim=16, head=head)
+        opt = torch.optim.Adam(dec.parameters(), lr=0.03)
+        for _ in range(150):
+            loss = TokenDecoder.nll(dec(features, tokens), tokens).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        bits[head] = float(loss) / math.log(2)
+        with torch.no_grad():
+            probs, drawn = dec.sample(features[:64])
+            assert probs.shape == (64, 2, 4) and drawn.shape == (64, 2)
+            assert torch.allclose(probs.sum(-1), torch.ones(64, 2))
+            if head == "autoregressive":  # sample() gives the same probabilities as teacher forcing on its draws
+                assert torch.allclose(probs, torch.softmax(dec(features[:64], drawn), -1), atol=1e-5)
+                assert (drawn[:, 1] == drawn[:, 0] + 2).float().mean() > 0.95
+    assert bits["independent"] == pytest.approx(2.0, abs=0.1)
+    assert bits["autoregressive"] == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError, match="needs the step's tokens"):
+        TokenDecoder(4, 4, 2, head="autoregressive")(features)
+
+
+def test_autoregressive_world_model_trains_and_forecasts():
+    from pydreamer.forecast import rssm_forecast
+
+    conf = tiny_conf(token_head="autoregressive")
+    model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=1)
+    batch = fake_batch(pattern=True)
+    out = model.wm(batch, model.initial_state(3))
+    assert torch.isfinite(out.loss) and out.token_logits.shape == (8, 3, 2, 16)
+    probs = rssm_forecast(model, batch["tokens"][:, 0], horizon=3, samples=2, starts=torch.tensor([0, 2]))
+    assert probs.shape == (2, 3, 2, 16) and torch.allclose(probs.sum(-1), torch.ones(2, 3, 2))

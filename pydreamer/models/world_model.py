@@ -45,7 +45,7 @@ class WorldModel(nn.Module):
             hidden_dim=hidden,
         )
         feat = self.rssm.feature_dim
-        self.decoder = TokenDecoder(feat, n_tokens, tokens_per_step, hidden_dim=hidden)
+        self.decoder = TokenDecoder(feat, n_tokens, tokens_per_step, hidden_dim=hidden, head=conf["token_head"])
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
 
@@ -62,7 +62,7 @@ class WorldModel(nn.Module):
         embed = self.encoder(tokens)
         states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
         features = RSSM.features(states)
-        token_logits = self.decoder(features)
+        token_logits = self.decoder(features, tokens)
         nll = TokenDecoder.nll(token_logits, tokens)  # [T, B, G] nats
         loss_tokens = nll.sum(-1).mean()
         reward_pred = self.reward_head(features)
@@ -102,7 +102,7 @@ class WorldModel(nn.Module):
         """
         probs = None
         for z in self.rssm.sample_prior(prior_logits, n_samples):
-            p = torch.softmax(self.decoder(torch.cat([states.deter, z.to(states.deter.dtype)], -1)), -1)
+            p, _ = self.decoder.sample(torch.cat([states.deter, z.to(states.deter.dtype)], -1))
             probs = p if probs is None else probs + p
         return probs / n_samples
 
