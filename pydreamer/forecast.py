@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pydreamer.models import Dreamer
-from pydreamer.models.rssm import RSSM, State
+from pydreamer.models.rssm import State
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: i
             steps = []
             for _ in range(horizon):
                 s, _ = wm.rssm.imagine_step(s, null.expand(s.deter.shape[0], A))
-                p, _ = wm.decoder.sample(RSSM.features(s))  # [n*S, G, K]
+                p = wm.predict_tokens(s)  # [n*S, G, K]
                 steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
             out.append(torch.stack(steps, 1))
     return torch.cat(out, 0)

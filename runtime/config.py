@@ -156,7 +156,7 @@ _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_worker
     target_interval vq_res_blocks seed""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr""".split()
-_NON_NEGATIVE_FLOAT = "kl_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
+_NON_NEGATIVE_FLOAT = "kl_weight forecast_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
 _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),

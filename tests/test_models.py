@@ -92,9 +92,10 @@ def test_bad_tokens_are_a_clear_error():
         model.wm(fake_batch(G=3), model.initial_state(3))
 
 
-def test_training_lowers_token_loss_and_horizon1_beats_unigram():
+@pytest.mark.parametrize("forecast_head", [True, False])
+def test_training_lowers_token_loss_and_horizon1_beats_unigram(forecast_head):
     torch.manual_seed(0)
-    conf = tiny_conf(adam_lr=3e-3, hidden_dim=64, deter_dim=64, embed_dim=64)
+    conf = tiny_conf(adam_lr=3e-3, hidden_dim=64, deter_dim=64, embed_dim=64, forecast_head=forecast_head)
     K = 16
     model = Dreamer(conf, n_tokens=K, tokens_per_step=2, action_dim=1)
     opts = model.make_optimizers(conf)
@@ -104,8 +105,10 @@ def test_training_lowers_token_loss_and_horizon1_beats_unigram():
         batch = fake_batch(T=12, B=8, K=K, pattern=True, seed=step)
         state = model.initial_state(8)
         state, metrics = model.training_step(batch, state, opts, step)
-        first = metrics["loss_tokens"] if first is None else first
-    assert metrics["loss_tokens"] < 0.5 * first
+        first = first or {k: metrics[k] for k in ("loss_tokens", "loss_forecast")}
+    assert metrics["loss_tokens"] < 0.5 * first["loss_tokens"]
+    if forecast_head:
+        assert metrics["loss_forecast"] < 0.5 * first["loss_forecast"]
     batch = fake_batch(T=12, B=8, K=K, pattern=True, seed=999)
     with torch.no_grad():
         out = model.wm(batch, model.initial_state(8))
@@ -113,6 +116,10 @@ def test_training_lowers_token_loss_and_horizon1_beats_unigram():
     p = probs.gather(-1, batch["tokens"].unsqueeze(-1)).squeeze(-1)[1:]  # skip the reset step
     nll_h1 = float((-torch.log2(p.clamp_min(1e-9))).mean())
     assert nll_h1 < 0.5 * math.log2(K), nll_h1  # the cycle is predictable; unigram is log2(K) bits
+    if forecast_head:  # read off the deterministic state: no draw to average over, the same on every call
+        with torch.no_grad():
+            again = model.wm.horizon1_probs(out.states, out.prior_logits, n_samples=1)
+        assert torch.allclose(probs, again)
 
 
 def test_non_finite_loss_stops_before_the_weights_change():
