@@ -115,3 +115,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
         _evaluate(tmp_path, "--run", run_id)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_from_before_a_key_gets_the_old_behaviour(tmp_path):
+    """A run logged before `forecast_head` existed was trained without the head: evaluating it must
+    build the model it trained, not today's default."""
+    from pydreamer.evaluate import run_config
+
+    class Run:
+        class data:
+            params = {"world_model": "rssm", "hidden_dim": "64"}
+
+    conf = run_config(Run)
+    assert conf["forecast_head"] is False and conf["hidden_dim"] == 64
+    Run.data.params["forecast_head"] = "True"
+    assert run_config(Run)["forecast_head"] is True
