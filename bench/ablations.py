@@ -6,8 +6,9 @@ each evaluated on the test split, summed up as the markdown table the README car
 
 Every variant is `launch.py --configs defaults audio small --run_name ablation-<name> <its
 overrides>` followed by `python -m pydreamer.evaluate` of its best-on-val checkpoint on the
-test split. A variant whose run already exists (same run name, finished) is only re-evaluated,
-so the table can be rebuilt after adding one variant. The table is printed and written to
+test split. A variant whose run already exists (same run name, finished) is not trained again,
+nor evaluated again when its test summary was made the same way, so the table can be rebuilt
+after adding one variant. The table is printed and written to
 `<mlflow_dir>/ablations.md`.
 """
 from __future__ import annotations
@@ -47,11 +48,15 @@ def run_variant(name: str, overrides: list[str], args) -> dict:
         run = _finished_run(args.mlflow_dir, run_name)
         if run is None:
             raise SystemExit(f"ablations: run {run_name} did not finish")
-    cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run.info.run_id, "--mlflow_dir", args.mlflow_dir,
-           "--samples", str(args.samples), "--checkpoint", args.checkpoint]
-    print("+", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    summary = json.loads((Path(run.data.tags["replay_dir"]) / "evaluation" / "test" / "summary.json").read_text())
+    path = Path(run.data.tags["replay_dir"]) / "evaluation" / "test" / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if (summary.get("samples"), summary.get("checkpoint"), summary.get("cells")) != \
+            (args.samples, f"{args.checkpoint}.pt", "every start step"):  # not evaluated this way yet
+        cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run.info.run_id, "--mlflow_dir", args.mlflow_dir,
+               "--samples", str(args.samples), "--checkpoint", args.checkpoint]
+        print("+", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        summary = json.loads(path.read_text())
     return {"name": name, "overrides": " ".join(overrides) or "(defaults)", "run": run.info.run_id,
             "step": summary["step"], "params": run.data.metrics.get("train/model_params"),
             "results": summary["results"]}
