@@ -9,12 +9,14 @@
    logging into the same run, with the replay store in the run's artifact folder;
 4. watches them: the run ends when the learner has done `n_steps`. A child that dies is
    reported with its exit code, the others are stopped and the launcher exits non-zero
-   (resume with --resume_id). Ctrl-C stops every child cleanly (the learner saves first).
+   (resume with --resume_id). Ctrl-C, and SIGTERM (what `docker stop`, systemd and Slurm send),
+   stop every child cleanly (the learner saves first) and mark the run KILLED.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,15 @@ def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
         time.sleep(poll_s)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into what Ctrl-C raises so both take the same clean way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     from runtime.config import ConfigError, load_config, split_overrides
 
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
           f"replay store {replay_dir}", flush=True)
 
     status, code, children = "FAILED", 1, []
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if needs_tokens(conf):
             from runtime.processes import set_torch_threads
@@ -109,16 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children), flush=True)
         outcome, code = watch(children)
         status = "FINISHED" if outcome == "done" else "FAILED"
-    except KeyboardInterrupt:
-        print("launch: interrupted; stopping the learner (it saves a checkpoint) and the generators", flush=True)
-        status, code = "KILLED", 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"launch: {how}; stopping the learner (it saves a checkpoint) and the generators", flush=True)
+        status, code = "KILLED", 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     except Exception as e:
         print(f"launch: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         status, code = "FAILED", 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping the children is not to be cut short
         for child in reversed(children):  # the learner first: it checkpoints while generators still write
             child.stop()
         mlflow.end_run(status=status)
+        signal.signal(signal.SIGTERM, previous_sigterm)
     from pydreamer.models.checkpoint import checkpoint_path
 
     ckpt = checkpoint_path(replay_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from gymnasium import spaces
 
 from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_names, save_episode
 from pydreamer.policy import make_policy
+from runtime.files import remove_stale_temporaries
 from runtime.processes import Child, set_torch_threads
 
 log = logging.getLogger("pydreamer.generator")
@@ -104,6 +106,9 @@ def run_generator(
     n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
     folder = Path(replay_dir) / SUBDIRS[split] / f"w{worker}"
     folder.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(folder)  # half-written episodes of a worker killed with kill -9
+    if stale:
+        log.info("removed %d half-written episode file(s) left in %s by a killed worker", len(stale), folder)
     index = _next_episode_index(folder)
     policy = make_policy(conf, env, replay_dir, seed=_seed(conf, split, worker, index, 1))
     prefix = f"generator/{split}_w{worker}"
@@ -236,10 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingTokensError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     run_id = _active_run_id()
+    signal.signal(signal.SIGTERM, _on_sigterm)  # stop like Ctrl-C: the episode being written is removed, not left half
     if args.worker is not None:
         default_n = conf["generator_workers"] if args.split == "train" else conf["generator_workers_eval"]
         n_workers = args.n_workers or int(default_n)
-        run_worker(conf, conf["replay_dir"], worker_budget(conf, args.split, args.worker, n_workers), run_id)
+        try:
+            run_worker(conf, conf["replay_dir"], worker_budget(conf, args.split, args.worker, n_workers), run_id)
+        except KeyboardInterrupt:
+            log.info("generator %s w%d: stopped", args.split, args.worker)
+            return 130
+        except OSError as e:  # disk full, store unwritable: the episodes written so far are intact
+            print(f"{parser.prog}: error: {args.split} worker {args.worker}: cannot write to the replay store "
+                  f"({e.strerror or e}: {e.filename or conf['replay_dir']}); the episodes written before are intact",
+                  file=sys.stderr, flush=True)
+            return 1
         return 0
     procs = start_generators(list(conf["configs"]), overrides_of(argv), conf["replay_dir"], conf=conf)
     log.info("started %d generator processes writing to %s", len(procs), conf["replay_dir"])
@@ -254,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {', '.join(failed)} failed (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt()
 
 
 def overrides_of(argv: list[str] | None) -> list[str]:

@@ -58,6 +58,7 @@ class Learner:
         self.best_nll = math.inf  # the lowest val eval/nll_h1 so far, whose weights are in best_path
         self.saved_step: int | None = None
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
+        self.waiting_for_data = False  # blocked on the replay store: a stop signal must not wait for the next batch
 
     # checkpoints
     def try_resume(self) -> bool:
@@ -123,7 +124,11 @@ class Learner:
             if stop_flag is not None and stop_flag():
                 raise _Interrupted()
             t0 = time.perf_counter()
-            batch = next(it)
+            self.waiting_for_data = True
+            try:
+                batch = next(it)
+            finally:
+                self.waiting_for_data = False
             t1 = time.perf_counter()
             if first:  # waiting for the generators' first episodes is start-up, not data wait
                 log_fn({"train/first_batch_wait_s": t1 - t0}, self.step)
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum, frame):
         stop["flag"] = True
+        if learner.waiting_for_data:  # e.g. no episodes yet: stop now, not when a batch comes
+            raise _Interrupted()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

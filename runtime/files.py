@@ -35,3 +35,37 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     """Write a text file (manifest, meta, metrics) under a temporary name, then rename it into place."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Remove the temporary files (`.<name>.<pid>.tmp`) that a writer killed mid-write left in `folder`.
+
+    Only those whose writing process is gone: a live writer's file is still being written.
+    """
+    removed = []
+    try:
+        candidates = [p for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for path in candidates:
+        pid = path.name[:-len(".tmp")].rpartition(".")[2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
