@@ -108,7 +108,8 @@ class ReplayReader(IterableDataset):
 
     `tokens` int64 [T, B, G], `action` float32 [T, B, A], `reward` float32 [T, B],
     `terminal` float32 [T, B], `reset` bool [T, B] (True on an episode's first step),
-    `worker` int64 [] (the DataLoader worker whose lanes made the batch).
+    `worker` int64 [] (the DataLoader worker whose lanes made the batch), and `skipped` (a list
+    of "path: reason" lines) on the batch after an unusable episode file was skipped.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class ReplayReader(IterableDataset):
         wait_seconds: float = 600.0,
         seed: int | None = None,
         skip_first: bool = True,
+        n_tokens: int | None = None,
     ):
         super().__init__()
         if batch_size < 1 or batch_length < 1:
@@ -131,7 +133,9 @@ class ReplayReader(IterableDataset):
         self.wait_seconds = float(wait_seconds)
         self.seed = seed
         self.skip_first = skip_first
+        self.n_tokens = n_tokens  # token ids must lie below this (the codebook size), when given
         self.n_skipped = 0  # unusable files met by this process
+        self.new_skips: list[str] = []  # their "path: reason" lines, handed on with the next batch
         self.n_loaded = 0
         self.clock = time.monotonic  # when to rescan the store (a test may drive it)
 
@@ -159,7 +163,7 @@ class ReplayReader(IterableDataset):
             k = index.sample(rng)
             path = index.path(k)
             try:
-                ep = load_episode(path, keys=STEP_KEYS)
+                ep = load_episode(path, keys=STEP_KEYS, n_tokens=self.n_tokens)
                 if like is not None:
                     for key in ("tokens", "action"):
                         if ep[key].shape[1:] != like[key].shape[1:]:
@@ -171,6 +175,7 @@ class ReplayReader(IterableDataset):
                 return {key: ep[key] for key in _OUT_TYPES}
             except EpisodeError as e:
                 self.n_skipped += 1
+                self.new_skips.append(str(e))
                 index.bad.add(index.key(k))
                 log.warning("skipping episode file (%d skipped so far): %s", self.n_skipped, e)
                 index.scan()
@@ -219,6 +224,8 @@ class ReplayReader(IterableDataset):
                     lane.pos += n
             batch = {key: torch.from_numpy(v) for key, v in out.items()}
             batch["worker"] = worker_tensor
+            if self.new_skips:  # the learner counts and names them in MLflow (DataLoader workers are other processes)
+                batch["skipped"], self.new_skips = self.new_skips, []
             yield batch
 
 
@@ -226,8 +233,10 @@ def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes") -> DataLoader:
-    """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes."""
+def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes",
+                       n_tokens: int | None = None) -> DataLoader:
+    """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
+    (episodes with token ids at or above `n_tokens` are skipped, when given)."""
     reader = ReplayReader(
         replay_dir,
         subdir=subdir,
@@ -236,6 +245,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         reload_interval=conf["replay_reload_interval"],
         wait_seconds=conf["learner_wait_s"],
         seed=conf["seed"],
+        n_tokens=n_tokens,
     )
     workers = int(conf["data_workers"])
     return DataLoader(

@@ -58,9 +58,10 @@ def save_episode(path: Path | str, episode: dict) -> Path:
     return path
 
 
-def load_episode(path: Path | str, keys: tuple[str, ...] | None = None) -> dict:
+def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens: int | None = None) -> dict:
     """The arrays of one episode file (all, or `keys` plus the per-step ones: reading fewer is
-    faster); raises EpisodeError naming the file when it cannot be used."""
+    faster), checked with `check_episode` (token ids below `n_tokens` when given); raises
+    EpisodeError naming the file when it cannot be used."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -77,7 +78,32 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None) -> dict:
     bad = [k for k in STEP_KEYS if data[k].ndim == 0 or data[k].shape[0] != rows]
     if bad or rows < 1:
         raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
+    check_episode(path, data, n_tokens)
     return data
+
+
+def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> None:
+    """Types, ranges and finiteness of the per-step arrays, so a file made by another writer (or
+    damaged) is refused when it is read, not met as an index error or a NaN loss in the learner."""
+    tokens, action = data["tokens"], data["action"]
+    if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+        raise EpisodeError(f"{path}: 'tokens' must be integer ids [steps, G], not {tokens.dtype} {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or (n_tokens is not None and tokens.max() >= n_tokens)):
+        limit = f"0..{n_tokens - 1} (the codebook has {n_tokens} codes)" if n_tokens is not None else "0 or more"
+        raise EpisodeError(f"{path}: token ids range {tokens.min()}..{tokens.max()}, expected {limit}")
+    if action.ndim != 2 or action.dtype.kind not in "fiub":
+        raise EpisodeError(f"{path}: 'action' must be numbers [steps, A], not {action.dtype} {action.shape}")
+    for key in ("action", "reward"):
+        value = data[key]
+        if value.dtype.kind not in "fiub":
+            raise EpisodeError(f"{path}: '{key}' must be numbers, not {value.dtype}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            row = int(np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(1))[0])
+            raise EpisodeError(f"{path}: '{key}' holds NaN or infinite values (first at row {row})")
+    for key in ("terminal", "reset"):
+        value = data[key]
+        if value.ndim != 1 or value.dtype.kind not in "biu" or (value.dtype.kind != "b" and not np.isin(value, (0, 1)).all()):
+            raise EpisodeError(f"{path}: '{key}' must be true/false per step, not {value.dtype} {value.shape}")
 
 
 def iter_episode_names(folder: Path | str) -> Iterator[tuple[str, tuple[int, int, int]]]:

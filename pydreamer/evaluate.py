@@ -39,16 +39,20 @@ from pydreamer.models.rssm import RSSM
 log = logging.getLogger("pydreamer.evaluate")
 
 
-def load_eval_episodes(folder: Path | str, n: int) -> list[dict]:
-    """The first `n` readable episodes of the eval store (sorted names, so the set stays fixed as it grows)."""
+def load_eval_episodes(folder: Path | str, n: int, n_tokens: int | None = None,
+                       skipped: list[str] | None = None) -> list[dict]:
+    """The first `n` usable episodes of the eval store (sorted names, so the set stays fixed as it grows);
+    the unusable ones are named ("path: reason") in `skipped`."""
     out = []
     for path in list_episodes(folder):
         if len(out) >= n:
             break
         try:
-            ep = load_episode(path)
+            ep = load_episode(path, n_tokens=n_tokens)
         except EpisodeError as e:
             log.warning("eval: skipping %s", e)
+            if skipped is not None:
+                skipped.append(str(e))
             continue
         if len(ep["reward"]) >= 2:
             out.append(ep)

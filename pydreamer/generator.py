@@ -191,6 +191,15 @@ def run_worker(conf: Mapping[str, Any], replay_dir: Path | str, entry: Mapping[s
     entry = dict(entry)
     if "n_episodes" in entry and entry["n_episodes"] is None:
         entry["n_episodes"] = one_pass_episodes(conf, entry["split"], entry["worker"], entry["n_workers"])
+    if entry["split"] == "val":  # the eval set is made once: a resumed run does not replay it into the store again
+        folder = Path(replay_dir) / SUBDIRS["val"] / f"w{entry['worker']}"
+        have = [parsed[2] for _, parsed in iter_episode_names(folder)]
+        budget = "n_episodes" if "n_episodes" in entry else "n_steps"
+        entry[budget] -= len(have) if budget == "n_episodes" else sum(have)
+        if entry[budget] <= 0:
+            log.info("generator val w%d: %s already holds its share of the val split (%d episodes); nothing to do",
+                     entry["worker"], folder, len(have))
+            return {"steps": 0, "episodes": 0, "seconds": 0.0, "steps_per_s": 0.0, "folder": str(folder)}
     stats = run_generator(conf, replay_dir, run_id=run_id, **entry)
     log.info("generator %s w%d done: %d steps, %d episodes, %.0f env steps/s -> %s", entry["split"],
              entry["worker"], stats["steps"], stats["episodes"], stats["steps_per_s"], stats["folder"])

@@ -6,7 +6,8 @@ actor-critic, evaluates on `episodes_eval`, logs to MLflow, and checkpoints into
 launch.py starts it with MLFLOW_RUN_ID set, so it logs into the launcher's run. When
 `<replay_dir>/checkpoints/latest.pt` exists the learner continues from it (model,
 optimizers, step), which is how `--resume_id` resumes. Exit codes: 0 done, 3 NaN/inf
-loss (the last good checkpoint is kept), 130 interrupted (a checkpoint is saved first).
+loss (the last good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous
+one is intact), 130 interrupted (a checkpoint is saved first).
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from pydreamer.evaluate import evaluate_episodes, load_eval_episodes
 from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
 from runtime.device import resolve_device
+from runtime.files import remove_stale_temporaries
 
 log = logging.getLogger("pydreamer.train")
 
 EXIT_NONFINITE = 3
+EXIT_CANNOT_SAVE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -57,8 +60,10 @@ class Learner:
         self.best_path = checkpoint_path(self.replay_dir, "best")
         self.best_nll = math.inf  # the lowest val eval/nll_h1 so far, whose weights are in best_path
         self.saved_step: int | None = None
+        self.resumed_at: int | None = None  # the checkpoint's step when this learner continued a run
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
         self.waiting_for_data = False  # blocked on the replay store: a stop signal must not wait for the next batch
+        self.skipped_episodes: list[str] = []  # "path: reason" of every unusable episode file the reader met
 
     # checkpoints
     def try_resume(self) -> bool:
@@ -66,7 +71,7 @@ class Learner:
             return False
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
         self.step = restore(ckpt, self.model, self.optimizers)
-        self.saved_step = self.step
+        self.saved_step = self.resumed_at = self.step
         if self.best_path.exists():
             self.best_nll = float(load_checkpoint(self.best_path)["extra"].get("val_nll_h1", math.inf))
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
@@ -95,7 +100,7 @@ class Learner:
     # training
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k != "worker"}
+        return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items() if k not in ("worker", "skipped")}
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         worker = int(batch["worker"]) if "worker" in batch else 0
@@ -109,8 +114,11 @@ class Learner:
         return metrics
 
     def run(self, batches: Iterable[Mapping[str, torch.Tensor]], n_steps: int,
-            log_fn=None, eval_episodes_fn=None, stop_flag=None) -> dict[str, float]:
-        """Train until `n_steps`; log train/* every log_interval, eval/* every eval_interval, save every save_interval."""
+            log_fn=None, eval_episodes_fn=None, stop_flag=None, skip_fn=None) -> dict[str, float]:
+        """Train until `n_steps`; log train/* every log_interval, eval/* every eval_interval, save every save_interval.
+
+        Episode files the reader skipped are counted (`replay/skipped_episodes`, with the train metrics)
+        and handed to `skip_fn(lines, step)`, which names them in MLflow."""
         conf = self.conf
         log_interval, eval_interval, save_interval = (int(conf["log_interval"]), int(conf["eval_interval"]),
                                                       int(conf["save_interval"]))
@@ -135,6 +143,10 @@ class Learner:
                 first, window_start = False, t1
             else:
                 wait += t1 - t0
+            if batch.get("skipped"):
+                self.skipped_episodes += list(batch["skipped"])
+                if skip_fn is not None:
+                    skip_fn(list(batch["skipped"]), self.step)
             metrics = self.train_step(batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -145,6 +157,7 @@ class Learner:
                 out = {f"train/{k}": v / n_in_window for k, v in sums.items()}
                 out["train/grad_steps_per_sec"] = n_in_window / elapsed
                 out["train/data_wait_frac"] = wait / elapsed
+                out["replay/skipped_episodes"] = len(self.skipped_episodes)
                 log_fn(out, self.step)
                 log.info("step %d/%d  loss_tokens %.3f bits  kl %.2f  %.2f steps/s  data wait %.1f%%",
                          self.step, n_steps, out.get("train/loss_tokens", math.nan), out.get("train/kl", math.nan),
@@ -197,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(conf["device"])
     learner = Learner(conf, replay_dir, dims, device)
     learner.log_artifacts = artifacts is None or artifacts.resolve() != replay_dir.resolve()
+    remove_stale_temporaries(learner.ckpt_path.parent)  # a checkpoint half-written when the learner was killed
     resumed = learner.try_resume()
     n_params = sum(p.numel() for p in learner.model.parameters())
     log.info("learner on %s: %s, %.2fM parameters, replay store %s%s", device, dims, n_params / 1e6, replay_dir,
@@ -224,37 +238,78 @@ def _train(conf: Mapping[str, Any], learner: Learner, replay_dir: Path, stop: di
 
     from pydreamer.data import make_replay_loader
 
-    loader = make_replay_loader(conf, replay_dir, "episodes")
+    n_tokens = learner.model.dims["n_tokens"]
+    loader = make_replay_loader(conf, replay_dir, "episodes", n_tokens=n_tokens)
     eval_folder = replay_dir / "episodes_eval"
     eval_cache: dict[str, list] = {"episodes": []}
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    named: dict[str, None] = {}  # every unusable episode file met, in order, named once
+
+    def name_skipped(lines: list[str], step: int) -> None:
+        new = [line for line in lines if line not in named]
+        if new:
+            named.update(dict.fromkeys(new))
+            mlflow.log_text("\n".join(named) + "\n", "replay/skipped_episodes.txt")
 
     def eval_episodes() -> list[dict]:
         want = int(conf["eval_episodes"])
         if len(eval_cache["episodes"]) < want:  # the eval set grows until it is full, then stays fixed
-            eval_cache["episodes"] = load_eval_episodes(eval_folder, want)
+            skipped: list[str] = []
+            eval_cache["episodes"] = load_eval_episodes(eval_folder, want, n_tokens=n_tokens, skipped=skipped)
+            name_skipped(skipped, learner.step)
         return eval_cache["episodes"]
 
+    # A resumed learner redoes the steps after its checkpoint; their metrics are in the run already.
+    logged_upto: dict[str, int] = {}
+
+    def already_logged(key: str, step: int) -> bool:
+        if learner.resumed_at is None:
+            return False
+        if key not in logged_upto:
+            logged_upto[key] = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+        return step <= logged_upto[key]
+
     def log_fn(metrics: dict[str, float], step: int) -> None:
-        metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-        mlflow.log_metrics(metrics, step=step)
+        metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v)) and not already_logged(k, step)}
+        if metrics:
+            mlflow.log_metrics(metrics, step=step)
 
     try:
-        learner.run(loader, int(conf["n_steps"]), log_fn=log_fn, eval_episodes_fn=eval_episodes,
-                    stop_flag=lambda: stop["flag"])
+        try:
+            learner.run(loader, int(conf["n_steps"]), log_fn=log_fn, eval_episodes_fn=eval_episodes,
+                        stop_flag=lambda: stop["flag"], skip_fn=name_skipped)
+        except (_Interrupted, KeyboardInterrupt):
+            learner.save()
+            log.info("interrupted at step %d: checkpoint saved to %s", learner.step, learner.ckpt_path)
+            return EXIT_INTERRUPTED
     except NonFiniteLoss as e:
         kept = f"the last good checkpoint (step {learner.saved_step}) is kept at {learner.ckpt_path}" \
             if learner.saved_step is not None else "no checkpoint was saved before it"
-        msg = f"learner stopped: {e}; {kept}. Lower adam_lr or grad_clip, or resume with --resume_id."
-        log.error(msg)
-        mlflow.set_tag("stop_reason", msg[:5000])
-        print(msg, file=sys.stderr, flush=True)
-        return EXIT_NONFINITE
-    except (_Interrupted, KeyboardInterrupt):
-        learner.save()
-        log.info("interrupted at step %d: checkpoint saved to %s", learner.step, learner.ckpt_path)
-        return EXIT_INTERRUPTED
+        msg = (f"learner stopped: {e}; {kept}. The episodes were checked when read (finite, token ids in range), "
+               "so this is the optimisation: lower adam_lr or grad_clip, and resume with --resume_id.")
+        return _stop(msg, EXIT_NONFINITE)
+    except OSError as e:  # disk full while writing a checkpoint: the previous one was never touched
+        kept = f"the previous checkpoint (step {learner.saved_step}) is intact at {learner.ckpt_path}" \
+            if learner.saved_step is not None else "no checkpoint was saved before it"
+        msg = (f"learner stopped at step {learner.step}: cannot write a checkpoint ({e.strerror or e}: "
+               f"{e.filename or learner.ckpt_path.parent}); {kept}. Free space, then resume with --resume_id.")
+        return _stop(msg, EXIT_CANNOT_SAVE)
     log.info("done: %d steps; checkpoint %s", learner.step, learner.ckpt_path)
     return 0
+
+
+def _stop(msg: str, code: int) -> int:
+    """Say why the learner stopped: the log, the run's `stop_reason` tag, stderr (the launcher's console)."""
+    import mlflow
+
+    log.error(msg)
+    try:
+        mlflow.set_tag("stop_reason", msg[:5000])
+    except Exception:  # the tracking store may be on the full disk too
+        pass
+    print(msg, file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

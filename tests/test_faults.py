@@ -1,0 +1,195 @@
+"""Faults a newcomer met, each with its fix: bad episode files, NaN rewards, resumed metrics, the eval
+split replayed on resume, leftover temporary files, disk full while writing an episode or a checkpoint."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.data import ReplayReader
+from pydreamer.episodes import EpisodeError, episode_filename, load_episode, save_episode
+from pydreamer.generator import run_generator, run_worker, worker_budget
+from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint
+from pydreamer.train import EXIT_CANNOT_SAVE, main as learner_main
+from runtime.files import remove_stale_temporaries
+from test_learner import toy_conf
+from test_replay import fill_store, make_episode
+
+torch.set_num_threads(1)
+
+
+def _bad_episodes(folder, worker: int = 0) -> dict[str, str]:
+    """Readable and unreadable bad episode files (long names: sampled first); name -> the reason expected."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = make_episode(20, 50)
+    bad = {
+        "truncated": open_bytes(good)[:200],
+        "garbage": b"this is not a zip file at all" * 20,
+    }
+    cases = {
+        "ids": ({**good, "tokens": good["tokens"] + 5000}, "token ids range"),
+        "dtype": ({**good, "tokens": good["tokens"].astype(np.float32)}, "must be integer ids"),
+        "nan": ({**good, "reward": np.where(np.arange(21) == 7, np.nan, good["reward"]).astype(np.float32)}, "NaN"),
+        "flags": ({**good, "reset": np.full(21, 7, np.int64)}, "true/false"),
+    }
+    expected = {}
+    for i, (kind, data) in enumerate(bad.items()):
+        name = episode_filename(worker, 900 + i, 4000 + i)
+        (folder / name).write_bytes(data)
+        expected[name] = "unreadable"
+    for i, (kind, (episode, reason)) in enumerate(cases.items()):
+        name = episode_filename(worker, 910 + i, 4010 + i)
+        np.savez(folder / name, **episode)
+        expected[name] = reason
+    return expected
+
+
+def open_bytes(episode: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **episode)
+    return buf.getvalue()
+
+
+def test_bad_episode_files_are_skipped_counted_and_named(tmp_path, caplog):
+    fill_store(tmp_path / "episodes", [30, 30, 30])
+    expected = _bad_episodes(tmp_path / "episodes" / "w0")
+    for name, reason in expected.items():
+        with pytest.raises(EpisodeError, match=reason):
+            load_episode(tmp_path / "episodes" / "w0" / name, n_tokens=1000)
+    reader = ReplayReader(tmp_path, batch_size=4, batch_length=8, seed=0, n_tokens=1000)
+    it = iter(reader)
+    with caplog.at_level(logging.WARNING, logger="pydreamer.data"):
+        batches = [next(it) for _ in range(30)]
+    assert reader.n_skipped == len(expected)
+    named = [line for b in batches for line in b.get("skipped", [])]
+    assert sorted(os.path.basename(line.split(":")[0]) for line in named) == sorted(expected)
+    for name in expected:
+        assert name in caplog.text
+    assert set(torch.cat([b["tokens"][:, :, 0] for b in batches]).unique().tolist()) <= {0, 1, 2}
+
+
+def test_the_learner_trains_past_bad_episodes_and_names_them_in_mlflow(tmp_path, monkeypatch):
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    run_generator(conf, conf.replay_dir, split="val", n_episodes=4)
+    expected = _bad_episodes(tmp_path / "replay" / "episodes" / "w7", worker=7)
+    eval_bad = tmp_path / "replay" / "episodes_eval" / "w0" / episode_filename(0, 0, 12)  # sorted first
+    eval_bad.rename(eval_bad.with_name(episode_filename(0, 999, 12)))
+    np.savez(tmp_path / "replay" / "episodes_eval" / "w0" / episode_filename(0, 0, 12),
+             **{**make_episode(12, 0), "tokens": np.full((13, 2), 99, np.int16)})
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
+            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
+            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    assert learner_main(args + ["--n_steps", "20"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    mlflow.end_run()
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["replay/skipped_episodes"] == len(expected)
+    text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/replay/skipped_episodes.txt")
+    for name in [*expected, episode_filename(0, 0, 12)]:
+        assert name in text
+    assert "token ids range 99..99" in text
+
+
+def test_a_resumed_learner_logs_each_step_once_and_the_eval_split_is_not_replayed(tmp_path, monkeypatch):
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    plan = worker_budget(conf, "val", 0, 1)
+    assert run_worker(conf, conf.replay_dir, plan, None)["episodes"] == 1  # the toy env: one pass = 1 episode
+    assert run_worker(conf, conf.replay_dir, plan, None)["episodes"] == 0  # a resumed run: nothing replayed again
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
+            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
+            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    assert learner_main(args + ["--n_steps", "20"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    mlflow.log_metrics({"train/loss_tokens": 9.0, "eval/nll_h1": 9.0}, step=30)  # logged, then killed before saving
+    mlflow.end_run()
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert learner_main(args + ["--n_steps", "40"]) == 0  # resumes at 20, redoes 21..30
+    mlflow.end_run()
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss_tokens")] == [10, 20, 30, 40]
+    assert [m.step for m in client.get_metric_history(run_id, "eval/nll_h1")] == [20, 30, 40]
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
+            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "100", "--save_interval",
+            "10", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0", "--generator_workers_eval", "0"]
+    assert learner_main(args + ["--n_steps", "10"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    mlflow.end_run()
+    before = checkpoint_path(conf.replay_dir).read_bytes()
+
+    def full_disk(obj, f, *a, **kw):
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert learner_main(args + ["--n_steps", "30"]) == EXIT_CANNOT_SAVE
+    mlflow.end_run()
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "previous checkpoint (step 10) is intact" in err
+    assert checkpoint_path(conf.replay_dir).read_bytes() == before
+    assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 10
+    assert not list(checkpoint_path(conf.replay_dir).parent.glob("*.tmp"))
+
+
+def test_disk_full_while_writing_an_episode_keeps_the_others(tmp_path, monkeypatch, capsys):
+    from pydreamer.generator import main as generator_main
+
+    store = tmp_path / "replay"
+    fill_store(store / "episodes", [10, 10])
+    before = {p: p.read_bytes() for p in store.rglob("*.npz")}
+    real_savez = np.savez
+
+    def full_disk(f, **arrays):
+        real_savez(f, **arrays)
+        f.truncate(100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = generator_main(["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--replay_dir", str(store),
+                               "--mlflow_dir", str(tmp_path / "mlruns"), "--worker", "0", "--n_env_steps", "50"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "episodes written before are intact" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in store.rglob("*.npz")} == before
+    assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    stale = tmp_path / f".w00-e000001-n0012.npz.{dead.pid}.tmp"
+    live = tmp_path / f".w00-e000002-n0012.npz.{os.getppid()}.tmp"
+    kept = tmp_path / "w00-e000000-n0012.npz"
+    for p in (stale, live, kept):
+        p.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert live.exists() and kept.exists()
