@@ -193,3 +193,75 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
         p.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert live.exists() and kept.exists()
+
+
+def _malformed_audio(root) -> set[str]:
+    """30+ bad files of every kind a real corpus holds, under `root/bad*`; returns their paths."""
+    import soundfile as sf
+
+    from audio_fixtures import speechlike
+
+    bad = root / "bad"
+    bad.mkdir(parents=True)
+    made: list = []
+
+    def add(name):
+        made.append(bad / name)
+        return bad / name
+
+    for i in range(3):
+        add(f"text{i}.mp3").write_text("a text file, not audio\n" * (i + 1))
+        add(f"zero{i}.wav").write_bytes(b"")
+        add(f"corrupt{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * (i + 2))
+        add(f"png{i}.flac").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * (i + 1))
+        sf.write(str(add(f"one{i}.wav")), np.array([0.5], np.float32), 16000)
+        sf.write(str(add(f"onehz{i}.wav")), (0.5 * np.sin(np.arange(15 + i))).astype(np.float32), 1 + i)
+        sf.write(str(add(f"dc{i}.wav")), np.full(8000, 0.2 + 0.1 * i, np.float32), 16000)
+        sf.write(str(add(f"silent{i}.wav")), np.zeros(8000, np.float32), 16000)
+        sf.write(str(add(f"short{i}.wav")), speechlike(0.01 + 0.01 * i), 16000)
+        nan = speechlike(0.5, seed=i)
+        nan[10 * i] = np.nan
+        sf.write(str(add(f"nan{i}.wav")), nan, 16000, subtype="FLOAT")
+    os.symlink("loop_b.wav", add("loop_a.wav"))
+    os.symlink("loop_a.wav", add("loop_b.wav"))
+    os.symlink("nowhere.wav", add("dangling.wav"))
+    add("folder.wav").mkdir()
+    os.mkfifo(add("pipe.wav"))
+    sf.write(str(add("empty.wav")), np.zeros(0, np.float32), 16000)
+    assert len(made) >= 30
+    return {str(p) for p in made}
+
+
+def test_malformed_audio_in_a_good_folder_corpus_is_named_and_every_good_file_kept(tmp_path, capsys, monkeypatch):
+    import json
+
+    from audio_fixtures import write_clip
+    from tokenizer.__main__ import main as tokenizer_main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "corpus"
+    good = [write_clip(root / f"spk{s}" / f"c{k}.wav", seconds=0.5, seed=10 * s + k) for s in range(7) for k in range(2)]
+    truncated = good[0].read_bytes()
+    good[0].write_bytes(truncated[: len(truncated) * 2 // 3])  # cut short in copying: kept, with a note
+    bad = _malformed_audio(root)
+    data = tmp_path / "data"
+    assert tokenizer_main(["prepare", "--configs", "defaults", "audio", "tiny", "--data_dir", str(data),
+                           "--mlflow_dir", str(tmp_path / "mlruns"), "--source", "folder",
+                           "--data_root", str(root)]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["utterances_kept"] == len(good)  # every good file kept
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == bad  # every bad one named
+    for path, reason in reasons.items():
+        assert not any(w in reason for w in ("unexpected error", "System error", "possibly a pipe")), (path, reason)
+    name = {os.path.basename(p): r for p, r in reasons.items()}
+    for key, words in {"text0.mp3": "text file", "loop_a.wav": "symlink loop", "dangling.wav": "dangling symlink",
+                       "one0.wav": "too short", "onehz0.wav": "sample rate 1 Hz", "dc0.wav": "constant",
+                       "folder.wav": "a folder", "pipe.wav": "not a regular file", "zero0.wav": "0 bytes",
+                       "nan0.wav": "NaN", "silent0.wav": "all silent"}.items():
+        assert words in name[key], (key, name[key])
+    notes = {os.path.basename(n["path"]): n["note"] for n in manifest["notes"]}
+    assert "truncated: the header declares" in notes["c0.wav"]
+    assert f"skipped {len(bad)}" in out.out

@@ -141,6 +141,10 @@ def list_folder(root: Path, speaker_rule: str = "parent", speaker_regex: str = "
 
     for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
         dirs.sort()
+        for name in dirs:
+            if Path(name).suffix.lower() in AUDIO_EXTENSIONS:  # said, so it is not passed over without a word
+                skipped.append(Skipped(str(Path(folder) / name),
+                                       "a folder named like an audio file, not a file (audio inside it is still read)"))
         for name in sorted(files):
             path = Path(folder) / name
             if path.suffix.lower() not in AUDIO_EXTENSIONS:

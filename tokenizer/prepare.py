@@ -47,9 +47,11 @@ def process_utterance(rec: UtteranceSource, conf: Mapping[str, Any]) -> dict:
             from tokenizer.synth import synthesize
 
             raw = synthesize(rec.synth, conf["sample_rate"], conf["synth_noise_db"])
-            wave, notes = to_mono_16k(raw.reshape(-1, 1), conf["sample_rate"], conf["sample_rate"], conf["silence_db"])
+            wave, notes = to_mono_16k(raw.reshape(-1, 1), conf["sample_rate"], conf["sample_rate"], conf["silence_db"],
+                                      conf["n_fft"])
         else:
-            wave, notes = load_audio(rec.path, conf["sample_rate"], conf["max_seconds"], conf["long_files"], conf["silence_db"])
+            wave, notes = load_audio(rec.path, conf["sample_rate"], conf["max_seconds"], conf["long_files"],
+                                     conf["silence_db"], min_samples=conf["n_fft"])
         feats = log_mel_features(wave, MelSettings.from_conf(conf), conf["vad_db"], conf["band_margin_db"])
         return {"ok": True, "rec": rec, "feats": feats, "notes": notes, "seconds": len(wave) / conf["sample_rate"]}
     except UnusableAudio as e:
