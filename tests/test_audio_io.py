@@ -26,7 +26,7 @@ def test_wrong_extension_still_decodes_by_content(tmp_path):
 
 
 @pytest.mark.parametrize("kind, reason", [
-    ("corrupt", "cannot decode"), ("empty", "empty"), ("silent", "all silent"), ("nan", "NaN"), ("zero_bytes", "cannot decode"),
+    ("corrupt", "cannot decode"), ("empty", "empty"), ("silent", "all silent"), ("nan", "NaN"), ("zero_bytes", "0 bytes"),
 ])
 def test_bad_files_give_a_reason(tmp_path, kind, reason):
     path = tmp_path / f"{kind}.wav"
