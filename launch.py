@@ -85,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
+    if needs_tokens(conf):  # tokens made with other settings are refused before anything is written
+        from tokenizer.layout import DataLayout
+        from tokenizer.stages import StaleOutput, check_stages
+
+        try:
+            check_stages(conf, DataLayout.of(conf["data_dir"]), ("prepare", "train", "encode"))
+        except StaleOutput as e:
+            parser.exit(2, f"{parser.prog}: error: {e.output} was made with other settings ({'; '.join(e.changed)}): "
+                           f"use another --data_dir, or remake the tokens with python -m tokenizer all --force "
+                           f"--configs {' '.join(args.configs)} --data_dir {conf['data_dir']} ...\n")
+
     import mlflow
 
     from runtime.tracking import RunNotFound, local_artifact_dir, start_or_resume_run, tracking_uri

@@ -6,7 +6,7 @@ import sys
 
 from runtime.config import parse_args
 from tokenizer.layout import DataLayout
-from tokenizer.stages import STAGES, run_stage
+from tokenizer.stages import STAGES, StaleOutput, check_stages, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     conf, args = parse_args(argv, parser)
     stages = STAGES if args.stage == "all" else (args.stage,)
     layout = DataLayout.of(conf["data_dir"])
+    if not args.force:  # before anything is written: output made with other settings is never reused
+        try:
+            check_stages(conf, layout, stages)
+        except StaleOutput as e:
+            parser.exit(2, f"{parser.prog} {args.stage}: error: {e}\n")
     try:
         for stage in stages:
             run_stage(conf, layout, stage, force=args.force)

@@ -45,5 +45,9 @@ class DataLayout:
     def examples(self) -> Path:
         return self.tokenizer_dir / "examples"
 
+    def settings(self, stage: str) -> Path:
+        """The settings a stage's output was made with (written when the stage finishes)."""
+        return self.root / "settings" / f"{stage}.json"
+
     def has_tokens(self) -> bool:
         return self.token_meta.is_file() and all(self.tokens(s).is_dir() for s in SPLITS)

@@ -1,26 +1,110 @@
 """The tokenizer's stages in order, each skipped when its output exists (unless forced).
 
+Each stage records the settings it was made with (`<data_dir>/settings/<stage>.json`: its own
+and those of the stages before it) and refuses to reuse output made with others, so changing
+`--codebook_size` or `--split_fractions` and running again never trains on stale tokens without
+a word. `seed` is not compared: the world model shares it.
+
 All stages of one `data_dir` log into one MLflow run (its id kept in
 `<data_dir>/tokenizer/mlflow_run_id`), so prepare's counts, training curves and test
 metrics of a tokenizer sit side by side.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
+from runtime.files import atomic_write_text
 from runtime.tracking import find_run, setup_mlflow, start_or_resume_run
 from tokenizer.layout import DataLayout
 
 STAGES = ("prepare", "train", "encode", "evaluate")
 
+# The config keys that shape each stage's output (besides those of the stages before it).
+STAGE_KEYS = {
+    "prepare": ("source", "data_root", "speaker_rule", "speaker_regex", "synth_minutes", "synth_languages",
+                "synth_voices_per_language", "synth_noise_db", "max_seconds", "long_files", "max_files",
+                "split_fractions", "min_split_speakers", "silence_db", "sample_rate", "n_fft", "win_length",
+                "hop_length", "n_mels", "top_db", "vad_db", "band_margin_db"),
+    "train": ("codebook_size", "tokens_per_step", "time_downsample", "vq_channels", "vq_code_dim", "vq_res_blocks",
+              "vq_beta", "vq_ema", "vq_ema_decay", "vq_dead_threshold", "vq_restart_reservoir",
+              "vq_out_of_band_weight", "vq_batch_size", "vq_segment_frames", "vq_pack_crops", "vq_steps", "vq_lr"),
+    "encode": ("min_steps",),
+    "evaluate": (),
+}
+_ONLY_FOR_SOURCE = {"data_root": ("commonvoice", "folder"), "speaker_rule": ("folder",), "speaker_regex": ("folder",),
+                    "synth_minutes": ("synth",), "synth_languages": ("synth",), "synth_voices_per_language": ("synth",),
+                    "synth_noise_db": ("synth",)}
+
 
 def stage_output(layout: DataLayout, stage: str) -> Path:
     """The file whose presence means the stage is done (each is written last, atomically)."""
     return {"prepare": layout.manifest, "train": layout.vqvae, "encode": layout.token_meta, "evaluate": layout.metrics}[stage]
+
+
+class StaleOutput(ValueError):
+    """A stage's output exists but was made with other settings: reusing it would be wrong without a word."""
+
+    def __init__(self, stage: str, output: Path, changed: list[str]):
+        self.stage, self.output, self.changed = stage, output, changed
+        super().__init__(f"{stage}: {output} was made with other settings ({'; '.join(changed)}): "
+                         "use another --data_dir, or --force to redo it")
+
+
+def stage_settings(conf: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The config values that shape `stage`'s own output (as JSON values)."""
+    keys = [k for k in STAGE_KEYS[stage] if k in conf and conf["source"] in _ONLY_FOR_SOURCE.get(k, (conf["source"],))]
+    return json.loads(json.dumps({k: conf[k] for k in keys}))
+
+
+def _recorded(layout: DataLayout, stage: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(layout.settings(stage).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"settings file": "unreadable"}
+    return data if isinstance(data, dict) else {"settings file": "not a JSON object"}
+
+
+def record_settings(conf: Mapping[str, Any], layout: DataLayout, stage: str) -> None:
+    """What the stage's output was made with: its own settings and those recorded by the stage it read."""
+    i = STAGES.index(stage)
+    upstream = (_recorded(layout, STAGES[i - 1]) or {}) if i else {}
+    atomic_write_text(layout.settings(stage), json.dumps({**upstream, **stage_settings(conf, stage)}, indent=2))
+
+
+def changed_settings(conf: Mapping[str, Any], layout: DataLayout, stage: str) -> list[str]:
+    """`key then -> now` for each setting the stage's output was made with that differs from this config
+    (its own keys) or from the output of the stage before it, since remade. [] when they agree or when
+    the output predates recorded settings."""
+    then = _recorded(layout, stage)
+    if then is None:
+        return []
+    now = stage_settings(conf, stage)
+    own = set(STAGE_KEYS[stage])
+    changed = [f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | (set(then) & own))
+               if then.get(k) != now.get(k)]
+    i = STAGES.index(stage)
+    before = _recorded(layout, STAGES[i - 1]) if i else None
+    if before is not None:
+        upstream = {k: v for k, v in then.items() if k not in own}
+        changed += [f"{k} {upstream.get(k)!r} -> {before.get(k)!r} ({STAGES[i - 1]} was redone since)"
+                    for k in sorted(set(upstream) | set(before)) if upstream.get(k) != before.get(k)]
+    return changed
+
+
+def check_stages(conf: Mapping[str, Any], layout: DataLayout, stages=STAGES) -> None:
+    """Refuse (StaleOutput, one line) when an existing output of `stages` was made with other settings."""
+    for stage in stages:
+        out = stage_output(layout, stage)
+        changed = changed_settings(conf, layout, stage) if out.exists() else []
+        if changed:
+            raise StaleOutput(stage, out, changed)
 
 
 @contextmanager
@@ -91,18 +175,22 @@ RUNNERS: dict[str, Callable[[Mapping[str, Any], DataLayout], str]] = {
 
 def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bool = False,
               echo: Callable[[str], None] = print) -> bool:
-    """Run one stage unless its output exists; returns whether it ran."""
+    """Run one stage unless its output exists (made with these settings, else StaleOutput); returns whether it ran."""
     out = stage_output(layout, stage)
     if out.exists() and not force:
+        check_stages(conf, layout, (stage,))
         echo(f"{stage}: {out} exists; skipping (--force redoes it)")
         return False
     with tokenizer_run(conf, layout):
         echo(RUNNERS[stage](conf, layout))
+    record_settings(conf, layout, stage)
     return True
 
 
 def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str], None] = print) -> Path:
-    """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder."""
+    """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder.
+    Output made with other settings is refused (StaleOutput), never used."""
+    check_stages(conf, layout, ("prepare", "train", "encode"))
     if not layout.has_tokens():
         for stage in ("prepare", "train", "encode"):
             run_stage(conf, layout, stage, echo=echo)

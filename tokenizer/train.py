@@ -166,13 +166,19 @@ def validation_loss(model: VQVAE, crops: torch.Tensor, device: torch.device) -> 
 @torch.no_grad()
 def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, split: str, device: torch.device,
                  n: int = 3, artifact_dir: str = "tokenizer/examples", out_dir: Path | None = None) -> list[Path]:
-    """Real-vs-reconstructed spectrogram PNGs and Griffin-Lim wavs for a few utterances, and a codebook histogram."""
+    """Real-vs-reconstructed spectrogram PNGs and Griffin-Lim wavs for a few utterances, and a codebook histogram.
+
+    Without `out_dir` they are only for MLflow: written to a temporary folder that is removed once they are
+    logged (the returned paths are gone by then), so no `tokenizer-examples-*` folder outlives the call."""
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="tokenizer-examples-") as tmp:
+            return log_examples(model, conf, layout, split, device, n, artifact_dir, Path(tmp))
     from tokenizer.audio_io import write_wav
     from tokenizer.features import MelSettings, mel_db_to_audio, save_spectrogram_png
 
     settings = MelSettings.from_conf(conf)
     model.eval()
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tokenizer-examples-"))
+    out = Path(out_dir)
     written: list[Path] = []
     counts = np.zeros(conf["codebook_size"], np.int64)
     for i, utt in enumerate(iter_utterances(layout.mels(split))):
