@@ -97,6 +97,8 @@ def coerce(key: str, text: str, default: Any) -> Any:
             return float(text)
         if isinstance(default, str):
             return text
+        if isinstance(default, list) and not text.strip():
+            return []  # an empty list, refused by validate() where a list must not be empty
         value = yaml.safe_load(text)  # None, list or dict defaults: read the text as YAML
         if isinstance(default, list) and not isinstance(value, list):
             value = [yaml.safe_load(v.strip()) for v in str(text).split(",")] if "," in text else [value]
@@ -154,7 +156,7 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     n_env_steps""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed""".split()
-_POSITIVE_FLOAT = """synth_minutes max_seconds adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
+_POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
 _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
@@ -198,7 +200,9 @@ def validate(conf: Mapping[str, Any]) -> None:
         if (not isinstance(f, list) or len(f) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in f)
                 or abs(sum(f) - 1) > 1e-6 or f[0] <= 0):
             raise bad("split_fractions", "expected three fractions train,val,test that add up to 1 (e.g. 0.8,0.1,0.1)")
-    if "synth_languages" in conf and (not isinstance(conf["synth_languages"], list) or not conf["synth_languages"]):
+    langs = conf.get("synth_languages")
+    if "synth_languages" in conf and (not isinstance(langs, list) or not langs
+                                      or not all(isinstance(x, str) and x.strip() for x in langs)):
         raise bad("synth_languages", "expected a list of language codes, e.g. en,de")
     if "data_dir" in conf and not str(conf["data_dir"]).strip():
         raise bad("data_dir", "must name a folder")
