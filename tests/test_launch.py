@@ -83,6 +83,7 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
     saved = load_checkpoint(ckpt)["step"]
     assert saved >= 10
     episodes_before = len(list((ckpt.parent.parent / "episodes").rglob("*.npz")))
+    eval_before = sorted((ckpt.parent.parent / "episodes_eval").rglob("*.npz"))
 
     proc = _launch(tmp_path, "--n_steps", str(saved + 20), "--resume_id", run_id)
     out, _ = proc.communicate(timeout=150)
@@ -90,9 +91,10 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
     assert f"resuming at step {saved}" in out
     assert load_checkpoint(ckpt)["step"] == saved + 20
     assert len(list((ckpt.parent.parent / "episodes").rglob("*.npz"))) >= episodes_before  # no episode lost
+    assert sorted((ckpt.parent.parent / "episodes_eval").rglob("*.npz")) == eval_before  # the eval split not replayed
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
-    steps = sorted({m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss_tokens")})
-    assert steps[-1] == saved + 20 and steps == list(range(10, saved + 30, 10))
+    steps = sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss_tokens"))
+    assert steps[-1] == saved + 20 and steps == list(range(10, saved + 30, 10))  # each step once: none logged twice
     assert {"eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "train/data_wait_frac"} <= set(run.data.metrics)
