@@ -73,13 +73,27 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     except EpisodeError:
         raise
     except Exception as e:  # truncated zip, bad header, pickled member, missing file ...
-        raise EpisodeError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        raise EpisodeError(f"{path}: {_unreadable_reason(path, e)}") from None
     rows = data["reward"].shape[0] if data["reward"].ndim else -1
     bad = [k for k in STEP_KEYS if data[k].ndim == 0 or data[k].shape[0] != rows]
     if bad or rows < 1:
         raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
     check_episode(path, data, n_tokens)
     return data
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """Why np.load failed, in words: no bytes, not an npz at all, or an npz cut short or damaged."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if not head:
+        return "empty file (0 bytes)"
+    if head != b"PK\x03\x04":
+        return "not an npz file (it does not start like one)"
+    return f"unreadable: truncated or damaged ({type(error).__name__}: {error})"
 
 
 def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> None:

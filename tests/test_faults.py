@@ -42,7 +42,7 @@ def _bad_episodes(folder, worker: int = 0) -> dict[str, str]:
     for i, (kind, data) in enumerate(bad.items()):
         name = episode_filename(worker, 900 + i, 4000 + i)
         (folder / name).write_bytes(data)
-        expected[name] = "unreadable"
+        expected[name] = {"truncated": "truncated or damaged", "garbage": "not an npz file"}[kind]
     for i, (kind, (episode, reason)) in enumerate(cases.items()):
         name = episode_filename(worker, 910 + i, 4010 + i)
         np.savez(folder / name, **episode)
