@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pydreamer.acoustics import comparison_markdown, write_comparison_csv
-from pydreamer.dream_report import (acoustic_tables, completion_distances, completion_png, dream_metrics, grid_png,
+from pydreamer.dream_report import (WINDOW_S, acoustic_tables, completion_distances, completion_png, dream_metrics, grid_png,
                                     horizon_markdown, horizon_summary, strip_png)
 from pydreamer.runs import RunError
 
@@ -147,7 +147,7 @@ def run_dreams(args: argparse.Namespace) -> int:
     fps, sr, ds = codec.settings.frames_per_second, codec.settings.sample_rate, codec.frames_per_step
     layout = DataLayout.of(conf["data_dir"])
     need = max(args.real_clips, args.warm, 0 if args.prompt else args.test_prompts)
-    min_frames = int(round(args.prompt_seconds * fps)) + ds * 2
+    min_frames = int(round((args.prompt_seconds + WINDOW_S) * fps)) + ds  # a first horizon window to score
     real = split_utterances(layout, args.split, need, min_frames, args.seed)
     notes = [f"tokenizer: {tok.where}"]
     if not real:
@@ -166,8 +166,10 @@ def run_dreams(args: argparse.Namespace) -> int:
     mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
     timer = dreamer.timer
     # ---- how far from real speech --------------------------------------------------------
-    real_waves = dreamer.real([db for _, db in real[:args.real_clips]])
-    groups = {"unconditional": [d.wave for d in uncond], "warm": [d.wave for d in warm],
+    real_dbs = [db for _, db in real[:args.real_clips]]
+    real_waves = dreamer.real(real_dbs)
+    groups = {"tokenizer": dreamer.real(real_dbs, roundtrip=True),
+              "unconditional": [d.wave for d in uncond], "warm": [d.wave for d in warm],
               "completion": [d.wave[c.prompt_samples:] for c in completions for d in c.dreams]}
     tables, per_clip = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {})
     tested = [c for c in completions if c.clip in test and c.true_wave is not None]
@@ -181,6 +183,8 @@ def run_dreams(args: argparse.Namespace) -> int:
             "own": completion_distances(true_cont, [d.wave[c.prompt_samples:] for d in c.dreams], sr),
             "swapped": completion_distances(true_cont, dreamer.swapped(c, other), sr),
             "other": completion_distances(true_cont, [d.wave[other.prompt_samples:] for d in other.dreams], sr),
+            "real_other": completion_distances(true_cont, [other.true_wave[other.prompt_samples:]], sr),
+            "tokenizer": completion_distances(true_cont, [dreamer.true_roundtrip(c)], sr),
         })
     horizons = horizon_summary(per_prompt)
     metrics = dream_metrics(tables, horizons, timer.realtime_factor)
@@ -258,8 +262,12 @@ def _write(stage: Path, args: argparse.Namespace, kind: str, step: int, codec, u
     np.savez(stage / "tokens.npz", **arrays)
     files.append("tokens.npz")
     md = [f"# Dreams of {kind} run {args.run} (step {step})", ""]
+    what = {"tokenizer": "the same clips through the tokenizer (encoded and decoded: the floor for any dream)",
+            "unconditional": "dreams from the initial state (corpus level)",
+            "warm": f"dreams after a {args.warmup_seconds:g} s warm-up on {args.split} utterances (corpus level)",
+            "completion": "completions (the imagined part, at the prompt's level)"}
     for group, rows in tables.items():
-        md += [f"Real {args.split}-split clips vs {group} dreams (both through the same Griffin-Lim):", "",
+        md += [f"Real {args.split}-split clips vs {what[group]}; all through the same Griffin-Lim:", "",
                comparison_markdown(rows)]
         write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
         files.append(f"acoustics_{group}.csv")

@@ -158,14 +158,20 @@ class AudioDreamer:
             out.append(Dream(f"mix-{al:.2f}", tokens[i], db, self.hear(db, samples)))
         return out
 
-    def real(self, dbs: list[np.ndarray]) -> list[np.ndarray]:
-        """Real log-mels cut to `seconds`, through the same Griffin-Lim as the dreams (not counted as dreamt)."""
+    def real(self, dbs: list[np.ndarray], roundtrip: bool = False) -> list[np.ndarray]:
+        """Real log-mels cut to `seconds`, through the same Griffin-Lim as the dreams (not counted as dreamt);
+        with `roundtrip`, through the tokenizer first (encoded and decoded: the best any token model can sound)."""
         fps = self.codec.settings.frames_per_second
         out = []
         for db in dbs:
             db = db[:int(round(self.seconds * fps))]
+            db = self.codec.roundtrip(db) if roundtrip else db
             out.append(self.hear(db, min(self.samples, int(round(len(db) / fps * self.sr))), count=False))
         return out
+
+    def true_roundtrip(self, c: Completion) -> np.ndarray:
+        """The true continuation heard through the tokenizer (perfect tokens), cut after the prompt."""
+        return self.hear(self.codec.roundtrip(c.true_db), len(c.true_wave), count=False)[c.prompt_samples:]
 
 
 def split_utterances(layout: DataLayout, split: str, n: int, min_frames: int, seed: int) -> list[tuple[str, np.ndarray]]:

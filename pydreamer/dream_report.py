@@ -54,8 +54,10 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
     """LSD and spectral convergence per horizon window, the model's completions beside the baselines."""
     if not summary:
         return ""
-    names = {"own": "completion of this prompt", "swapped": "another prompt's dream, this prompt's level",
-             "other": "another prompt's completion, as is"}
+    names = {"own": "**the model's completion of this prompt**",
+             "swapped": "another prompt's dream, heard at this prompt's level",
+             "other": "another prompt's completion, as is", "real_other": "another utterance's true continuation",
+             "tokenizer": "the true continuation through the tokenizer (perfect tokens)"}
     ends = summary["own"]["end_s"]
     lines = [f"Distance to the true continuation ({n_prompts} test prompts; mean over prompts and dreams), "
              f"per {WINDOW_S:g} s window of horizon:", "",
@@ -65,6 +67,9 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
     for kind, r in summary.items():
         lines.append(f"| {names.get(kind, kind)} | " + " | ".join(f"{v:.2f}" for v in r["lsd"]) + " | "
                      + " | ".join(f"{v:.3f}" for v in r["sc"]) + " |")
+    own, base = summary["own"]["lsd"][0], summary["swapped"]["lsd"][0]
+    lines += ["", f"Completion target (LSD at {ends[0]:g} s below that of another prompt's dream at this prompt's "
+              f"level): {'met' if own < base else 'NOT met'}, {own:.2f} vs {base:.2f} dB."]
     return "\n".join(lines) + "\n"
 
 
@@ -168,5 +173,5 @@ def strip_png(path: Path, title: str, dbs: Sequence[np.ndarray], labels: Sequenc
 
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     _plt().close(fig)

@@ -112,6 +112,11 @@ class TokenCodec:
         z = self.model.decode(t[None] if single else t).float().cpu().numpy()
         return z[0] if single else z
 
+    def roundtrip(self, db: np.ndarray) -> np.ndarray:
+        """A real log-mel (dB) through the tokenizer and back, at its own level: what perfect tokens sound like."""
+        tokens, mean, std = self.encode_db(db)
+        return self.to_db(self.decode(tokens)[:len(db)], mean, std)
+
     @staticmethod
     def to_db(z: np.ndarray, mean: float, std: float) -> np.ndarray:
         return unzscore(z, mean, std).astype(np.float32)
