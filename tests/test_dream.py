@@ -73,35 +73,6 @@ def _wav(path):
     return wave, sr
 
 
-def test_dream_writes_wavs_pictures_table_and_logs_to_the_run(tiny_run, tmp_path, capsys):
-    root, run_id = tiny_run
-    out = tmp_path / "dreams"
-    assert _dream(root, run_id, out) == 0
-    printed = capsys.readouterr().out
-    assert "real-time factor" in printed and "| spectral_entropy |" in printed and "LSD dB @0.5s" in printed
-    uncond = sorted((out / "unconditional").glob("*.wav"))
-    assert len(uncond) == 2
-    for path in uncond + sorted((out / "warm").glob("*.wav")):
-        wave, sr = _wav(path)
-        assert sr == 16000 and len(wave) == 16000 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
-    completions = sorted(p for p in (out / "completions").iterdir() if p.is_dir())
-    assert len(completions) == 2  # no --prompt: two test utterances, beside their true continuation
-    wave, sr = _wav(completions[0] / "prompt+dream-00.wav")
-    assert len(wave) == 16000 + 16000  # 1 s prompt + 1 s dreamt
-    assert (completions[0] / "prompt+true.wav").exists() and completions[0].with_suffix(".png").exists()
-    assert {"unconditional.png", "interpolation.png", "interpolation.wav", "acoustics.md", "tokens.npz",
-            "acoustics_unconditional.csv", "summary.json"} <= {p.name for p in out.iterdir()}
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["completion_distance_by_horizon"]) == {"own", "swapped", "other"}
-    import mlflow
-
-    run = mlflow.get_run(run_id)
-    assert "dream/unconditional/rms/ks_stat" in run.data.metrics and "dream/realtime_factor" in run.data.metrics
-    assert "dream/completion/own/lsd_h0.5s" in run.data.metrics
-    names = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "dreams")}
-    assert "dreams/unconditional.png" in names
-
-
 def test_same_seed_same_tokens_for_both_world_models():
     for kind in ("rssm", "transformer"):
         conf = load_config(["defaults", "tiny"], ["--world_model", kind, "--context_steps", "16"])
@@ -139,3 +110,49 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_run, tmp_path, ca
                 "unknown run": "no MLflow run 'nosuchrun'"}[case]
     assert e.value.code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
+    """launch.py on a ready token corpus: the run records its tokenizer, trains, dreams (wavs of the asked
+    length and rate, finite, not silent; pictures; the acoustic table; dream/* metrics), and says where."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    root, _ = tiny_run
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py"), "--configs", "defaults", "audio",
+           "tiny", "--data_dir", str(root / "data"), "--mlflow_dir", str(root / "mlruns"), "--codebook_size", str(K),
+           "--n_steps", "6", "--batch_size", "2", "--batch_length", "8", "--n_env_steps", "200", "--log_interval", "3",
+           "--eval_interval", "1000", "--save_interval", "6", "--generator_workers_eval", "0", "--dream_samples", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "recorded as artifact tokenizer/vqvae.pt" in out and "real-time factor" in out
+    assert "| spectral_entropy |" in out and "LSD dB @0.5s" in out
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("launch: dreams: wavs and PNGs in") and "mlflow ui --backend-store-uri" in last[1]
+    folder = Path(last[0].split(" in ", 1)[1].split(" (")[0])
+    wavs = sorted((folder / "unconditional").glob("*.wav")) + sorted((folder / "warm").glob("*.wav"))
+    assert len(wavs) == 3  # tiny: 2 dreams from the initial state, 1 after a warm-up
+    for path in wavs:
+        wave, sr = _wav(path)
+        assert sr == 16000 and len(wave) == 16000 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
+    completions = sorted(p for p in (folder / "completions").iterdir() if p.is_dir())
+    assert len(completions) == 2  # no prompt: two test utterances, beside their true continuation
+    wave, sr = _wav(completions[0] / "prompt+dream-01.wav")
+    assert len(wave) == 16000 + 16000  # 1 s prompt + 1 s dreamt
+    assert (completions[0] / "prompt+true.wav").exists() and completions[0].with_suffix(".png").exists()
+    assert {"unconditional.png", "interpolation.png", "interpolation.wav", "acoustics.md", "tokens.npz",
+            "acoustics_unconditional.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"own", "swapped", "other", "real_other", "tokenizer"} == set(summary["completion_distance_by_horizon"])
+    run = mlflow.get_run(summary["run"])
+    assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
+    for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s"):
+        assert key in run.data.metrics
