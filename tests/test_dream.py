@@ -156,3 +156,24 @@ def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
     assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
     for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s"):
         assert key in run.data.metrics
+
+
+def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
+    import mlflow
+    import torch
+
+    from pydreamer.runs import SHA_TAG, file_sha256, run_tokenizer
+
+    root, run_id = tiny_run
+    layout = DataLayout.of(root / "data")
+    conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(layout.root), "--mlflow_dir", str(root / "mlruns")])
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_vqvae(other, VQVAE(n_mels=80, channels=16, code_dim=8, codebook_size=K, tokens_per_step=G, time_downsample=4))
+    with start_or_resume_run(conf, run_id) as run:
+        assert "already recorded" in record_tokenizer(run, layout.vqvae, layout.token_meta)
+        assert record_tokenizer(run, other, layout.token_meta).startswith("WARNING")
+    run = mlflow.get_run(run_id)
+    tok = run_tokenizer(run, conf)
+    assert tok.where.startswith("run artifact") and file_sha256(tok.vqvae) == run.data.tags[SHA_TAG]
+    assert file_sha256(tok.vqvae) == file_sha256(layout.vqvae) != file_sha256(other)
