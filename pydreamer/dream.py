@@ -172,7 +172,7 @@ def run_dreams(args: argparse.Namespace) -> int:
               "unconditional": [d.wave for d in uncond], "warm": [d.wave for d in warm],
               "completion": [d.wave[c.prompt_samples:] for c in completions for d in c.dreams]}
     tables, per_clip = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {})
-    tested = [c for c in completions if c.clip in test and c.true_wave is not None]
+    tested = [c for c in completions[len(user):] if c.true_wave is not None]  # the test prompts
     per_prompt = []
     for i, c in enumerate(tested):
         if len(tested) < 2:
