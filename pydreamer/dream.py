@@ -194,7 +194,7 @@ def run_dreams(args: argparse.Namespace) -> int:
     shutil.rmtree(stage, ignore_errors=True)
     try:
         results = dict(uncond=uncond, warm=warm, completions=completions, mix=mix, tables=tables, per_clip=per_clip,
-                       horizons=horizons, n_tested=len(per_prompt), timer=timer, notes=notes, metrics=metrics,
+                       horizons=horizons, n_tested=len(tested), timer=timer, notes=notes, metrics=metrics,
                        seconds=time.time() - t_start)
         written = _write(stage, args, conf["world_model"], step, codec, **results)
         out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +273,11 @@ def _write(stage: Path, args: argparse.Namespace, kind: str, step: int, codec, u
         files.append(f"acoustics_{group}.csv")
     if not tables:
         md += ["No real clips: no acoustic table.", ""]
-    md.append(horizon_markdown(horizons, n_tested))
+    md.append(horizon_markdown(horizons, n_tested) or
+              f"No completion distances: they need 2 or more {args.split}-split prompts with a true continuation "
+              f"(no --prompt; had {n_tested}).\n")
+    if not mix:
+        md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
     md.append(f"Real-time factor {timer.realtime_factor:.3f}: {timer.generation_s:.2f} s generation + "
               f"{timer.griffin_lim_s:.2f} s Griffin-Lim for {timer.audio_s:.2f} s of audio.\n")
     (stage / "acoustics.md").write_text("\n".join(md))
