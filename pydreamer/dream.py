@@ -275,7 +275,7 @@ def _write(stage: Path, args: argparse.Namespace, kind: str, step: int, codec, u
         md += ["No real clips: no acoustic table.", ""]
     md.append(horizon_markdown(horizons, n_tested) or
               f"No completion distances: they need 2 or more {args.split}-split prompts with a true continuation "
-              f"(no --prompt; had {n_tested}).\n")
+              f"(test prompts are completed only without --prompt; had {n_tested}).\n")
     if not mix:
         md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
     md.append(f"Real-time factor {timer.realtime_factor:.3f}: {timer.generation_s:.2f} s generation + "
