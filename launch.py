@@ -10,7 +10,10 @@
 4. watches them: the run ends when the learner has done `n_steps`. A child that dies is
    reported with its exit code, the others are stopped and the launcher exits non-zero
    (resume with --resume_id). Ctrl-C, and SIGTERM (what `docker stop`, systemd and Slurm send),
-   stop every child cleanly (the learner saves first) and mark the run KILLED.
+   stop every child cleanly (the learner saves first) and mark the run KILLED;
+5. on success, with `dream_at_end`, writes dreams, pictures and the acoustic table into the run
+   (`pydreamer.dream`, in this process once the children have stopped; artifacts `dreams/`) and
+   says where they are and how to open the run.
 """
 from __future__ import annotations
 
@@ -45,6 +48,41 @@ def start_children(conf, configs: list[str], overrides: list[str], replay_dir: P
     base = ["--configs", *configs, *overrides, "--replay_dir", str(replay_dir)]
     children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
     return children
+
+
+def record_run_tokenizer(run, conf) -> bool:
+    """Log the tokenizer the run trains on as its artifact (see pydreamer.runs), so dreams need only the run id."""
+    from pydreamer.runs import record_tokenizer
+    from tokenizer.layout import DataLayout
+
+    layout = DataLayout.of(conf["data_dir"])
+    if not layout.vqvae.is_file():
+        print(f"launch: WARNING: no tokenizer checkpoint at {layout.vqvae}: this run's dreams cannot be decoded",
+              flush=True)
+        return False
+    print(f"launch: {record_tokenizer(run, layout.vqvae, layout.token_meta)}", flush=True)
+    return True
+
+
+def dream_at_end(conf, run_id: str, out: Path) -> int:
+    """`python -m pydreamer.dream` sized by the dream_* keys, in this process with every core (the children
+    have stopped; no second interpreter to start). Returns its exit code (2: bad input, 1: it crashed)."""
+    from pydreamer import dream
+    from runtime.processes import set_torch_threads
+
+    set_torch_threads(cpu_cores())
+    args = ["--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
+            "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
+            "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
+            "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
+            "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])]
+    try:
+        return dream.main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception as e:  # a failed dream must not hide that the training finished
+        print(f"launch: dream: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
 
 
 def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
@@ -116,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status, code, children = "FAILED", 1, []
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    dreams_out, can_dream = None, False
     try:
         if needs_tokens(conf):
             from runtime.processes import set_torch_threads
@@ -125,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
             folder = ensure_tokens(conf, DataLayout.of(conf["data_dir"]))
             print(f"launch: tokens ready in {folder}", flush=True)
+            can_dream = record_run_tokenizer(run, conf)
         env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri(conf),
                    MLFLOW_EXPERIMENT_ID=run.info.experiment_id)
         overrides = split_overrides(rest, drop=("resume_id", "replay_dir"))
@@ -132,6 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children), flush=True)
         outcome, code = watch(children)
         status = "FINISHED" if outcome == "done" else "FAILED"
+        if outcome == "done" and conf["dream_at_end"] and can_dream:
+            for child in reversed(children):  # the generators: dreams get every core
+                child.stop()
+            dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
+            print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
+                  f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
+            rc = dream_at_end(conf, run_id, dreams_out)
+            if rc != 0:
+                print(f"launch: the dreams failed (exit code {rc}); the trained run is kept: retry with "
+                      f"python -m pydreamer.dream --run {run_id} --out DIR", file=sys.stderr, flush=True)
+                dreams_out, code = None, 1
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"launch: {how}; stopping the learner (it saves a checkpoint) and the generators", flush=True)
@@ -156,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     elif status != "FINISHED":
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
     print(line, flush=True)
+    if dreams_out is not None:
+        print(f"launch: dreams: wavs and PNGs in {dreams_out} (unconditional/, completions/, interpolation.wav, "
+              f"acoustics.md); also the run's artifacts dreams/", flush=True)
+    if status == "FINISHED":
+        uri = tracking_uri(conf)
+        how = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+        print(f"launch: open the run in MLflow: {how}  (experiment '{conf.experiment}', run {run_id})", flush=True)
     return code
 
 

@@ -35,6 +35,7 @@ from pydreamer.episodes import EpisodeError, list_episodes, load_episode
 from pydreamer.models import Dreamer
 from pydreamer.models.functions import LN2, categorical_kl
 from pydreamer.models.rssm import RSSM
+from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint
 
 log = logging.getLogger("pydreamer.evaluate")
 
@@ -189,24 +190,8 @@ def _transformer_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[st
 
 # ---- per horizon, on a split of the token corpus ---------------------------------------------
 
-class EvaluationError(ValueError):
+class EvaluationError(RunError):
     """What stops `python -m pydreamer.evaluate` before it computes anything: one line, exit code 2."""
-
-
-def run_config(run) -> dict:
-    """The run's merged config, rebuilt from its params with each key's type from defaults.yaml."""
-    from runtime.config import coerce, load_config
-
-    conf = load_config(["defaults"])
-    conf.update({k: v for k, v in BEFORE_KEY.items() if k not in run.data.params})
-    for key, text in run.data.params.items():
-        if key in conf:
-            conf[key] = coerce(key, text, conf[key]) if not isinstance(conf[key], str) else text
-    return conf
-
-
-# A run recorded before a key existed gets the value that reproduces what its code did.
-BEFORE_KEY = {"forecast_head": False, "token_head": "independent"}
 
 
 def _plot(path: Path, results: dict, title: str) -> None:
@@ -249,37 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: --horizons and --samples must be positive\n")
     try:
         return _main(args)
-    except EvaluationError as e:
+    except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def _main(args) -> int:
-    import mlflow
-
     from pydreamer.baselines import Baselines
     from pydreamer.forecast import evaluate_split
     from pydreamer.latents import latent_points, tsne_png
-    from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
-    from runtime.tracking import find_run, setup_mlflow, tracking_uri
     from tokenizer.layout import DataLayout
     from tokenizer.tokens import MissingTokensError, TokenSplit, read_token_spec
 
     set_torch_threads()
-    store = {"mlflow_dir": args.mlflow_dir, "experiment": "audio-world-model"}
-    setup_mlflow(store)
-    run = find_run(args.run)
-    if run is None:
-        raise EvaluationError(f"no MLflow run '{args.run}' in {tracking_uri(store)}")
-    conf = run_config(run)
-    replay_dir = run.data.tags.get("replay_dir")
-    ckpt_path = checkpoint_path(replay_dir) if replay_dir else None
-    if ckpt_path is not None and args.checkpoint == "best" and checkpoint_path(replay_dir, "best").exists():
-        ckpt_path = checkpoint_path(replay_dir, "best")
-    if ckpt_path is None or not ckpt_path.exists():
-        raise EvaluationError(f"run {args.run} has no checkpoint ({ckpt_path or 'no replay_dir tag'}): "
-                              f"it saves one every save_interval={conf['save_interval']} learner steps")
+    run, conf = open_run(args.run, args.mlflow_dir)
+    replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint)
     layout = DataLayout.of(conf["data_dir"])
     try:
         spec = read_token_spec(layout, conf["codebook_size"])
@@ -293,9 +263,7 @@ def _main(args) -> int:
     if args.max_utterances > 0:
         utterances = utterances[:args.max_utterances]
     device = resolve_device(conf["device"])
-    ckpt = load_checkpoint(ckpt_path, map_location=device)
-    model = Dreamer(conf, spec.codebook_size, spec.tokens_per_step, 1).to(device)
-    step = restore(ckpt, model)
+    model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
     t0 = time.time()
     fit_on = [u["tokens"] for u in TokenSplit(layout, "train", spec)]
     val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
@@ -334,14 +302,7 @@ def _main(args) -> int:
             tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
     except Exception as e:  # a picture must not cost the numbers
         log.warning("t-SNE skipped: %s", e)
-    client = mlflow.MlflowClient()
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(args.run, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)])
-    if not str(run.info.artifact_uri).startswith(("file:", "/")) or not str(out).startswith(
-            str(run.info.artifact_uri).replace("file://", "")):
-        client.log_artifacts(args.run, str(out), f"evaluation/{args.split}")
+    log_to_run(run, metrics, step, out, f"evaluation/{args.split}")
     print(_table(results, [1, 5, 15], args.horizons))
     print(f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, {len(tokens)} "
           f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")

@@ -23,15 +23,9 @@ def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: i
     """tokens int64 [T, G] of one utterance -> probs [N, horizon, G, K] for the N start steps."""
     wm = model.wm
     device = tokens.device
-    T = tokens.shape[0]
     A = model.dims["action_dim"]
-    action = torch.zeros(T, 1, A, device=device)
-    action[1:, :, 0] = 1.0  # the null action led to every step after the first, as in the episodes
-    reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
-    reset[0] = True
-    embed = wm.encoder(tokens.unsqueeze(1))
-    with _seeded(generator):
-        states, _, _, _ = wm.rssm.observe(embed, action, reset, wm.initial_state(1, device))
+    with seeded(generator):
+        states = rssm_filter(model, tokens)
         start = State(states.deter[starts, 0], states.stoch[starts, 0])  # posterior after step t
         out = []
         null = torch.zeros(1, A, device=device)
@@ -49,7 +43,21 @@ def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: i
     return torch.cat(out, 0)
 
 
-class _seeded:
+def rssm_filter(model: Dreamer, tokens: torch.Tensor) -> State:
+    """Posterior states [T, 1, ...] of one utterance (tokens [T, G]) filtered from the zero state, with
+    the actions of its episode: none before the first step, the null action before every later one."""
+    wm = model.wm
+    device = tokens.device
+    T = tokens.shape[0]
+    action = torch.zeros(T, 1, model.dims["action_dim"], device=device)
+    action[1:, :, 0] = 1.0
+    reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
+    reset[0] = True
+    states, _, _, _ = wm.rssm.observe(wm.encoder(tokens.unsqueeze(1)), action, reset, wm.initial_state(1, device))
+    return states
+
+
+class seeded:
     """Draw the RSSM's samples (torch.multinomial on the global stream) from a seed, then restore it."""
 
     def __init__(self, generator: torch.Generator | None):

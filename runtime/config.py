@@ -150,14 +150,14 @@ def load_config(
 _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_dim codebook_size tokens_per_step
     time_downsample sample_rate n_fft win_length hop_length n_mels griffin_lim_iters shard_frames encode_batch_frames
     batch_size batch_length n_steps log_interval eval_interval save_interval eval_episodes eval_max_steps eval_samples
-    deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
+    overshoot_starts deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
-    n_env_steps""".split()
+    n_env_steps dream_samples dream_griffin_lim_iters""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
-    target_interval vq_res_blocks seed""".split()
+    target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
-    learner_wait_s vq_lr""".split()
+    learner_wait_s vq_lr dream_seconds""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
 _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
 _CHOICES = {
@@ -222,6 +222,8 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("win_length", f"must not exceed n_fft ({conf['n_fft']})")
     if "transformer_dim" in conf and "transformer_heads" in conf and conf["transformer_dim"] % conf["transformer_heads"]:
         raise bad("transformer_dim", f"must be a multiple of transformer_heads ({conf['transformer_heads']})")
+    if "dream_at_end" in conf and not isinstance(conf["dream_at_end"], bool):
+        raise bad("dream_at_end", "expected true or false")
     if "device" in conf:
         _check_device(str(conf["device"]))
 

@@ -120,7 +120,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
 def test_a_run_from_before_a_key_gets_the_old_behaviour(tmp_path):
     """A run logged before `forecast_head` existed was trained without the head: evaluating it must
     build the model it trained, not today's default."""
-    from pydreamer.evaluate import run_config
+    from pydreamer.runs import run_config
 
     class Run:
         class data:

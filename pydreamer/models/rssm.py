@@ -69,11 +69,12 @@ class RSSM(nn.Module):
     def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
         return self._logits(self.prior_net, deter)
 
-    def imagine_step(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor]:
-        """One dreamed step: the next state drawn from the prior. Returns (state, prior logits)."""
+    def imagine_step(self, state: State, action: torch.Tensor, temperature: float = 1.0) -> tuple[State, torch.Tensor]:
+        """One dreamed step: the next state drawn from the prior (sharpened or flattened by `temperature`
+        for dreams). Returns (state, prior logits)."""
         deter = self.deter_step(state, action)
         logits = self.prior_logits(deter)
-        return State(deter, self._sample(logits)), logits
+        return State(deter, self._sample(logits if temperature == 1.0 else logits / temperature)), logits
 
     def observe(
         self, embed: torch.Tensor, action: torch.Tensor, reset: torch.Tensor, state: State

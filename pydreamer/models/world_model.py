@@ -53,6 +53,8 @@ class WorldModel(nn.Module):
         self.forecast_weight = float(conf["forecast_weight"])
         self.forecast = TokenDecoder(self.rssm.deter_dim, n_tokens, tokens_per_step, hidden_dim=hidden,
                                      head=conf["token_head"]) if conf["forecast_head"] else None
+        self.overshoot_steps = int(conf["overshoot_steps"]) if self.forecast is not None else 0
+        self.overshoot_starts = int(conf["overshoot_starts"])
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
 
@@ -85,9 +87,12 @@ class WorldModel(nn.Module):
         if self.forecast is not None:  # h_t has seen steps < t only: predicting step t from it is a forecast
             forecast_nll = TokenDecoder.nll(self.forecast(states.deter, tokens), tokens)
             loss_forecast = forecast_nll.sum(-1).mean()
+        loss_overshoot = torch.zeros((), device=loss_tokens.device)
+        if self.overshoot_steps > 1 and tokens.shape[0] > 2:
+            loss_overshoot = self._overshoot(states, tokens, batch["action"], batch["reset"].bool())
         loss = (
             loss_tokens
-            + self.forecast_weight * loss_forecast
+            + self.forecast_weight * (loss_forecast + loss_overshoot)
             + self.reward_weight * loss_reward
             + self.terminal_weight * loss_terminal
             + self.kl_weight * loss_kl
@@ -97,6 +102,7 @@ class WorldModel(nn.Module):
                 "loss_model": loss.detach(),
                 "loss_tokens": nll.mean() / LN2,  # bits per token
                 "loss_forecast": loss_forecast.detach() / LN2 / tokens.shape[-1],  # bits per token
+                "loss_overshoot": loss_overshoot.detach() / LN2 / tokens.shape[-1],
                 "acc_tokens": (token_logits.argmax(-1) == tokens).float().mean(),
                 "loss_reward": loss_reward.detach(),
                 "loss_terminal": loss_terminal.detach(),
@@ -105,6 +111,32 @@ class WorldModel(nn.Module):
                 "entropy_post": _entropy(post).mean(),
             }
         return WorldModelOutput(loss, states, last, prior, post, token_logits, metrics)
+
+    def _overshoot(self, states: State, tokens: torch.Tensor, action: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+        """The forecast head's loss k = 2..K steps ahead, from states imagined with the prior.
+
+        Evaluation asks the head for step t+k from a state the prior imagined k steps past the
+        last observation; trained on observed states alone (k = 1) it sees no such state, and
+        its forecasts fall below the unigram by h = 5. Starts are `overshoot_starts` random
+        (t, b) of the batch; a rollout stops counting at an episode boundary.
+        """
+        T, B = tokens.shape[:2]
+        K = min(self.overshoot_steps, T - 1)
+        n = self.overshoot_starts
+        t0 = torch.randint(0, T - K, (n,), device=tokens.device)
+        b0 = torch.randint(0, B, (n,), device=tokens.device)
+        state = State(states.deter[t0, b0], states.stoch[t0, b0])
+        alive = torch.ones(n, dtype=torch.bool, device=tokens.device)
+        total, count = torch.zeros((), device=tokens.device), torch.zeros((), device=tokens.device)
+        for k in range(1, K + 1):
+            state, _ = self.rssm.imagine_step(state, action[t0 + k, b0])
+            alive = alive & ~reset[t0 + k, b0]
+            if k >= 2:  # k = 1 is the observed path's forecast loss already
+                target = tokens[t0 + k, b0]
+                nll = TokenDecoder.nll(self.forecast(state.deter, target), target).sum(-1)
+                total = total + (nll * alive).sum()
+                count = count + alive.sum()
+        return total / count.clamp_min(1)
 
     @torch.no_grad()
     def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8) -> torch.Tensor:

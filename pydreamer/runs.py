@@ -1,0 +1,206 @@
+"""A finished (or running) launch.py run, opened again by the commands that work on it (evaluate, dream).
+
+One place says what a run carries and how to get it back from its id alone: the merged config
+(its params), the world-model checkpoint (`checkpoints/latest.pt` in the replay store), and the
+tokenizer it was trained with (the VQ-VAE checkpoint and the token corpus' meta.json, logged as
+run artifacts under `tokenizer/` by launch.py, with their SHA-256 as tags), so `dream` decodes
+with the very tokenizer whose tokens the model learned, also when `data_dir` has changed since.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_ARTIFACTS = "tokenizer"  # artifact folder: vqvae.pt and meta.json
+VQVAE_NAME = "vqvae.pt"
+META_NAME = "meta.json"
+SHA_TAG = "tokenizer.vqvae_sha256"
+PATH_TAG = "tokenizer.vqvae_path"
+
+
+class RunError(ValueError):
+    """What stops a command before it computes anything (unknown run, no checkpoint, ...): one line, exit 2."""
+
+
+def run_config(run) -> dict:
+    """The run's merged config, rebuilt from its params with each key's type from defaults.yaml."""
+    from runtime.config import coerce, load_config
+
+    conf = load_config(["defaults"])
+    conf.update({k: v for k, v in BEFORE_KEY.items() if k not in run.data.params})
+    for key, text in run.data.params.items():
+        if key in conf:
+            conf[key] = coerce(key, text, conf[key]) if not isinstance(conf[key], str) else text
+    return conf
+
+
+# A run recorded before a key existed gets the value that reproduces what its code did.
+BEFORE_KEY = {"forecast_head": False, "token_head": "independent", "overshoot_steps": 0}
+
+
+def open_run(run_id: str, mlflow_dir: str = "mlruns"):
+    """(run, config) of `run_id` in the tracking store (MLFLOW_TRACKING_URI wins over `mlflow_dir`)."""
+    from runtime.tracking import find_run, setup_mlflow, tracking_uri
+
+    store = {"mlflow_dir": mlflow_dir, "experiment": "audio-world-model"}
+    setup_mlflow(store)
+    run = find_run(run_id)
+    if run is None:
+        raise RunError(f"no MLflow run '{run_id}' in {tracking_uri(store)}")
+    return run, run_config(run)
+
+
+def run_checkpoint(run, conf, which: str = "best") -> tuple[Path, Path]:
+    """(replay store, checkpoint path) of a run that has saved at least once.
+
+    which="best": the weights with the lowest val eval/nll_h1 (model selection), or the latest
+    when the run has kept none; "latest": the last saved (runs compared at equal steps).
+    """
+    from pydreamer.models.checkpoint import checkpoint_path
+
+    replay_dir = run.data.tags.get("replay_dir")
+    ckpt = checkpoint_path(replay_dir) if replay_dir else None
+    if ckpt is not None and which == "best" and checkpoint_path(replay_dir, "best").exists():
+        ckpt = checkpoint_path(replay_dir, "best")
+    if ckpt is None or not ckpt.exists():
+        raise RunError(f"run {run.info.run_id} has no checkpoint ({ckpt or 'no replay_dir tag'}): "
+                       f"it saves one every save_interval={conf['save_interval']} learner steps")
+    return Path(replay_dir), ckpt
+
+
+def load_model(ckpt_path: Path, conf, codebook_size: int, tokens_per_step: int, device: torch.device):
+    """(Dreamer with the checkpoint's weights, in eval mode; the step it was saved at)."""
+    from pydreamer.models import Dreamer
+    from pydreamer.models.checkpoint import load_checkpoint, restore
+
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    model = Dreamer(conf, codebook_size, tokens_per_step, 1).to(device)
+    try:
+        step = restore(ckpt, model)
+    except (ValueError, RuntimeError) as e:
+        raise RunError(f"checkpoint {ckpt_path} does not fit the run's config: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, step
+
+
+# ---- the tokenizer a run was trained with ------------------------------------------------
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_tokenizer(run, vqvae: Path, meta: Path) -> str:
+    """Log the tokenizer checkpoint and token meta as artifacts of the active run (once), tag their hash.
+
+    On a resumed run whose artifact is already there nothing is copied; when `data_dir` now holds
+    a different tokenizer the run keeps the one it started with, and the line returned says so.
+    """
+    import mlflow
+
+    sha = file_sha256(vqvae)
+    old = run.data.tags.get(SHA_TAG)
+    if old and old != sha:
+        return (f"WARNING: {vqvae} differs from the tokenizer this run started with (sha256 {old[:12]} vs "
+                f"{sha[:12]}); the run keeps its artifact tokenizer/{VQVAE_NAME}, so dreams decode with the old one")
+    if old == sha and _artifact_present(run):
+        return f"tokenizer artifact already recorded (sha256 {sha[:12]})"
+    mlflow.log_artifact(str(vqvae), TOKENIZER_ARTIFACTS)
+    if meta.is_file():
+        mlflow.log_artifact(str(meta), TOKENIZER_ARTIFACTS)
+    mlflow.set_tags({SHA_TAG: sha, PATH_TAG: str(Path(vqvae).resolve())})
+    return f"tokenizer {vqvae} recorded as artifact {TOKENIZER_ARTIFACTS}/{VQVAE_NAME} (sha256 {sha[:12]})"
+
+
+def _artifact_present(run) -> bool:
+    import mlflow
+
+    try:
+        names = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, TOKENIZER_ARTIFACTS)}
+    except Exception:
+        return False
+    return VQVAE_NAME in names
+
+
+@dataclass(frozen=True)
+class RunTokenizer:
+    vqvae: Path
+    meta: Path | None  # token meta.json (mel statistics, steps per second); None when the run has none
+    where: str  # said in the output: which copy was used and why
+
+
+def run_tokenizer(run, conf) -> RunTokenizer:
+    """The run's own tokenizer: its artifact first (local folder, else downloaded), else `data_dir`'s
+    checkpoint when its hash matches the run's tag (or the run predates the tag, said in `where`)."""
+    from runtime.tracking import local_artifact_dir
+    from tokenizer.layout import DataLayout
+
+    sha = run.data.tags.get(SHA_TAG)
+    local = local_artifact_dir(run)
+    folder = local / TOKENIZER_ARTIFACTS if local else None
+    if folder is None or not (folder / VQVAE_NAME).is_file():
+        folder = _download(run)
+    if folder is not None and (folder / VQVAE_NAME).is_file():
+        meta = folder / META_NAME
+        return RunTokenizer(folder / VQVAE_NAME, meta if meta.is_file() else None, f"run artifact {TOKENIZER_ARTIFACTS}/")
+    layout = DataLayout.of(conf["data_dir"])
+    if not layout.vqvae.is_file():
+        raise RunError(f"run {run.info.run_id} carries no tokenizer artifact and {layout.vqvae} does not exist: "
+                       f"nothing can decode its tokens")
+    meta = layout.token_meta if layout.token_meta.is_file() else None
+    if sha is None:
+        return RunTokenizer(layout.vqvae, meta, f"{layout.vqvae} (the run records no tokenizer hash: assumed to be its own)")
+    if file_sha256(layout.vqvae) != sha:
+        raise RunError(f"run {run.info.run_id} was trained with tokenizer sha256 {sha[:12]}, its artifact is missing "
+                       f"and {layout.vqvae} is a different one")
+    return RunTokenizer(layout.vqvae, meta, f"{layout.vqvae} (sha256 matches the run's tag)")
+
+
+def _download(run) -> Path | None:
+    """The artifact folder fetched from a tracking server / object store; None when the run has none."""
+    import mlflow
+
+    try:
+        target = tempfile.mkdtemp(prefix="run-tokenizer-")
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=TOKENIZER_ARTIFACTS,
+                                                   dst_path=target)
+        return Path(path)
+    except Exception:
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
+def log_to_run(run, metrics: dict[str, float], step: int, folder: Path | None = None, artifact_path: str = "") -> None:
+    """Log finite `metrics` at `step` into the run, and `folder` as its artifacts under `artifact_path`
+    (not copied when `folder` already lies inside the run's local artifact folder)."""
+    import math
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from runtime.tracking import local_artifact_dir
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+    for i in range(0, len(batch), 500):  # MLflow's batch limit is 1000 metrics
+        client.log_batch(run.info.run_id, metrics=batch[i:i + 500])
+    if folder is None:
+        return
+    local = local_artifact_dir(run)
+    if local is not None and Path(folder).resolve().is_relative_to(local.resolve()):
+        return
+    client.log_artifacts(run.info.run_id, str(folder), artifact_path)

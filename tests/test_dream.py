@@ -1,0 +1,179 @@
+"""python -m pydreamer.dream on a tiny run: wavs of the asked length, seeded tokens, any prompt, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pydreamer.dream import main
+from pydreamer.imagination import dream_tokens
+from pydreamer.models import Dreamer
+from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+from pydreamer.runs import record_tokenizer
+from runtime.config import load_config
+from runtime.tracking import setup_mlflow, start_or_resume_run
+from tests.audio_fixtures import speechlike, write_clip
+from tests.conftest import make_token_corpus
+from tokenizer.features import MelSettings, log_mel_features
+from tokenizer.layout import DataLayout
+from tokenizer.shards import ShardWriter
+from tokenizer.vqvae import VQVAE, save_vqvae
+
+K, G = 32, 4
+
+
+def make_dream_data(root):
+    """A token corpus, the test split's log-mels (speech-like clips) and an untrained tiny VQ-VAE."""
+    data = make_token_corpus(root / "data", {"train": 6, "val": 2, "test": 3}, codebook_size=K)
+    conf = load_config(["defaults", "audio", "tiny"])
+    settings = MelSettings.from_conf(conf)
+    with ShardWriter(DataLayout.of(data).mels("test")) as w:
+        for i in range(3):
+            f = log_mel_features(speechlike(2.5, seed=i), settings, conf["vad_db"])
+            w.add(per_step={"mel": f["mel"].astype("float16"), "voice": f["voice"]},
+                  per_utterance={"utterance_id": f"utt{i}", "speaker": f"s{i}", "source": "t", "mean": f["mean"],
+                                 "std": f["std"]})
+    meta = json.loads(DataLayout.of(data).token_meta.read_text())
+    DataLayout.of(data).token_meta.write_text(json.dumps({**meta, "mel_mean": -30.0, "mel_std": 15.0}))
+    vq = VQVAE(n_mels=80, channels=16, code_dim=8, codebook_size=K, tokens_per_step=G, time_downsample=4, res_blocks=1)
+    save_vqvae(DataLayout.of(data).vqvae, vq, {"features": {k: conf[k] for k in MelSettings.__dataclass_fields__}})
+    return data
+
+
+def make_run(root, data, world_model="rssm"):
+    """A run as launch.py leaves it: params, replay_dir tag, tokenizer artifact, a checkpoint (untrained weights)."""
+    conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(data), "--mlflow_dir", str(root / "mlruns"),
+                                                        "--codebook_size", str(K), "--world_model", world_model,
+                                                        "--context_steps", "16"])
+    replay = root / f"replay-{world_model}"
+    with start_or_resume_run(conf, tags={"replay_dir": str(replay)}) as run:
+        layout = DataLayout.of(data)
+        record_tokenizer(run, layout.vqvae, layout.token_meta)
+    save_checkpoint(checkpoint_path(replay), Dreamer(conf, K, G, 1), None, 5)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dream")
+    data = make_dream_data(root)
+    return root, make_run(root, data)
+
+
+def _dream(root, run_id, out, *args):
+    return main(["--run", run_id, "--out", str(out), "--mlflow_dir", str(root / "mlruns"), "--seconds", "1",
+                 "--samples", "2", "--unconditional", "2", "--warm", "1", "--test_prompts", "2", "--real_clips", "3",
+                 "--interp_seconds", "0.4", "--griffin_lim_iters", "4", *args])
+
+
+def _wav(path):
+    wave, sr = sf.read(str(path))
+    return wave, sr
+
+
+def test_same_seed_same_tokens_for_both_world_models():
+    for kind in ("rssm", "transformer"):
+        conf = load_config(["defaults", "tiny"], ["--world_model", kind, "--context_steps", "16"])
+        model = Dreamer(conf, K, G, 1)
+        prompt = np.random.default_rng(0).integers(0, K, (8, G))
+        a, b = dream_tokens(model, prompt, 20, 3, 1.0, seed=7), dream_tokens(model, prompt, 20, 3, 1.0, seed=7)
+        c = dream_tokens(model, prompt, 20, 3, 1.0, seed=8)
+        assert a.shape == (3, 20, G) and (a == b).all() and not (a == c).all()
+
+
+def test_seed_fixes_the_cli_tokens_and_a_stereo_8k_prompt_works(tiny_run, tmp_path):
+    root, run_id = tiny_run
+    prompt = write_clip(tmp_path / "stereo8k.wav", seconds=1.5, rate=8000, channels=2)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert _dream(root, run_id, out, "--prompt", str(prompt), "--seed", "3", "--no_log") == 0
+    ta, tb = np.load(outs[0] / "tokens.npz"), np.load(outs[1] / "tokens.npz")
+    assert set(ta.files) == set(tb.files) and all((ta[k] == tb[k]).all() for k in ta.files)
+    wave, sr = _wav(outs[0] / "completions" / "00-stereo8k" / "prompt+dream-01.wav")
+    assert sr == 16000 and len(wave) == 32000 and np.abs(wave).max() > 1e-3
+
+
+@pytest.mark.parametrize("case", ["not audio", "missing prompt", "unknown run"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_run, tmp_path, capsys, case):
+    root, run_id = tiny_run
+    prompt = tmp_path / "notes.wav"
+    prompt.write_text("this is not audio")
+    args = {"not audio": ["--prompt", str(prompt)], "missing prompt": ["--prompt", str(tmp_path / "nope.wav")],
+            "unknown run": []}[case]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        _dream(root, "nosuchrun" if case == "unknown run" else run_id, out, *args)
+    err = capsys.readouterr().err
+    expected = {"not audio": "prompt " + str(prompt) + ": cannot decode", "missing prompt": "nope.wav: no such file",
+                "unknown run": "no MLflow run 'nosuchrun'"}[case]
+    assert e.value.code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
+    """launch.py on a ready token corpus: the run records its tokenizer, trains, dreams (wavs of the asked
+    length and rate, finite, not silent; pictures; the acoustic table; dream/* metrics), and says where."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    root, _ = tiny_run
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py"), "--configs", "defaults", "audio",
+           "tiny", "--data_dir", str(root / "data"), "--mlflow_dir", str(root / "mlruns"), "--codebook_size", str(K),
+           "--n_steps", "6", "--batch_size", "2", "--batch_length", "8", "--n_env_steps", "200", "--log_interval", "3",
+           "--eval_interval", "1000", "--save_interval", "6", "--generator_workers_eval", "0", "--dream_samples", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "recorded as artifact tokenizer/vqvae.pt" in out and "real-time factor" in out
+    assert "| spectral_entropy |" in out and "LSD dB @0.5s" in out
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("launch: dreams: wavs and PNGs in") and "mlflow ui --backend-store-uri" in last[1]
+    folder = Path(last[0].split(" in ", 1)[1].split(" (")[0])
+    wavs = sorted((folder / "unconditional").glob("*.wav")) + sorted((folder / "warm").glob("*.wav"))
+    assert len(wavs) == 3  # tiny: 2 dreams from the initial state, 1 after a warm-up
+    for path in wavs:
+        wave, sr = _wav(path)
+        assert sr == 16000 and len(wave) == 16000 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-3
+    completions = sorted(p for p in (folder / "completions").iterdir() if p.is_dir())
+    assert len(completions) == 2  # no prompt: two test utterances, beside their true continuation
+    wave, sr = _wav(completions[0] / "prompt+dream-01.wav")
+    assert len(wave) == 16000 + 16000  # 1 s prompt + 1 s dreamt
+    assert (completions[0] / "prompt+true.wav").exists() and completions[0].with_suffix(".png").exists()
+    assert {"unconditional.png", "interpolation.png", "interpolation.wav", "acoustics.md", "tokens.npz",
+            "acoustics_unconditional.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {"own", "swapped", "other", "real_other", "tokenizer"} == set(summary["completion_distance_by_horizon"])
+    run = mlflow.get_run(summary["run"])
+    assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
+    for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s"):
+        assert key in run.data.metrics
+
+
+def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
+    import mlflow
+    import torch
+
+    from pydreamer.runs import SHA_TAG, file_sha256, run_tokenizer
+
+    root, run_id = tiny_run
+    layout = DataLayout.of(root / "data")
+    conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(layout.root), "--mlflow_dir", str(root / "mlruns")])
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    save_vqvae(other, VQVAE(n_mels=80, channels=16, code_dim=8, codebook_size=K, tokens_per_step=G, time_downsample=4))
+    with start_or_resume_run(conf, run_id) as run:
+        assert "already recorded" in record_tokenizer(run, layout.vqvae, layout.token_meta)
+        assert record_tokenizer(run, other, layout.token_meta).startswith("WARNING")
+    run = mlflow.get_run(run_id)
+    tok = run_tokenizer(run, conf)
+    assert tok.where.startswith("run artifact") and file_sha256(tok.vqvae) == run.data.tags[SHA_TAG]
+    assert file_sha256(tok.vqvae) == file_sha256(layout.vqvae) != file_sha256(other)
