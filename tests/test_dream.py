@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_run, tmp_path, ca
     with pytest.raises(SystemExit) as e:
         _dream(root, "nosuchrun" if case == "unknown run" else run_id, out, *args)
     err = capsys.readouterr().err
-    expected = {"not audio": "prompt " + str(prompt) + ": cannot decode", "missing prompt": "nope.wav: no such file",
+    expected = {"not audio": "prompt " + str(prompt) + ": not audio", "missing prompt": "nope.wav: no such file",
                 "unknown run": "no MLflow run 'nosuchrun'"}[case]
     assert e.value.code == 2 and expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out*"))
