@@ -18,7 +18,7 @@ from pydreamer.generator import run_generator, run_worker, worker_budget
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint
 from pydreamer.train import EXIT_CANNOT_SAVE, main as learner_main
 from runtime.files import remove_stale_temporaries
-from test_learner import toy_conf
+from test_learner import learner_args, toy_conf
 from test_replay import fill_store, make_episode
 
 torch.set_num_threads(1)
@@ -87,9 +87,7 @@ def test_the_learner_trains_past_bad_episodes_and_names_them_in_mlflow(tmp_path,
              **{**make_episode(12, 0), "tokens": np.full((13, 2), 99, np.int16)})
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
-            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
-            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    args = learner_args(conf)
     assert learner_main(args + ["--n_steps", "20"]) == 0
     run_id = mlflow.last_active_run().info.run_id
     mlflow.end_run()
@@ -109,9 +107,7 @@ def test_a_resumed_learner_logs_each_step_once_and_the_eval_split_is_not_replaye
     assert run_worker(conf, conf.replay_dir, plan, None)["episodes"] == 0  # a resumed run: nothing replayed again
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
-            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
-            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    args = learner_args(conf)
     assert learner_main(args + ["--n_steps", "20"]) == 0
     run_id = mlflow.last_active_run().info.run_id
     mlflow.log_metrics({"train/loss_tokens": 9.0, "eval/nll_h1": 9.0}, step=30)  # logged, then killed before saving

@@ -26,6 +26,13 @@ def toy_conf(tmp_path, **kw):
     return conf
 
 
+def learner_args(conf) -> list[str]:
+    """The command line of a learner on the toy store of `toy_conf` (n_steps left to the caller)."""
+    return ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
+            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
+            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+
+
 @pytest.fixture
 def replay(tmp_path):
     """A toy replay store: 40 train and 4 eval episodes written by the generator."""
@@ -103,9 +110,7 @@ def test_main_logs_to_mlflow_and_resumes_the_same_run(replay, monkeypatch):
     conf = replay
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["--configs", "defaults", "tiny", "--env_id", "ToyTokens-v0", "--mlflow_dir", conf.mlflow_dir,
-            "--replay_dir", conf.replay_dir, "--log_interval", "10", "--eval_interval", "20", "--save_interval", "20",
-            "--eval_episodes", "4", "--batch_size", "4", "--batch_length", "8", "--data_workers", "0"]
+    args = learner_args(conf)
     assert main(args + ["--n_steps", "20"]) == 0
     run_id = mlflow.last_active_run().info.run_id
     mlflow.end_run()
