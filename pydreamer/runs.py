@@ -14,9 +14,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is built: compare and the run helpers start without it
+    import torch
 
 log = logging.getLogger(__name__)
 
