@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pydreamer.models import Dreamer
-from pydreamer.models.contrastive import ContrastiveHead, info_nce
+from pydreamer.models.contrastive import ContrastiveHead, info_nce, same_tokens
 from runtime.config import ConfigError, load_config
 from tests.test_learner import learner_args, replay  # noqa: F401 (the toy replay store fixture)
 from tests.test_models import fake_batch, tiny_conf
@@ -28,6 +28,14 @@ def test_info_nce_equals_the_hand_computed_value():
     loss, hit = info_nce(torch.eye(2), torch.eye(2), torch.arange(2), 1.0)
     assert torch.allclose(loss, torch.full((2,), math.log(1 + math.exp(-1))))
     assert hit.all()
+    # a key with the positive's very tokens is no negative: the loss is the one without that key
+    keys = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    tokens = torch.tensor([[3, 4], [5, 6], [7, 8], [5, 6]])  # key 3 repeats the positive's step
+    head = ContrastiveHead(2, 2, 2, temperature=0.5)
+    loss, _ = info_nce(query, keys, torch.tensor([1]), 0.5, same_tokens(tokens, torch.tensor([1])))
+    assert loss.item() == pytest.approx(by_hand, abs=1e-6)
+    assert same_tokens(tokens, torch.tensor([1])).tolist() == [[False, True, False, True]]
+    assert head.temperature.item() == pytest.approx(0.5)
 
 
 def test_info_nce_falls_when_features_match_their_embeddings():

@@ -5,6 +5,8 @@ step's features must pick out the embedding of that same step among the embeddin
 step and sequence of the batch (the negatives), so the latent keeps what tells steps apart without
 spending capacity on predicting every token. Both sides go through a learned linear projection
 onto the unit sphere; the logits are cosine similarities divided by a learned temperature.
+Steps whose tokens equal the positive's (silence, held sounds) are not counted as its negatives:
+their embeddings are identical, so pushing them apart could only add noise.
 """
 from __future__ import annotations
 
@@ -15,12 +17,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def info_nce(query: torch.Tensor, keys: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor | float
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce(query: torch.Tensor, keys: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor | float,
+             not_negative: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row InfoNCE loss (nats) and top-1 hit: query [N, D], keys [M, D] (both unit norm), target [N] indices
-    into keys (the positive of each row; every other key is a negative) -> (loss [N], hit [N] bool)."""
+    into keys (the positive of each row; every other key is a negative unless `not_negative` [N, M] says so)
+    -> (loss [N], hit [N] bool)."""
     logits = query.float() @ keys.float().T / temperature
+    if not_negative is not None:
+        positive = F.one_hot(target, keys.shape[0]).bool()
+        logits = logits.masked_fill(not_negative & ~positive, float("-inf"))
     return F.cross_entropy(logits, target, reduction="none"), logits.argmax(-1) == target
+
+
+def same_tokens(tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[N, M] bool: key step m has the same tokens as row n's positive (tokens [M, G] of the key steps)."""
+    return (tokens[target].unsqueeze(1) == tokens.unsqueeze(0)).all(-1)
 
 
 class ContrastiveHead(nn.Module):
@@ -42,8 +53,10 @@ class ContrastiveHead(nn.Module):
         """Embeddings [*B, E] -> unit keys [N, D], flattened in the order of `embed`'s leading dims."""
         return F.normalize(self.key(embed.reshape(-1, embed.shape[-1])).float(), dim=-1)
 
-    def loss(self, features: torch.Tensor, keys: torch.Tensor, target: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss [N] nats, hit [N]) of features [N, F] against `keys` [M, D], the positive of row i at target[i]."""
+    def loss(self, features: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
+             key_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss [N] nats, hit [N]) of features [N, F] against `keys` [M, D], the positive of row i at target[i];
+        with `key_tokens` [M, G], keys of steps with the positive's very tokens are no negatives."""
         query = F.normalize(self.query(features).float(), dim=-1)
-        return info_nce(query, keys, target, self.temperature)
+        exclude = same_tokens(key_tokens, target) if key_tokens is not None else None
+        return info_nce(query, keys, target, self.temperature, exclude)

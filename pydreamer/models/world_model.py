@@ -108,7 +108,8 @@ class WorldModel(nn.Module):
         if probe:  # the positive of step (t, b) is its own embedding; every other step of the batch is a negative
             keys = self.contrastive.keys(embed)
             loss, hit = self.contrastive.loss(features.reshape(-1, features.shape[-1]), keys,
-                                              torch.arange(keys.shape[0], device=keys.device))
+                                              torch.arange(keys.shape[0], device=keys.device),
+                                              tokens.reshape(-1, tokens.shape[-1]))
             nce.update(same=loss.mean(), acc=hit.float().mean())
         loss_overshoot = zero
         if (self.overshoot_steps > 1 or self.contrastive_steps >= 1) and tokens.shape[0] > 2:
@@ -172,7 +173,8 @@ class WorldModel(nn.Module):
                 total = total + (nll * alive).sum()
                 count = count + alive.sum()
             if k <= self.contrastive_steps:  # the step's true embedding sits at row (t0 + k) * B + b0 of keys
-                loss, _ = self.contrastive.loss(RSSM.features(state), keys, (t0 + k) * B + b0)
+                loss, _ = self.contrastive.loss(RSSM.features(state), keys, (t0 + k) * B + b0,
+                                                tokens.reshape(T * B, -1))
                 nce = nce + (loss * alive).sum()
                 nce_count = nce_count + alive.sum()
         return total / count.clamp_min(1), nce / nce_count.clamp_min(1)
