@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     previous_replay = run.data.tags.get("replay_dir") if resume_id else None
     replay_dir = Path(conf["replay_dir"] or previous_replay or local_artifact_dir(run) or "replay").resolve()
     replay_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tag("replay_dir", str(replay_dir))
+    from pydreamer.train import objective_tag
+
+    mlflow.set_tags({"replay_dir": str(replay_dir), "objective": objective_tag(conf)})
     print(f"launch: {'resuming' if resume_id else 'started'} run {run_id} (experiment '{conf.experiment}'), "
           f"replay store {replay_dir}", flush=True)
 

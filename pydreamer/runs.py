@@ -14,9 +14,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model is built: compare and the run helpers start without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def run_config(run) -> dict:
 
 
 # A run recorded before a key existed gets the value that reproduces what its code did.
-BEFORE_KEY = {"forecast_head": False, "token_head": "independent", "overshoot_steps": 0}
+BEFORE_KEY = {"forecast_head": False, "token_head": "independent", "overshoot_steps": 0,
+              "wm_objective": "reconstruction"}
 
 
 def open_run(run_id: str, mlflow_dir: str = "mlruns"):

@@ -186,6 +186,12 @@ class Learner:
 
 # ---- command line -------------------------------------------------------------------------
 
+def objective_tag(conf: Mapping[str, Any]) -> str:
+    """The run's `objective` tag (what trained the latent), so `mlflow ui` can group and filter runs by it.
+    The Transformer has no latent: its objective is its next-step cross-entropy, i.e. reconstruction."""
+    return "reconstruction" if conf["world_model"] == "transformer" else str(conf["wm_objective"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from envs import MissingTokensError, env_dims
     from runtime.config import parse_args
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in learner.model.parameters())
     log.info("learner on %s: %s, %.2fM parameters, replay store %s%s", device, dims, n_params / 1e6, replay_dir,
              f", resuming at step {learner.step}" if resumed else "")
-    mlflow.set_tags({"learner/device": str(device), "replay_dir": str(replay_dir)})
+    mlflow.set_tags({"learner/device": str(device), "replay_dir": str(replay_dir), "objective": objective_tag(conf)})
     mlflow.log_metrics({"train/model_params": float(n_params)}, step=learner.step)
 
     stop = {"flag": False}

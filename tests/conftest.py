@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,18 @@ def make_token_corpus(
             json.dumps({"codebook_size": codebook_size, "tokens_per_step": tokens_per_step, "steps_per_second": 25.0})
         )
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_in_its_test():
+    """MLflow 3's set_tracking_uri also exports MLFLOW_TRACKING_URI, which runtime.tracking lets win over
+    --mlflow_dir: without this, one test's temporary store would become the next test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

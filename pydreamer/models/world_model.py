@@ -1,4 +1,12 @@
-"""The world model: token encoder + RSSM + token decoder + reward and terminal heads, and its loss."""
+"""The world model: token encoder + RSSM + token decoder + reward and terminal heads, and its loss.
+
+`wm_objective` says what trains the latent (encoder + RSSM): `reconstruction` (DreamerV2) decodes each
+step's tokens from its features and forecasts them from the deterministic state; `contrastive`
+(Dreaming V2 style) uses InfoNCE between the features and the encoder's embedding of the same step
+(contrastive.py) instead, and the token heads become probes on detached features: they are trained
+alike in both, so evaluation and dreams read both models the same way, but in the contrastive
+objective no token-prediction gradient reaches the representation.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
@@ -7,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
 from .functions import LN2, categorical_kl
@@ -55,6 +64,12 @@ class WorldModel(nn.Module):
                                      head=conf["token_head"]) if conf["forecast_head"] else None
         self.overshoot_steps = int(conf["overshoot_steps"]) if self.forecast is not None else 0
         self.overshoot_starts = int(conf["overshoot_starts"])
+        self.objective = conf["wm_objective"]
+        self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, int(conf["contrastive_dim"]),
+                                           float(conf["contrastive_temperature"])) \
+            if self.objective == "contrastive" else None
+        self.contrastive_steps = int(conf["contrastive_steps"]) if self.contrastive is not None else 0
+        self.contrastive_weight = float(conf["contrastive_weight"])
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
 
@@ -71,7 +86,8 @@ class WorldModel(nn.Module):
         embed = self.encoder(tokens)
         states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
         features = RSSM.features(states)
-        token_logits = self.decoder(features, tokens)
+        probe = self.contrastive is not None  # token heads see detached features: they read the latent, not train it
+        token_logits = self.decoder(features.detach() if probe else features, tokens)
         nll = TokenDecoder.nll(token_logits, tokens)  # [T, B, G] nats
         loss_tokens = nll.sum(-1).mean()
         reward_pred = self.reward_head(features)
@@ -83,16 +99,26 @@ class WorldModel(nn.Module):
         kl_post = categorical_kl(post, prior.detach()).mean()
         free = self.free_nats
         loss_kl = self.kl_balance * kl_prior.clamp(min=free) + (1 - self.kl_balance) * kl_post.clamp(min=free)
-        loss_forecast = torch.zeros((), device=loss_tokens.device)
+        zero = torch.zeros((), device=loss_tokens.device)
+        loss_forecast = zero
         if self.forecast is not None:  # h_t has seen steps < t only: predicting step t from it is a forecast
-            forecast_nll = TokenDecoder.nll(self.forecast(states.deter, tokens), tokens)
-            loss_forecast = forecast_nll.sum(-1).mean()
-        loss_overshoot = torch.zeros((), device=loss_tokens.device)
-        if self.overshoot_steps > 1 and tokens.shape[0] > 2:
-            loss_overshoot = self._overshoot(states, tokens, batch["action"], batch["reset"].bool())
+            deter = states.deter.detach() if probe else states.deter
+            loss_forecast = TokenDecoder.nll(self.forecast(deter, tokens), tokens).sum(-1).mean()
+        nce = {"same": zero, "acc": zero, "multi": zero}
+        if probe:  # the positive of step (t, b) is its own embedding; every other step of the batch is a negative
+            keys = self.contrastive.keys(embed)
+            loss, hit = self.contrastive.loss(features.reshape(-1, features.shape[-1]), keys,
+                                              torch.arange(keys.shape[0], device=keys.device),
+                                              tokens.reshape(-1, tokens.shape[-1]))
+            nce.update(same=loss.mean(), acc=hit.float().mean())
+        loss_overshoot = zero
+        if (self.overshoot_steps > 1 or self.contrastive_steps >= 1) and tokens.shape[0] > 2:
+            loss_overshoot, nce["multi"] = self._overshoot(states, tokens, embed, batch["action"],
+                                                           batch["reset"].bool())
         loss = (
             loss_tokens
             + self.forecast_weight * (loss_forecast + loss_overshoot)
+            + self.contrastive_weight * (nce["same"] + nce["multi"])
             + self.reward_weight * loss_reward
             + self.terminal_weight * loss_terminal
             + self.kl_weight * loss_kl
@@ -110,33 +136,48 @@ class WorldModel(nn.Module):
                 "entropy_prior": _entropy(prior).mean(),
                 "entropy_post": _entropy(post).mean(),
             }
+            if probe:
+                metrics.update({"loss_contrastive": nce["same"].detach(), "acc_contrastive": nce["acc"],
+                                "loss_contrastive_multi": nce["multi"].detach(),
+                                "contrastive_temperature": self.contrastive.temperature.detach()})
         return WorldModelOutput(loss, states, last, prior, post, token_logits, metrics)
 
-    def _overshoot(self, states: State, tokens: torch.Tensor, action: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
-        """The forecast head's loss k = 2..K steps ahead, from states imagined with the prior.
+    def _overshoot(self, states: State, tokens: torch.Tensor, embed: torch.Tensor, action: torch.Tensor,
+                   reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses k steps ahead from states imagined with the prior: (forecast head, k = 2..overshoot_steps;
+        InfoNCE of the imagined features against the true embeddings at t+k, k = 1..contrastive_steps).
 
-        Evaluation asks the head for step t+k from a state the prior imagined k steps past the
-        last observation; trained on observed states alone (k = 1) it sees no such state, and
-        its forecasts fall below the unigram by h = 5. Starts are `overshoot_starts` random
-        (t, b) of the batch; a rollout stops counting at an episode boundary.
+        Evaluation asks the forecast head for step t+k from a state the prior imagined k steps past the
+        last observation; trained on observed states alone (k = 1) it sees no such state, and its
+        forecasts fall below the unigram by h = 5. The multi-step InfoNCE is what makes a contrastive
+        prior predict. Starts are `overshoot_starts` random (t, b) of the batch; a rollout stops
+        counting at an episode boundary. In the contrastive objective the forecast head is a probe.
         """
         T, B = tokens.shape[:2]
-        K = min(self.overshoot_steps, T - 1)
+        K = min(max(self.overshoot_steps, self.contrastive_steps), T - 1)
         n = self.overshoot_starts
         t0 = torch.randint(0, T - K, (n,), device=tokens.device)
         b0 = torch.randint(0, B, (n,), device=tokens.device)
         state = State(states.deter[t0, b0], states.stoch[t0, b0])
         alive = torch.ones(n, dtype=torch.bool, device=tokens.device)
-        total, count = torch.zeros((), device=tokens.device), torch.zeros((), device=tokens.device)
+        zero = torch.zeros((), device=tokens.device)
+        total, count, nce, nce_count = zero, zero, zero, zero
+        keys = self.contrastive.keys(embed) if self.contrastive_steps else None
         for k in range(1, K + 1):
             state, _ = self.rssm.imagine_step(state, action[t0 + k, b0])
             alive = alive & ~reset[t0 + k, b0]
-            if k >= 2:  # k = 1 is the observed path's forecast loss already
+            if 2 <= k <= self.overshoot_steps:  # k = 1 is the observed path's forecast loss already
                 target = tokens[t0 + k, b0]
-                nll = TokenDecoder.nll(self.forecast(state.deter, target), target).sum(-1)
+                deter = state.deter.detach() if self.contrastive is not None else state.deter
+                nll = TokenDecoder.nll(self.forecast(deter, target), target).sum(-1)
                 total = total + (nll * alive).sum()
                 count = count + alive.sum()
-        return total / count.clamp_min(1)
+            if k <= self.contrastive_steps:  # the step's true embedding sits at row (t0 + k) * B + b0 of keys
+                loss, _ = self.contrastive.loss(RSSM.features(state), keys, (t0 + k) * B + b0,
+                                                tokens.reshape(T * B, -1))
+                nce = nce + (loss * alive).sum()
+                nce_count = nce_count + alive.sum()
+        return total / count.clamp_min(1), nce / nce_count.clamp_min(1)
 
     @torch.no_grad()
     def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8) -> torch.Tensor:

@@ -1,0 +1,223 @@
+"""Runs side by side: which objective (or setting) forecasts better, at which horizon, at what cost.
+
+    python -m pydreamer.compare (--runs ID [ID ...] | --experiment NAME) [--out DIR] [--mlflow_dir mlruns]
+
+For each run: its `objective` tag, the config keys whose values differ between the runs, the test
+NLL (bits per token) and top-1 accuracy at h = 1, 5, 15 (`test/*`, written by
+`python -m pydreamer.evaluate`) beside the best per-position baseline on the same cells, a summary
+of the dream metrics (`dream/*`, written by `python -m pydreamer.dream` or at the end of
+launch.py), grad steps per second, parameters and wall-clock. A metric a run lacks is a dash.
+Prints a markdown table and writes it, a CSV of the same rows, and an overlay PNG of NLL against
+horizon for every run (the baselines dashed) to --out (default: ./comparison/).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydreamer.runs import RunError, run_config
+
+SHOW_HORIZONS = (1, 5, 15)
+# Bookkeeping that differs between any two runs and says nothing about what was trained.
+NOT_A_SETTING = {"run_name", "resume_id", "replay_dir", "mlflow_dir"}
+DASH = "-"
+
+
+def _runs_by_id(client, run_ids: Sequence[str], uri: str) -> list:
+    from runtime.tracking import find_run
+
+    runs = []
+    for run_id in run_ids:
+        run = find_run(run_id)
+        if run is None:
+            raise RunError(f"no MLflow run '{run_id}' in {uri}")
+        runs.append(run)
+    return runs
+
+
+def _runs_of_experiment(client, name: str, uri: str) -> list:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise RunError(f"no MLflow experiment '{name}' in {uri}")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+    if not runs:
+        raise RunError(f"MLflow experiment '{name}' in {uri} has no runs")
+    return list(runs)
+
+
+def horizons_of(metrics: dict[str, float], split: str = "test") -> list[int]:
+    """The horizons h with a `{split}/nll_h{h}` metric, ascending."""
+    pattern = re.compile(rf"^{split}/nll_h(\d+)$")
+    return sorted(int(m.group(1)) for m in map(pattern.match, metrics) if m)
+
+
+def best_baseline(metrics: dict[str, float], h: int, split: str = "test") -> tuple[str, float] | None:
+    """(name, NLL) of the baseline with the lowest `{split}/baseline/*/nll_h{h}`; None when there is none."""
+    found = [(name, curve[h]) for name, curve in baseline_curves(metrics, split).items() if h in curve]
+    return min(found, key=lambda x: x[1]) if found else None
+
+
+def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
+    """A few numbers for the dreams: the mean KS statistic of the acoustic metrics per dream group (0 = the
+    dreams' distribution matches real speech), the completion's LSD at its first window, the real-time factor."""
+    out: dict[str, float] = {}
+    ks: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == "dream" and parts[3] == "ks_stat":
+            ks.setdefault(parts[1], []).append(value)
+    for group, values in sorted(ks.items()):
+        out[f"dream {group} mean KS"] = statistics.fmean(values)
+    lsd = sorted((k for k in metrics if re.match(r"^dream/completion/own/lsd_h[\d.]+s$", k)),
+                 key=lambda k: float(k.rsplit("_h", 1)[1][:-1]))
+    if lsd:
+        out[f"dream completion LSD dB @{lsd[0].rsplit('_h', 1)[1]}"] = metrics[lsd[0]]
+    if "dream/realtime_factor" in metrics:
+        out["dream realtime factor"] = metrics["dream/realtime_factor"]
+    return out
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """Config keys whose values are not the same in every run (bookkeeping keys left out)."""
+    keys = sorted(set().union(*configs)) if configs else []
+    return [k for k in keys if k not in NOT_A_SETTING and len({str(c.get(k, DASH)) for c in configs}) > 1]
+
+
+def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[str, dict[int, float]],
+                                         dict[str, dict[int, float]]]:
+    """(column names, one row per run, each run's test NLL per horizon and the baselines' for the plot)."""
+    configs = [run_config(r) for r in runs]
+    differ = differing_keys(configs)
+    rows, curves, dream_cols, baselines = [], {}, [], {}
+    for run, conf in zip(runs, configs):
+        m = run.data.metrics
+        rid = run.info.run_id
+        row: dict[str, Any] = {"run": rid[:8], "name": run.info.run_name or DASH,
+                               "objective": run.data.tags.get("objective", conf.get("wm_objective", DASH))}
+        row.update({k: str(conf.get(k, DASH)) for k in differ})  # as configured, not rounded
+        for h in SHOW_HORIZONS:
+            row[f"nll h={h}"] = m.get(f"test/nll_h{h}")
+            row[f"acc h={h}"] = m.get(f"test/acc_h{h}")
+            base = best_baseline(m, h)
+            row[f"best baseline h={h}"] = f"{base[0]} {base[1]:.3f}" if base else None
+        dreams = dream_summary(m)
+        dream_cols += [k for k in dreams if k not in dream_cols]
+        row.update(dreams)
+        history = client.get_metric_history(rid, "train/grad_steps_per_sec")
+        row["grad steps/s"] = statistics.fmean(x.value for x in history) if history else None
+        row["parameters"] = int(m["train/model_params"]) if "train/model_params" in m else None
+        end = run.info.end_time
+        row["wall-clock min"] = (end - run.info.start_time) / 60000 if end and run.info.start_time else None
+        rows.append(row)
+        curves[f"{rid[:8]} ({row['objective']})"] = {h: m[f"test/nll_h{h}"] for h in horizons_of(m)}
+        if not baselines:  # the first run's: runs on the same data share them
+            baselines = baseline_curves(m)
+    columns = (["run", "name", "objective", *differ]
+               + [f"{q} h={h}" for h in SHOW_HORIZONS for q in ("nll", "acc", "best baseline")]
+               + dream_cols + ["grad steps/s", "parameters", "wall-clock min"])
+    return columns, rows, curves, baselines
+
+
+def baseline_curves(metrics: dict[str, float], split: str = "test") -> dict[str, dict[int, float]]:
+    """{baseline name: {h: NLL}} from a run's `{split}/baseline/{name}/nll_h{h}` metrics."""
+    out: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        m = re.match(rf"^{split}/baseline/(.+)/nll_h(\d+)$", key)
+        if m:
+            out.setdefault(m.group(1), {})[int(m.group(2))] = value
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "/") for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([[_cell(r.get(c)) for c in columns] for r in rows])
+
+
+def plot(path: Path, curves: dict[str, dict[int, float]], baselines: dict[str, dict[int, float]], title: str) -> None:
+    """NLL against horizon: every run solid, the first run's baselines dashed grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, baseline in sorted(baselines.items()):
+        if baseline:
+            hs = sorted(baseline)
+            ax.plot(hs, [baseline[h] for h in hs], ls="--", lw=1, color="0.6")
+            ax.annotate(name, (hs[-1], baseline[hs[-1]]), fontsize=7, color="0.4")
+    for name, curve in curves.items():
+        if curve:
+            hs = sorted(curve)
+            ax.plot(hs, [curve[h] for h in hs], lw=2, marker="o", ms=3, label=name)
+    ax.set(xlabel="horizon (steps)", ylabel="test NLL (bits per token)", title=title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pydreamer.compare", description=__doc__.split("\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--runs", nargs="+", metavar="ID", help="MLflow run ids of launch.py runs")
+    which.add_argument("--experiment", help="every run of this MLflow experiment")
+    parser.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: ./comparison)")
+    parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
+    args = parser.parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return _main(args)
+    except RunError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def _main(args) -> int:
+    import mlflow
+
+    from runtime.tracking import tracking_uri
+
+    uri = tracking_uri({"mlflow_dir": args.mlflow_dir})
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = _runs_by_id(client, args.runs, uri) if args.runs else _runs_of_experiment(client, args.experiment, uri)
+    columns, rows, curves, baselines = run_rows(client, runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(columns, rows)
+    note = ("NLL in bits per token (lower is better), accuracy top-1, on the test split; 'best baseline' is the "
+            "lowest-NLL per-position baseline on the same cells. A dash: the run has no such metric "
+            "(run python -m pydreamer.evaluate / pydreamer.dream on it).")
+    (out / "comparison.md").write_text(table + "\n\n" + note + "\n")
+    write_csv(out / "comparison.csv", columns, rows)
+    plot(out / "comparison.png", curves, baselines, f"{len(runs)} runs: test NLL against horizon")
+    print(table)
+    print(f"\n{note}\ncompare: {len(runs)} runs -> {out.resolve()}/comparison.md, comparison.csv, comparison.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`python -m pydreamer.compare`: runs side by side, differing keys, dashes for missing metrics, bad input."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pydreamer.compare import differing_keys, dream_summary, main
+from runtime.config import load_config
+from runtime.tracking import params_of, setup_mlflow
+
+
+def _log_run(store, objective: str, metrics: dict[str, float], **params) -> str:
+    """A finished run as launch.py + evaluate + dream leave it: the config as params, the objective tag, metrics."""
+    import mlflow
+
+    conf = load_config(["defaults", "audio", "tiny"] + (["contrastive"] if objective == "contrastive" else []))
+    conf.update(params)
+    setup_mlflow({"mlflow_dir": str(store), "experiment": "ab"})
+    with mlflow.start_run() as run:
+        mlflow.log_params(params_of(conf))
+        mlflow.set_tag("objective", objective)
+        mlflow.log_metrics(metrics, step=200)
+        for step, rate in ((20, 4.0), (40, 6.0)):
+            mlflow.log_metric("train/grad_steps_per_sec", rate, step=step)
+    return run.info.run_id
+
+
+def _metrics(nll1: float) -> dict[str, float]:
+    m = {"train/model_params": 12345.0, "dream/realtime_factor": 3.0,
+         "dream/unconditional/pitch/ks_stat": 0.2, "dream/unconditional/voiced/ks_stat": 0.4,
+         "dream/completion/own/lsd_h0.4s": 9.5, "dream/completion/own/lsd_h1.2s": 11.0}
+    for h in range(1, 16):
+        m[f"test/nll_h{h}"] = nll1 + 0.1 * h
+        m[f"test/acc_h{h}"] = 0.5 - 0.01 * h
+        m[f"test/baseline/bigram/nll_h{h}"] = 3.0 + 0.05 * h
+        m[f"test/baseline/unigram/nll_h{h}"] = 3.5
+    return m
+
+
+def test_compare_prints_both_runs_with_their_differing_keys(tmp_path, capsys):
+    store = tmp_path / "mlruns"
+    a = _log_run(store, "reconstruction", _metrics(2.0))
+    b = _log_run(store, "contrastive", {"test/nll_h1": 2.2, "train/model_params": 20000.0}, adam_lr=1e-3)
+    out = tmp_path / "cmp"
+    assert main(["--runs", a, b, "--mlflow_dir", str(store), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    header, _, row_a, row_b = text.splitlines()[:4]
+    for key in ("wm_objective", "adam_lr", "configs", "nll h=1", "best baseline h=5", "grad steps/s", "parameters",
+                "dream unconditional mean KS", "dream completion LSD dB @0.4s"):
+        assert key in header
+    assert "hidden_dim" not in header  # the same in both: not a difference
+    assert a[:8] in row_a and "reconstruction" in row_a and "2.100" in row_a and "bigram 3.050" in row_a
+    assert "0.300" in row_a and "5.000" in row_a  # mean KS of the group, mean grad steps/s over the run
+    assert b[:8] in row_b and "contrastive" in row_b and "2.200" in row_b and "| 0.001 |" in row_b
+    assert row_b.count("| - ") >= 5  # what run B never measured is a dash, not an error
+    assert {p.name for p in out.iterdir()} == {"comparison.md", "comparison.csv", "comparison.png"}
+    csv_lines = (out / "comparison.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("run,name,objective,")
+    # the experiment picks up the same runs, in the order they started
+    assert main(["--experiment", "ab", "--mlflow_dir", str(store), "--out", str(out)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert a[:8] in rows[2] and b[:8] in rows[3]
+
+
+def test_compare_of_ten_runs_takes_seconds(tmp_path, capsys):
+    store = tmp_path / "mlruns"
+    ids = [_log_run(store, "reconstruction", _metrics(2.0 + i / 10), seed=i) for i in range(10)]
+    t0 = time.time()
+    assert main(["--runs", *ids, "--mlflow_dir", str(store), "--out", str(tmp_path / "cmp")]) == 0
+    assert time.time() - t0 < 10
+    assert len(capsys.readouterr().out.splitlines()) >= 12
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown run", "no MLflow run 'nosuchrun'"),
+    ("empty experiment", "MLflow experiment 'empty' in"),
+    ("unknown experiment", "no MLflow experiment 'nosuch'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
+    store = tmp_path / "mlruns"
+    setup_mlflow({"mlflow_dir": str(store), "experiment": "empty"})
+    which = {"unknown run": ["--runs", "nosuchrun"], "empty experiment": ["--experiment", "empty"],
+             "unknown experiment": ["--experiment", "nosuch"]}[case]
+    with pytest.raises(SystemExit) as e:
+        main([*which, "--mlflow_dir", str(store), "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_differing_keys_and_dream_summary():
+    assert differing_keys([{"a": 1, "b": 2, "run_name": "x"}, {"a": 1, "b": 3, "run_name": "y"}]) == ["b"]
+    assert differing_keys([{"a": 1}, {"a": 1, "c": 0}]) == ["c"]
+    assert dream_summary({}) == {}
+    assert dream_summary({"dream/warm/pitch/ks_stat": 0.5}) == {"dream warm mean KS": 0.5}
