@@ -43,7 +43,11 @@ class TokenDecoder(nn.Module):
         offsets = torch.arange(self.tokens_per_step, device=tokens.device) * self.n_tokens
         emb = self.prefix(tokens + offsets)  # [*B, G, H]
         before = emb.cumsum(-2) - emb  # tokens 0..g-1 of the step, summed
-        return self.out(F.elu(self.norm(self.net(features).unsqueeze(-2) + before + self.position))).float()
+        return self._logits(self.net(features).unsqueeze(-2) + before + self.position)
+
+    def _logits(self, context: torch.Tensor) -> torch.Tensor:
+        """Autoregressive head: the codebook logits of a token from its context (trunk + earlier tokens + position)."""
+        return self.out(F.elu(self.norm(context))).float()
 
     def sample(self, features: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Imagine a step's tokens: (probs [*B, G, K] of each token given the draws before it, tokens [*B, G]).
@@ -59,8 +63,7 @@ class TokenDecoder(nn.Module):
         context = torch.zeros_like(trunk)
         probs, tokens = [], []
         for g in range(self.tokens_per_step):
-            logits = self.out(F.elu(self.norm(trunk + context + self.position[g]))).float()
-            p = torch.softmax(logits, -1)
+            p = torch.softmax(self._logits(trunk + context + self.position[g]), -1)
             x = _draw(p, temperature)
             context = context + self.prefix(x + g * self.n_tokens)
             probs.append(p)

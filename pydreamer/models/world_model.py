@@ -183,15 +183,18 @@ class WorldModel(nn.Module):
     def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8) -> torch.Tensor:
         """Predictive token probabilities one step ahead [T, B, G, K].
 
-        Step t is predicted from h_t (which saw steps < t): by the forecast head, or else by
-        the decoder of z_t drawn from the prior, averaged over `n_samples` draws.
+        Step t is predicted from h_t (which saw steps < t): by the forecast head, which reads h_t
+        alone (exact when its tokens are independent; else averaged over `n_samples` draws of the
+        step's earlier tokens), or else by the decoder of z_t drawn from the prior, averaged over
+        `n_samples` draws.
         """
+        if self.forecast is not None:
+            n = n_samples if self.forecast.autoregressive else 1
+            return sum(self.forecast.sample(states.deter)[0] for _ in range(n)) / n
         probs = None
         for z in self.rssm.sample_prior(prior_logits, n_samples):
-            p = self.predict_tokens(State(states.deter, z.to(states.deter.dtype)))
+            p = self.decoder.sample(torch.cat([states.deter, z.to(states.deter.dtype)], -1))[0]
             probs = p if probs is None else probs + p
-            if self.forecast is not None and not self.forecast.autoregressive:
-                return probs  # exact: nothing left to average over
         return probs / n_samples
 
     def predict_tokens(self, state: State) -> torch.Tensor:
