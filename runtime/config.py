@@ -153,7 +153,7 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     overshoot_starts deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
-    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim""".split()
+    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_samples evaluate_horizons""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips
     contrastive_steps""".split()
@@ -228,8 +228,9 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("wm_objective", "the Transformer world model has no latent to train contrastively (use world_model rssm)")
     if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
         raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")
-    if "dream_at_end" in conf and not isinstance(conf["dream_at_end"], bool):
-        raise bad("dream_at_end", "expected true or false")
+    for key in ("dream_at_end", "evaluate_at_end"):
+        if key in conf and not isinstance(conf[key], bool):
+            raise bad(key, "expected true or false")
     if "device" in conf:
         _check_device(str(conf["device"]))
 
