@@ -67,43 +67,41 @@ def record_run_tokenizer(run, conf) -> bool:
     return True
 
 
-def dream_at_end(conf, run_id: str, out: Path) -> int:
-    """`python -m pydreamer.dream` sized by the dream_* keys, in this process with every core (the children
-    have stopped; no second interpreter to start). Returns its exit code (2: bad input, 1: it crashed)."""
-    from pydreamer import dream
+def run_at_end(name: str, main, args: list[str]) -> int:
+    """A finished run's follow-up command (`main(args)` of pydreamer.evaluate or .dream) in this process with
+    every core: the children have stopped, and no second interpreter has to start. Returns its exit code
+    (2: bad input, 1: it crashed); a failure must not hide that the training finished."""
     from runtime.processes import set_torch_threads
 
     set_torch_threads(cpu_cores())
-    args = ["--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
-            "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
-            "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
-            "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
-            "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])]
     try:
-        return dream.main(args)
+        return main(args)
     except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # a failed dream must not hide that the training finished
-        print(f"launch: dream: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except Exception as e:
+        print(f"launch: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
+
+
+def dream_at_end(conf, run_id: str, out: Path) -> int:
+    """`python -m pydreamer.dream` sized by the dream_* keys."""
+    from pydreamer import dream
+
+    return run_at_end("dream", dream.main, [
+        "--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
+        "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
+        "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
+        "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
+        "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])])
 
 
 def evaluate_at_end(conf, run_id: str) -> int:
-    """`python -m pydreamer.evaluate` on the test split, in this process with every core (the children have
-    stopped). Returns its exit code (2: bad input, 1: it crashed)."""
+    """`python -m pydreamer.evaluate` on the test split, sized by the evaluate_* keys."""
     from pydreamer import evaluate
-    from runtime.processes import set_torch_threads
 
-    set_torch_threads(cpu_cores())
-    args = ["--run", run_id, "--split", "test", "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
-            "--samples", str(conf["evaluate_samples"]), "--horizons", str(conf["evaluate_horizons"])]
-    try:
-        return evaluate.main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    except Exception as e:  # a failed evaluation must not hide that the training finished
-        print(f"launch: evaluate: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+    return run_at_end("evaluate", evaluate.main, [
+        "--run", run_id, "--split", "test", "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
+        "--samples", str(conf["evaluate_samples"]), "--horizons", str(conf["evaluate_horizons"])])
 
 
 def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
