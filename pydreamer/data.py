@@ -7,11 +7,16 @@ episode. So batch k+1 continues batch k column by column, and the learner can ca
 recurrent state from one batch to the next (truncated BPTT), zeroing it where `reset` is set.
 
 Episodes are sampled with probability proportional to their length (every stored step is
-equally likely to be trained on). The store is rescanned every `reload_interval` seconds,
-so episodes written by running generators join the sampling. A lane holds one episode at a
-time and the index of the store is a few integers per episode, so memory stays bounded as
-the store grows. A file that cannot be read is skipped with a warning, counted, and never
-sampled again.
+equally likely to be trained on). The store is listed again every `reload_interval` seconds,
+incrementally (only the names after the last one seen in each worker folder: on S3 one request per
+worker folder, not a relisting of the bucket), so episodes written by running generators join the
+sampling. The store may be a folder or an `s3://bucket/prefix` (runtime/storage.py); a reader of a
+bucket keeps the bytes of the episodes it read in a bounded cache (`cache_mb`), since episodes never
+change once written, and draws its episodes `read_ahead` draws early, so their objects are fetched
+on the cache's threads while the lanes use the ones drawn before. A lane holds one episode at a time and the index of the store is a few
+integers per episode, so memory stays bounded as the store grows. A file that cannot be read
+(damaged, or deleted after it was listed) is skipped with a warning, counted, and never sampled
+again.
 
 Several DataLoader workers each run their own lanes from their own random stream; every
 batch says which worker made it (`worker`), and consecutive batches of one worker continue
@@ -19,6 +24,7 @@ each other. The learner keeps one carried state per worker, as pydreamer does.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from pathlib import Path
@@ -28,7 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pydreamer.episodes import STEP_KEYS, EpisodeError, episode_filename, iter_episode_names, load_episode
+from pydreamer.episodes import STEP_KEYS, EpisodeError, EpisodeListing, episode_filename, load_episode
+from runtime.storage import ByteCache, RemotePath, store_path
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,8 @@ class ReplayStoreIndex:
     """
 
     def __init__(self, folder: Path | str):
-        self.folder = Path(folder)
+        self.folder = store_path(folder)
+        self.listing = EpisodeListing(self.folder)
         self.subdirs: list[str] = []
         self.subdir = np.zeros(0, np.int32)
         self.worker = np.zeros(0, np.int32)
@@ -51,33 +59,46 @@ class ReplayStoreIndex:
         self.length = np.zeros(0, np.int64)
         self.odd_names: dict[int, str] = {}
         self.bad: set[tuple[str, int, int]] = set()  # (subdir, worker, index) of unusable files
+        self.usable = np.zeros(0, bool)
         self._cum = np.zeros(0, np.float64)
 
     def __len__(self) -> int:
-        return len(self.length)
+        return int(self.usable.sum())
 
     def scan(self) -> int:
-        """Re-list the folder; returns the number of usable episodes."""
-        subdirs: dict[str, int] = {}
+        """Add the episodes that appeared since the last scan (incremental listing); returns the number
+        of usable episodes."""
+        subdirs = {sub: s for s, sub in enumerate(self.subdirs)}
         rows: list[tuple[int, int, int, int]] = []
-        odd: dict[int, str] = {}
-        for rel, (w, i, n) in iter_episode_names(self.folder):
+        first = len(self.length)
+        for rel, (w, i, n) in self.listing.new():
             sub, _, name = rel.rpartition("/")
             s = subdirs.setdefault(sub, len(subdirs))
             if (sub, w, i) in self.bad:
                 continue
             if name != episode_filename(w, i, n):
-                odd[len(rows)] = name
+                self.odd_names[first + len(rows)] = name
             rows.append((s, w, i, n))
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
         self.subdirs = list(subdirs)
-        self.subdir, self.worker = arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32)
-        self.index, self.length = arr[:, 2], arr[:, 3]
-        self.odd_names = odd
-        self._cum = np.cumsum(self.length + 1, dtype=np.float64)  # weight = rows = T + 1
-        return len(rows)
+        if rows:
+            arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+            self.subdir = np.concatenate([self.subdir, arr[:, 0].astype(np.int32)])
+            self.worker = np.concatenate([self.worker, arr[:, 1].astype(np.int32)])
+            self.index, self.length = np.concatenate([self.index, arr[:, 2]]), np.concatenate([self.length, arr[:, 3]])
+            self.usable = np.concatenate([self.usable, np.ones(len(rows), bool)])
+            self._weigh()
+        return len(self)
 
-    def path(self, k: int) -> Path:
+    def drop(self, k: int) -> None:
+        """Never sample episode k again (its file cannot be used)."""
+        self.bad.add(self.key(k))
+        self.usable[k] = False
+        self._weigh()
+
+    def _weigh(self) -> None:
+        self._cum = np.cumsum(np.where(self.usable, self.length + 1, 0), dtype=np.float64)  # weight = rows = T + 1
+
+    def path(self, k: int) -> Path | RemotePath:
         name = self.odd_names.get(k) or episode_filename(int(self.worker[k]), int(self.index[k]), int(self.length[k]))
         sub = self.subdirs[self.subdir[k]]
         return self.folder / sub / name if sub else self.folder / name
@@ -123,17 +144,23 @@ class ReplayReader(IterableDataset):
         seed: int | None = None,
         skip_first: bool = True,
         n_tokens: int | None = None,
+        cache_mb: float = 512.0,
+        read_ahead: int = 64,
     ):
         super().__init__()
         if batch_size < 1 or batch_length < 1:
             raise ValueError(f"batch_size and batch_length must be positive, not {batch_size} x {batch_length}")
-        self.folder = Path(replay_dir) / subdir
+        self.folder = store_path(replay_dir) / subdir
         self.batch_size, self.batch_length = int(batch_size), int(batch_length)
         self.reload_interval = float(reload_interval)
         self.wait_seconds = float(wait_seconds)
         self.seed = seed
         self.skip_first = skip_first
         self.n_tokens = n_tokens  # token ids must lie below this (the codebook size), when given
+        self.cache_mb = float(cache_mb)  # per process, for a bucket only (the OS caches local files)
+        self.cache: ByteCache | None = None  # made in __iter__, in the process that reads
+        self.read_ahead = int(read_ahead)  # a bucket: episodes drawn ahead of use, fetched meanwhile
+        self._ahead: collections.deque[int] = collections.deque()
         self.n_skipped = 0  # unusable files met by this process
         self.new_skips: list[str] = []  # their "path: reason" lines, handed on with the next batch
         self.n_loaded = 0
@@ -160,10 +187,12 @@ class ReplayReader(IterableDataset):
         while True:
             if len(index) == 0:
                 self._wait_for_episodes(index)
-            k = index.sample(rng)
+            k = self._draw(index, rng)
+            if not index.usable[k]:  # drawn ahead, found unusable since
+                continue
             path = index.path(k)
             try:
-                ep = load_episode(path, keys=STEP_KEYS, n_tokens=self.n_tokens)
+                ep = load_episode(path, keys=STEP_KEYS, n_tokens=self.n_tokens, cache=self.cache)
                 if like is not None:
                     for key in ("tokens", "action"):
                         if ep[key].shape[1:] != like[key].shape[1:]:
@@ -176,9 +205,19 @@ class ReplayReader(IterableDataset):
             except EpisodeError as e:
                 self.n_skipped += 1
                 self.new_skips.append(str(e))
-                index.bad.add(index.key(k))
+                index.drop(k)
                 log.warning("skipping episode file (%d skipped so far): %s", self.n_skipped, e)
-                index.scan()
+
+    def _draw(self, index: ReplayStoreIndex, rng: np.random.Generator) -> int:
+        """The next episode to read: sampled now, or from a bucket `read_ahead` draws ago, its object
+        fetched on the cache's threads since."""
+        if self.cache is None or self.read_ahead <= 0:
+            return index.sample(rng)
+        while len(self._ahead) < self.read_ahead:
+            k = index.sample(rng)
+            self._ahead.append(k)
+            self.cache.prefetch(str(index.path(k)))
+        return self._ahead.popleft()
 
     # ---- batches ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -189,6 +228,9 @@ class ReplayReader(IterableDataset):
         else:
             rng = np.random.default_rng(info.seed if info else None)
         index = ReplayStoreIndex(self.folder)
+        remote = isinstance(self.folder, RemotePath) and self.cache_mb > 0
+        self.cache = ByteCache(int(self.cache_mb * 2**20)) if remote else None
+        self._ahead.clear()
         self._wait_for_episodes(index)
         last_scan = self.clock()
         lanes = [_Lane() for _ in range(self.batch_size)]
@@ -234,9 +276,10 @@ def _init_worker(_: int) -> None:
 
 
 def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes",
-                       n_tokens: int | None = None) -> DataLoader:
+                       n_tokens: int | None = None, cache_mb: float = 512.0) -> DataLoader:
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
-    (episodes with token ids at or above `n_tokens` are skipped, when given)."""
+    (episodes with token ids at or above `n_tokens` are skipped, when given; a bucket's episodes are
+    cached in each worker, up to `cache_mb`)."""
     reader = ReplayReader(
         replay_dir,
         subdir=subdir,
@@ -246,6 +289,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         wait_seconds=conf["learner_wait_s"],
         seed=conf["seed"],
         n_tokens=n_tokens,
+        cache_mb=cache_mb,
     )
     workers = int(conf["data_workers"])
     return DataLoader(

@@ -8,18 +8,22 @@ An episode of T env steps has T+1 rows (row 0 is the observation after reset):
 - ids as 0-d arrays: `utterance_id` (unicode), `worker`, `episode`, `split`.
 
 The file name `w<worker>-e<episode>-n<T>.npz` carries what the reader needs to sample by
-length without opening the file. Files are written to a temporary name and renamed.
+length without opening the file. Files are written to a temporary name and renamed; in a bucket
+(`s3://...`, see runtime/storage.py) each is one PUT of the whole object. Either way a reader sees
+an episode whole or not at all.
 """
 from __future__ import annotations
 
-import os
+import io
 import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from runtime import storage
 from runtime.files import atomic_save_npz
+from runtime.storage import RemotePath, store_path
 
 STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
 _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
@@ -41,8 +45,8 @@ def parse_episode_filename(name: str) -> tuple[int, int, int] | None:
 
 
 def save_episode(path: Path | str, episode: dict) -> Path:
-    """Check and write one episode atomically (temporary name, then rename)."""
-    path = Path(path)
+    """Check and write one episode atomically (temporary name, then rename; on S3 a single PUT)."""
+    path = store_path(path)
     missing = [k for k in STEP_KEYS if k not in episode]
     if missing:
         raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
@@ -54,17 +58,33 @@ def save_episode(path: Path | str, episode: dict) -> Path:
     for k, v in arrays.items():
         if v.dtype == object:
             raise EpisodeError(f"{path}: '{k}' holds Python objects; episodes are plain arrays")
-    atomic_save_npz(path, **arrays)
+    if isinstance(path, RemotePath):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        storage.write_bytes_atomic(path, buf.getvalue())
+    else:
+        atomic_save_npz(path, **arrays)
     return path
 
 
-def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens: int | None = None) -> dict:
+def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens: int | None = None,
+                 cache: storage.ByteCache | None = None) -> dict:
     """The arrays of one episode file (all, or `keys` plus the per-step ones: reading fewer is
     faster), checked with `check_episode` (token ids below `n_tokens` when given); raises
-    EpisodeError naming the file when it cannot be used."""
-    path = Path(path)
+    EpisodeError naming the file when it cannot be used. An `s3://` episode is read whole (one GET,
+    or none when `cache` holds its bytes) and opened from memory."""
+    path = store_path(path)
+    source: Any = path
+    head: bytes | None = None
+    if isinstance(path, RemotePath):
+        try:
+            source = storage.read_bytes(path, cache=cache)
+        except (FileNotFoundError, PermissionError) as e:  # listed, then deleted; or refused: as for a file
+            raise EpisodeError(f"{path}: unreadable ({e.strerror or e})") from None
+        head = source[:4]
+        source = io.BytesIO(source)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(source, allow_pickle=False) as z:
             missing = [k for k in STEP_KEYS if k not in z.files]
             if missing:
                 raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
@@ -73,7 +93,7 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     except EpisodeError:
         raise
     except Exception as e:  # truncated zip, bad header, pickled member, missing file ...
-        raise EpisodeError(f"{path}: {_unreadable_reason(path, e)}") from None
+        raise EpisodeError(f"{path}: {_unreadable_reason(path, e, head)}") from None
     rows = data["reward"].shape[0] if data["reward"].ndim else -1
     bad = [k for k in STEP_KEYS if data[k].ndim == 0 or data[k].shape[0] != rows]
     if bad or rows < 1:
@@ -82,13 +102,15 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     return data
 
 
-def _unreadable_reason(path: Path, error: Exception) -> str:
-    """Why np.load failed, in words: no bytes, not an npz at all, or an npz cut short or damaged."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
+def _unreadable_reason(path: Path, error: Exception, head: bytes | None = None) -> str:
+    """Why np.load failed, in words: no bytes, not an npz at all, or an npz cut short or damaged
+    (`head`: the first bytes, when they were read already)."""
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError as e:
+            return f"unreadable ({e.strerror or e})"
     if not head:
         return "empty file (0 bytes)"
     if head != b"PK\x03\x04":
@@ -123,38 +145,57 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
 def iter_episode_names(folder: Path | str) -> Iterator[tuple[str, tuple[int, int, int]]]:
     """(relative path, (worker, index, length)) of every episode under `folder` and its worker folders.
 
-    Uses os.scandir (no stat calls), so listing a store of 100,000 episodes stays cheap.
+    Lists names only (locally os.scandir without stat calls; on S3 ListObjectsV2 pages), so listing
+    a store of 100,000 episodes stays cheap. A reader that lists again and again uses EpisodeListing.
     """
-    folder = Path(folder)
-    try:
-        top = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    for entry in top:
-        if entry.is_dir():
-            try:
-                inner = list(os.scandir(entry.path))
-            except FileNotFoundError:
-                continue
-            for f in inner:
-                parsed = parse_episode_filename(f.name)
-                if parsed:
-                    yield f"{entry.name}/{f.name}", parsed
-        else:
-            parsed = parse_episode_filename(entry.name)
+    yield from EpisodeListing(folder).new()
+
+
+class EpisodeListing:
+    """The episodes of a store folder, listed incrementally: each `new()` returns only those that
+    appeared since the last call.
+
+    It remembers, per worker folder, the last name it saw. A generator writes a worker folder's
+    episodes in order of their index, zero-padded in the name (up to 999,999 per worker), so new
+    names sort after the last one seen: on S3, `new()` costs one delimiter listing of the folder (to
+    find new worker folders) plus one ListObjectsV2 with `StartAfter` per worker folder, whatever
+    the store holds already. (Locally a folder is one scandir anyway; the same rule filters it.)
+    Episodes deleted after they were listed are not noticed here: reading them fails, and the
+    replay reader skips them.
+    """
+
+    def __init__(self, folder: Path | str):
+        self.folder = store_path(folder)
+        self.last: dict[str, str] = {}  # worker folder ('' for the top folder) -> the last name seen
+
+    def new(self) -> list[tuple[str, tuple[int, int, int]]]:
+        out: list[tuple[str, tuple[int, int, int]]] = []
+        top = storage.list_after(self.folder)
+        fresh = [(name, size) for name, size in top.files if name > self.last.get("", "")]
+        self._take("", fresh, out)
+        for sub in top.folders:
+            self._take(sub, storage.list_after(self.folder / sub, self.last.get(sub, "")).files, out)
+        return out
+
+    def _take(self, sub: str, files: list[tuple[str, int]], out: list) -> None:
+        if not files:
+            return
+        self.last[sub] = files[-1][0]
+        for name, _ in files:
+            parsed = parse_episode_filename(name)
             if parsed:
-                yield entry.name, parsed
+                out.append((f"{sub}/{name}" if sub else name, parsed))
 
 
 def list_episodes(folder: Path | str) -> list[Path]:
     """Every episode file under `folder` (`folder/*.npz` and `folder/<worker>/*.npz`), sorted."""
-    folder = Path(folder)
+    folder = store_path(folder)
     return sorted(folder / rel for rel, _ in iter_episode_names(folder))
 
 
 def episode_length(path: Path | str) -> int:
     """Env steps T of an episode, from its file name."""
-    parsed = parse_episode_filename(Path(path).name)
+    parsed = parse_episode_filename(store_path(path).name)
     if parsed is None:
         raise EpisodeError(f"{path}: not an episode file name (expected w<worker>-e<index>-n<length>.npz)")
     return parsed[2]

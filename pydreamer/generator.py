@@ -10,6 +10,7 @@ Run all workers (as processes) and wait:
     python -m pydreamer.generator --configs defaults audio tiny --replay_dir DIR
 Run one worker here, e.g. worker 3 of 8 on another machine sharing the store:
     python -m pydreamer.generator --configs defaults audio --replay_dir DIR --worker 3 --n_workers 8
+The store may be a bucket shared by machines: `--replay_dir s3://bucket/prefix` (runtime/storage.py).
 """
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_na
 from pydreamer.policy import make_policy
 from runtime.files import remove_stale_temporaries
 from runtime.processes import Child, set_torch_threads
+from runtime.storage import store_path
 
 log = logging.getLogger("pydreamer.generator")
 
 SUBDIRS = {"train": "episodes", "val": "episodes_eval"}
 
 
-def _next_episode_index(folder: Path) -> int:
+def _next_episode_index(folder) -> int:
     """Continue after the episodes already there, so a restarted worker never overwrites one."""
     indices = [parsed[1] for rel, parsed in iter_episode_names(folder)]
     return max(indices) + 1 if indices else 0
@@ -104,7 +106,7 @@ def run_generator(
     if not isinstance(env.action_space, spaces.Discrete):
         raise TypeError(f"{conf['env_id']}: generators support Discrete action spaces, not {env.action_space}")
     n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
-    folder = Path(replay_dir) / SUBDIRS[split] / f"w{worker}"
+    folder = store_path(replay_dir) / SUBDIRS[split] / f"w{worker}"
     folder.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(folder)  # half-written episodes of a worker killed with kill -9
     if stale:
@@ -192,7 +194,7 @@ def run_worker(conf: Mapping[str, Any], replay_dir: Path | str, entry: Mapping[s
     if "n_episodes" in entry and entry["n_episodes"] is None:
         entry["n_episodes"] = one_pass_episodes(conf, entry["split"], entry["worker"], entry["n_workers"])
     if entry["split"] == "val":  # the eval set is made once: a resumed run does not replay it into the store again
-        folder = Path(replay_dir) / SUBDIRS["val"] / f"w{entry['worker']}"
+        folder = store_path(replay_dir) / SUBDIRS["val"] / f"w{entry['worker']}"
         have = [parsed[2] for _, parsed in iter_episode_names(folder)]
         budget = "n_episodes" if "n_episodes" in entry else "n_steps"
         entry[budget] -= len(have) if budget == "n_episodes" else sum(have)

@@ -23,6 +23,7 @@ from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restor
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.models.functions import sample_one_hot
 from pydreamer.models.rssm import RSSM
+from runtime.storage import stat_token, store_path
 
 log = logging.getLogger("pydreamer.policy")
 
@@ -63,7 +64,7 @@ class PrefilledNetworkPolicy:
 
     def __init__(self, conf: Mapping[str, Any], observation_space, action_space, checkpoint_path: Path,
                  seed: int | None = None, reload_interval: int = 1000):
-        self.checkpoint_path = Path(checkpoint_path)
+        self.checkpoint_path = store_path(checkpoint_path)
         self.random = RandomPolicy(conf, observation_space, action_space, seed=seed)
         self.network = NetworkPolicy(conf, observation_space, action_space, self.checkpoint_path)
         self.reload_interval = int(reload_interval)
@@ -74,7 +75,7 @@ class PrefilledNetworkPolicy:
     def reset(self) -> None:
         if self._steps_since_check >= self.reload_interval:
             self._steps_since_check = 0
-            if self.checkpoint_path.exists():
+            if _exists(self.checkpoint_path):
                 self.use_network = True
                 if self.network.reload():
                     self.n_reloads += 1
@@ -91,6 +92,14 @@ class PrefilledNetworkPolicy:
     def __call__(self, obs: dict) -> int:
         self._steps_since_check += 1
         return int(self.network(obs)) if self.use_network else self.random(obs)
+
+
+def _exists(path) -> bool:
+    try:
+        return path.exists()
+    except OSError as e:  # a bucket that cannot be reached just now: act on, look again later
+        log.warning("policy: cannot look for %s (%s)", path, e)
+        return False
 
 
 def make_policy(conf: Mapping[str, Any], env: gym.Env, replay_dir: Path | str, seed: int | None = None):
@@ -115,9 +124,9 @@ class NetworkPolicy:
     ):
         self.dims = space_dims(observation_space, action_space)
         self.model = Dreamer(conf, **self.dims).eval()
-        self.checkpoint_path = Path(checkpoint_path)
+        self.checkpoint_path = store_path(checkpoint_path)  # a file, or an object in a bucket
         self.loaded_step: int | None = None
-        self._mtime: float | None = None
+        self._version: tuple | None = None  # mtime and size of the file loaded; ETag and LastModified on S3
         self._rng = np.random.default_rng(int(conf["seed"]) + os.getpid())
         self.reload()
         self.reset()
@@ -130,18 +139,19 @@ class NetworkPolicy:
     def reload(self) -> bool:
         """Load the checkpoint if it appeared or changed since the last load; True when it did."""
         try:
-            mtime = self.checkpoint_path.stat().st_mtime
-        except FileNotFoundError:
+            version = stat_token(self.checkpoint_path)
+        except OSError as e:  # the bucket cannot be reached just now: keep acting, look again later
+            print(f"policy: cannot look for a new checkpoint ({e})", flush=True)
             return False
-        if mtime == self._mtime:
+        if version is None or version == self._version:
             return False
         try:
             ckpt = load_checkpoint(self.checkpoint_path)
             self.loaded_step = restore(ckpt, self.model)
-        except (RuntimeError, FileNotFoundError) as e:  # replaced while reading: try again next time
+        except (RuntimeError, OSError) as e:  # replaced while reading, or the bucket away: try again next time
             print(f"policy: checkpoint not loaded ({e})", flush=True)
             return False
-        self._mtime = mtime
+        self._version = version
         return True
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
 from runtime.device import resolve_device
 from runtime.files import remove_stale_temporaries
+from runtime.storage import RemotePath, store_path
 
 log = logging.getLogger("pydreamer.train")
 
@@ -48,7 +49,7 @@ class Learner:
     def __init__(self, conf: Mapping[str, Any], replay_dir: Path | str, dims: Mapping[str, int],
                  device: torch.device | str = "cpu"):
         self.conf = conf
-        self.replay_dir = Path(replay_dir)
+        self.replay_dir = store_path(replay_dir)  # a folder, or s3://bucket/prefix
         self.device = torch.device(device)
         self.amp = bool(conf["amp"]) and self.device.type == "cuda"
         torch.manual_seed(int(conf["seed"]))
@@ -212,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = local_artifact_dir(run)
     if not (conf["replay_dir"] or artifacts):
         parser.exit(2, f"{parser.prog}: error: set --replay_dir (the run's artifacts are not on this machine)\n")
-    replay_dir = Path(conf["replay_dir"] or artifacts)
+    replay_dir = store_path(conf["replay_dir"] or artifacts)
     device = resolve_device(conf["device"])
     learner = Learner(conf, replay_dir, dims, device)
-    learner.log_artifacts = artifacts is None or artifacts.resolve() != replay_dir.resolve()
+    # a bucket is the checkpoints' home itself (the run's replay_dir tag names it): they are not copied into the run
+    learner.log_artifacts = not isinstance(replay_dir, RemotePath) and (
+        artifacts is None or artifacts.resolve() != replay_dir.resolve())
     remove_stale_temporaries(learner.ckpt_path.parent)  # a checkpoint half-written when the learner was killed
     resumed = learner.try_resume()
     n_params = sum(p.numel() for p in learner.model.parameters())

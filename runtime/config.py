@@ -18,6 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from runtime.storage import is_remote, url_problem
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "defaults.yaml"
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -169,6 +171,7 @@ _CHOICES = {
     "wm_objective": ("reconstruction", "contrastive"),
 }
 _NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
+_MAY_BE_A_BUCKET = ("data_dir", "replay_dir")  # these may also be s3://bucket/prefix (runtime/storage.py)
 
 
 def validate(conf: Mapping[str, Any]) -> None:
@@ -195,7 +198,13 @@ def validate(conf: Mapping[str, Any]) -> None:
             raise bad(key, "must lie in [0, 1]")
         if key in _CHOICES and conf[key] not in _CHOICES[key]:
             raise bad(key, f"must be one of {', '.join(_CHOICES[key])}")
-        if key in _NOT_A_FILE and conf[key] and os.path.exists(str(conf[key])) and not os.path.isdir(str(conf[key])):
+        if key in _NOT_A_FILE and conf[key] and is_remote(str(conf[key])):
+            if key not in _MAY_BE_A_BUCKET:
+                raise bad(key, "must be a local folder (a tracking server is set with MLFLOW_TRACKING_URI)")
+            problem = url_problem(str(conf[key]))
+            if problem:
+                raise bad(key, problem)
+        elif key in _NOT_A_FILE and conf[key] and os.path.exists(str(conf[key])) and not os.path.isdir(str(conf[key])):
             raise bad(key, "is a file; expected a folder")
     if "split_fractions" in conf:
         f = conf["split_fractions"]

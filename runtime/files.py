@@ -41,8 +41,11 @@ def remove_stale_temporaries(folder: Path | str) -> list[Path]:
     """Remove the temporary files (`.<name>.<pid>.tmp`) that a writer killed mid-write left in `folder`.
 
     Only those whose writing process is gone: a live writer's file is still being written.
+    A bucket (`s3://...`) has none: its objects are written in one PUT.
     """
     removed = []
+    if "://" in str(folder):
+        return removed
     try:
         candidates = [p for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
     except OSError:
