@@ -220,6 +220,7 @@ def main() -> None:
     p.add_argument("--moto", action="store_true", help="with an s3:// --store: start moto's S3 server here, filled")
     p.add_argument("--listing", type=int, default=0,
                    help="also measure listing a store of this many episodes (a bucket: <store>/listing)")
+    p.add_argument("--listing_repeats", type=int, default=3, help="median of this many listings")
     p.add_argument("--serve_moto", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -263,6 +264,7 @@ def main() -> None:
         for _ in range(20):  # warm up: workers started, lanes filled
             next(it)
         me = os.getpid()
+        server_pid = server.pid if server is not None else None  # moto's memory is not the reader's
         mem = []
         windows: list[float] = []
         count, start = 0, time.perf_counter()
@@ -273,14 +275,14 @@ def main() -> None:
             count += 1
             window_count += 1
             if count % 100 == 0:
-                mem.append(pss_mb(me) + sum(pss_mb(c) for c in children(me)))
+                mem.append(pss_mb(me) + sum(pss_mb(c) for c in children(me) if c != server_pid))
             if time.perf_counter() - window_start >= args.window:
                 windows.append(round(window_count / (time.perf_counter() - window_start), 1))
                 window_start, window_count = time.perf_counter(), 0
         elapsed = time.perf_counter() - start
         if time.perf_counter() - window_start >= args.window / 2:  # the last window, if not too short
             windows.append(round(window_count / (time.perf_counter() - window_start), 1))
-        mem.append(pss_mb(me) + sum(pss_mb(c) for c in children(me)))
+        mem.append(pss_mb(me) + sum(pss_mb(c) for c in children(me) if c != server_pid))
         del it, loader
         result = {
             "episodes_in_store": n_files,
@@ -306,7 +308,7 @@ def main() -> None:
                     w = i % 4
                     (folder / f"w{w}").mkdir(parents=True, exist_ok=True)
                     (folder / f"w{w}" / episode_filename(w, i // 4, 100)).write_bytes(b"x")
-            result["listing"] = {"episodes": args.listing, **listing_cost(folder)}
+            result["listing"] = {"episodes": args.listing, **listing_cost(folder, repeats=args.listing_repeats)}
         print(json.dumps(result))
         print(f"reader: {result['batches_per_s']} batches/s of {result['batch']} steps "
               f"({n_files} episodes, {args.data_workers} data workers, memory (PSS, learner + workers) {result['pss_mb_max']} MB)")

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.audio_token_env import ENV_ID as AUDIO_TOKENS_ID
-from envs.audio_token_env import AudioTokenEnv, MissingTokensError
+from envs.audio_token_env import AudioTokenEnv, MissingTokensError, local_data_dir
 from tokenizer.layout import DataLayout
 from tokenizer.tokens import read_token_spec
 
@@ -24,7 +24,7 @@ def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_w
     if env_id == AUDIO_TOKENS_ID:
         return gym.make(
             AUDIO_TOKENS_ID,
-            data_dir=conf["data_dir"],
+            data_dir=local_data_dir(conf["data_dir"]),
             split=split,
             order=conf["env_order"],
             reward=conf["env_reward"],
@@ -61,7 +61,7 @@ def env_dims(conf: Mapping[str, Any], layout: DataLayout | None = None) -> dict[
     envs are built once to read their spaces.
     """
     if conf["env_id"] == AUDIO_TOKENS_ID:
-        spec = read_token_spec(layout or DataLayout.of(conf["data_dir"]), conf["codebook_size"])
+        spec = read_token_spec(layout or DataLayout.of(local_data_dir(conf["data_dir"])), conf["codebook_size"])
         return {"n_tokens": spec.codebook_size, "tokens_per_step": spec.tokens_per_step, "action_dim": 1}
     env = make_env(conf)
     try:

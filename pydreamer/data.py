@@ -11,7 +11,7 @@ equally likely to be trained on). The store is listed again every `reload_interv
 incrementally (only the names after the last one seen in each worker folder: on S3 one request per
 worker folder, not a relisting of the bucket), so episodes written by running generators join the
 sampling. The store may be a folder or an `s3://bucket/prefix` (runtime/storage.py); a reader of a
-bucket keeps the bytes of the episodes it read in a bounded cache (`cache_mb`), since episodes never
+bucket keeps the episodes it read, decoded, in a bounded cache (`cache_mb`), since episodes never
 change once written, and draws its episodes `read_ahead` draws early, so their objects are fetched
 on the cache's threads while the lanes use the ones drawn before. A lane holds one episode at a time and the index of the store is a few
 integers per episode, so memory stays bounded as the store grows. A file that cannot be read
@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pydreamer.episodes import STEP_KEYS, EpisodeError, EpisodeListing, episode_filename, load_episode
-from runtime.storage import ByteCache, RemotePath, store_path
+from runtime.storage import ReadCache, RemotePath, store_path
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class ReplayReader(IterableDataset):
         self.skip_first = skip_first
         self.n_tokens = n_tokens  # token ids must lie below this (the codebook size), when given
         self.cache_mb = float(cache_mb)  # per process, for a bucket only (the OS caches local files)
-        self.cache: ByteCache | None = None  # made in __iter__, in the process that reads
+        self.cache: ReadCache | None = None  # made in __iter__, in the process that reads
         self.read_ahead = int(read_ahead)  # a bucket: episodes drawn ahead of use, fetched meanwhile
         self._ahead: collections.deque[int] = collections.deque()
         self.n_skipped = 0  # unusable files met by this process
@@ -229,7 +229,7 @@ class ReplayReader(IterableDataset):
             rng = np.random.default_rng(info.seed if info else None)
         index = ReplayStoreIndex(self.folder)
         remote = isinstance(self.folder, RemotePath) and self.cache_mb > 0
-        self.cache = ByteCache(int(self.cache_mb * 2**20)) if remote else None
+        self.cache = ReadCache(int(self.cache_mb * 2**20)) if remote else None
         self._ahead.clear()
         self._wait_for_episodes(index)
         last_scan = self.clock()

@@ -68,17 +68,22 @@ def save_episode(path: Path | str, episode: dict) -> Path:
 
 
 def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens: int | None = None,
-                 cache: storage.ByteCache | None = None) -> dict:
+                 cache: storage.ReadCache | None = None) -> dict:
     """The arrays of one episode file (all, or `keys` plus the per-step ones: reading fewer is
     faster), checked with `check_episode` (token ids below `n_tokens` when given); raises
-    EpisodeError naming the file when it cannot be used. An `s3://` episode is read whole (one GET,
-    or none when `cache` holds its bytes) and opened from memory."""
+    EpisodeError naming the file when it cannot be used. An `s3://` episode is read whole (one GET)
+    and opened from memory; with a `cache` (one reader's: the same `keys` and `n_tokens` every time)
+    it is kept there decoded and checked, its arrays shared by the callers (who must not change them)."""
     path = store_path(path)
     source: Any = path
     head: bytes | None = None
-    if isinstance(path, RemotePath):
+    remote = isinstance(path, RemotePath)
+    if remote:
+        cached = cache.get(str(path)) if cache is not None else None
+        if isinstance(cached, dict):  # episodes never change once written
+            return dict(cached)
         try:
-            source = storage.read_bytes(path, cache=cache)
+            source = cached if cached is not None else storage.read_bytes(path)
         except (FileNotFoundError, PermissionError) as e:  # listed, then deleted; or refused: as for a file
             raise EpisodeError(f"{path}: unreadable ({e.strerror or e})") from None
         head = source[:4]
@@ -99,6 +104,8 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     if bad or rows < 1:
         raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
     check_episode(path, data, n_tokens)
+    if remote and cache is not None:
+        cache.put(str(path), dict(data), size=sum(v.nbytes for v in data.values()))
     return data
 
 

@@ -259,8 +259,9 @@ def _head(path: RemotePath) -> dict | None:
 
 # ---- reading and writing -------------------------------------------------------------------------
 
-class ByteCache:
-    """The bytes of recently read objects, least recently used first out, up to `max_bytes`.
+class ReadCache:
+    """Recently read objects, least recently used first out, up to `max_bytes`: their bytes, or what
+    the reader made of them (`put(key, value, size)`: an episode's arrays, decoded and checked once).
 
     For stores whose objects are written once and never changed (episodes): a cached copy is
     never stale. A reader of a bucket keeps one, so an episode sampled again costs no request;
@@ -274,34 +275,40 @@ class ByteCache:
         self.threads = int(threads)
         self.size = 0
         self.hits = self.misses = 0
-        self._data: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._data: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()  # key -> (value, size)
         self._pending: dict[str, Any] = {}  # url -> Future of a prefetch under way
         self._lock = threading.Lock()
         self._pool = None
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Any:
+        """The cached value (waiting for a prefetch of it under way), or None."""
         with self._lock:
             pending = self._pending.get(key)
         if pending is not None:
             pending.exception()  # wait for it; a failed prefetch leaves the read (and its error) to the caller
         with self._lock:
-            data = self._data.get(key)
-            if data is None:
+            entry = self._data.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._data.move_to_end(key)
             self.hits += 1
-            return data
+            return entry[0]
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, value: Any, size: int | None = None) -> None:
+        """Keep `value` (bytes, or anything of about `size` bytes), replacing what `key` held."""
+        size = len(value) if size is None else int(size)
         with self._lock:
-            if len(data) > self.max_bytes or key in self._data:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.size -= old[1]
+            if size > self.max_bytes:
                 return
-            self._data[key] = data
-            self.size += len(data)
+            self._data[key] = (value, size)
+            self.size += size
             while self.size > self.max_bytes:
-                _, old = self._data.popitem(last=False)
-                self.size -= len(old)
+                _, (_, dropped) = self._data.popitem(last=False)
+                self.size -= dropped
 
     def prefetch(self, url: str) -> None:
         """Start reading `url` into the cache, unless it is there or on its way."""
@@ -317,7 +324,11 @@ class ByteCache:
 
     def _fetch(self, url: str) -> None:
         try:
-            self.put(url, read_bytes(url))
+            data = read_bytes(url)
+            with self._lock:
+                if url in self._data:  # read meanwhile
+                    return
+            self.put(url, data)
         finally:
             with self._lock:
                 self._pending.pop(url, None)
@@ -326,7 +337,7 @@ class ByteCache:
         return len(self._data)
 
 
-def read_bytes(path: Union[str, os.PathLike, RemotePath], cache: ByteCache | None = None) -> bytes:
+def read_bytes(path: Union[str, os.PathLike, RemotePath], cache: ReadCache | None = None) -> bytes:
     """The whole content of a file or object; FileNotFoundError when there is none. `cache` (remote
     objects only: the OS caches local files) answers repeated reads of objects that never change."""
     path = store_path(path)
@@ -334,7 +345,7 @@ def read_bytes(path: Union[str, os.PathLike, RemotePath], cache: ByteCache | Non
         return path.read_bytes()
     if cache is not None:
         data = cache.get(str(path))
-        if data is not None:
+        if isinstance(data, bytes):
             return data
     stats.get_requests += 1
     from botocore.exceptions import BotoCoreError, ClientError
@@ -473,3 +484,103 @@ def _pages(folder: RemotePath, kwargs: dict) -> Iterator[dict]:
             return
         kwargs = {**kwargs, "ContinuationToken": page["NextContinuationToken"]}
         kwargs.pop("StartAfter", None)  # the token carries the position on
+
+
+# ---- whole folders: a local copy of a bucket's folder, and the copy command ----------------------
+
+def walk(folder: Union[str, RemotePath]) -> list[tuple[str, int, str]]:
+    """(path relative to `folder`, size, ETag) of every object under an S3 folder, at any depth."""
+    folder = RemotePath(folder) if not isinstance(folder, RemotePath) else folder
+    prefix = f"{folder.key}/" if folder.key else ""
+    out = []
+    for page in _pages(folder, dict(Bucket=folder.bucket, Prefix=prefix)):
+        for obj in page.get("Contents", ()):
+            rel = obj["Key"][len(prefix):]
+            if rel and not rel.endswith("/"):
+                out.append((rel, int(obj.get("Size", -1)), str(obj.get("ETag", ""))))
+    return out
+
+
+def cache_root() -> Path:
+    """Where local copies of bucket folders are kept: $XDG_CACHE_HOME (or ~/.cache)/audio-world-model/s3."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audio-world-model" / "s3"
+
+
+def mirror(url: Union[str, RemotePath], dest: Union[str, os.PathLike, None] = None) -> Path:
+    """A local copy of the S3 folder `url` (default: under cache_root(), by bucket and key), brought up
+    to date: objects whose ETag changed since the last copy are downloaded again, new ones added (each
+    file written to a temporary name and renamed, so processes mirroring at once do not clash).
+    Returns the local folder."""
+    import json
+
+    src = RemotePath(url) if not isinstance(url, RemotePath) else url
+    dest = Path(dest) if dest is not None else cache_root() / src.bucket / src.key
+    state_file = dest / ".mirror-etags.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    objects = walk(src)
+    if not objects:
+        raise FileNotFoundError(errno.ENOENT, "nothing under this S3 folder", str(src))
+    changed = False
+    for rel, _, etag in objects:
+        target = dest / rel
+        if state.get(rel) == etag and target.exists():
+            continue
+        write_bytes_atomic(target, read_bytes(src / rel))
+        state[rel] = etag
+        changed = True
+    if changed:
+        from runtime.files import atomic_write_text
+
+        atomic_write_text(state_file, json.dumps(state, indent=0, sort_keys=True))
+    return dest
+
+
+def copy_tree(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> int:
+    """Copy a folder into a bucket (one PUT per file) or a bucket's folder here; returns the files copied."""
+    src_path, dst_path = store_path(src), store_path(dst)
+    if isinstance(src_path, RemotePath) and not isinstance(dst_path, RemotePath):
+        before = len(walk(src_path))
+        mirror(src_path, dst_path)
+        return before
+    if isinstance(src_path, RemotePath) or not isinstance(dst_path, RemotePath):
+        raise ValueError("copy a local folder to s3://bucket/prefix, or s3://bucket/prefix to a local folder")
+    files = [p for p in sorted(Path(src_path).rglob("*")) if p.is_file() and not p.name.endswith(".tmp")]
+    for p in files:
+        write_bytes_atomic(dst_path / p.relative_to(src_path).as_posix(), p.read_bytes())
+    return len(files)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.storage",
+        description="Copy a folder to or from a bucket (endpoint and credentials: the AWS_* variables), e.g. "
+                    "the tokens for generators on other machines: copy data/tokens s3://bucket/data/tokens")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cp = sub.add_parser("copy", help="copy SRC to DST: a local folder and s3://bucket/prefix, either way")
+    cp.add_argument("src")
+    cp.add_argument("dst")
+    ls = sub.add_parser("ls", help="the objects under s3://bucket/prefix, with their sizes")
+    ls.add_argument("url")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "copy":
+            n = copy_tree(args.src, args.dst)
+            print(f"copied {n} files from {args.src} to {args.dst}")
+        else:
+            for rel, size, _ in walk(args.url):
+                print(f"{size:>12}  {rel}")
+    except (OSError, ValueError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main())

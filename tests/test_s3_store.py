@@ -109,11 +109,16 @@ def test_store_urls_pass_the_config_checks_and_bad_ones_are_named():
 
 
 def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_path, monkeypatch):
-    """A generator process writes episodes into the bucket while the learner streams batches from it and
-    checkpoints into it; the network policy then loads that checkpoint from the bucket."""
-    replay = f"{bucket}/replay"
+    """The tokens are copied into the bucket; a generator process reads them from there and writes episodes
+    into the bucket while the learner streams batches from it and checkpoints into it; the network policy
+    then loads that checkpoint from the bucket."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the bucket's tokens are mirrored
+    r = subprocess.run([sys.executable, "-m", "runtime.storage", "copy", str(token_dir / "tokens"),
+                        f"{bucket}/data/tokens"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "copied" in r.stdout, r.stderr
+    data, replay = f"{bucket}/data", f"{bucket}/replay"
     gen = subprocess.Popen(
-        [sys.executable, "-m", "pydreamer.generator", "--configs", "defaults", "tiny", "--data_dir", str(token_dir),
+        [sys.executable, "-m", "pydreamer.generator", "--configs", "defaults", "tiny", "--data_dir", data,
          "--replay_dir", replay, "--codebook_size", "32", "--worker", "0", "--n_workers", "1", "--n_env_steps", "400"],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -138,7 +143,7 @@ def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_p
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["--configs", "defaults", "tiny", "--data_dir", str(token_dir), "--codebook_size", "32",
+    args = ["--configs", "defaults", "tiny", "--data_dir", data, "--codebook_size", "32",
             "--mlflow_dir", str(tmp_path / "mlruns"), "--replay_dir", replay, "--n_steps", "6", "--save_interval", "3",
             "--log_interval", "3", "--eval_interval", "1000", "--batch_size", "4", "--batch_length", "8",
             "--data_workers", "0", "--learner_wait_s", "30"]
@@ -147,6 +152,8 @@ def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_p
     mlflow.end_run()
     run = mlflow.get_run(run_id)
     assert run.data.tags["replay_dir"] == replay
+    mirrored = tmp_path / "cache" / "audio-world-model" / "s3" / bucket.removeprefix("s3://") / "data" / "tokens"
+    assert sorted(p.name for p in mirrored.rglob("*.npz")) == sorted(p.name for p in (token_dir / "tokens").rglob("*.npz"))
     ckpt = checkpoint_path(replay)
     assert str(ckpt) == f"{replay}/checkpoints/latest.pt" and ckpt.exists()
     assert load_checkpoint(ckpt)["step"] == 6
@@ -264,6 +271,24 @@ def test_listing_is_incremental(bucket):
     assert storage.stats.listed_keys == 3 + 3 + 1 and storage.stats.list_requests == 4
     assert sorted(index.length[-4:].tolist()) == [50, 50, 50, 60]
     assert len(list_episodes(store)) == 64
+
+
+def test_a_bucket_folder_is_mirrored_and_kept_up_to_date(bucket, tmp_path):
+    from envs import MissingTokensError, local_data_dir
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.bin").write_bytes(b"one")
+    (src / "y.json").write_text("{}")
+    assert storage.copy_tree(src, f"{bucket}/data/tokens") == 2
+    dest = storage.mirror(f"{bucket}/data/tokens", tmp_path / "copy")
+    assert (dest / "a" / "x.bin").read_bytes() == b"one" and (dest / "y.json").read_text() == "{}"
+    storage.write_bytes_atomic(f"{bucket}/data/tokens/a/x.bin", b"two")  # re-encoded: the same size, new ETag
+    storage.stats.reset()
+    storage.mirror(f"{bucket}/data/tokens", dest)
+    assert (dest / "a" / "x.bin").read_bytes() == b"two" and storage.stats.get_requests == 1  # only what changed
+    with pytest.raises(MissingTokensError, match=r"no tokens in s3://.*/nothing/tokens.*python -m runtime.storage copy"):
+        local_data_dir(f"{bucket}/nothing")
 
 
 def test_a_missing_bucket_is_named(s3_endpoint):
