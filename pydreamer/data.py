@@ -10,13 +10,14 @@ Episodes are sampled with probability proportional to their length (every stored
 equally likely to be trained on). The store is listed again every `reload_interval` seconds,
 incrementally (only the names after the last one seen in each worker folder: on S3 one request per
 worker folder, not a relisting of the bucket), so episodes written by running generators join the
-sampling. The store may be a folder or an `s3://bucket/prefix` (runtime/storage.py); a reader of a
-bucket keeps the episodes it read, decoded, in a bounded cache (`cache_mb`), since episodes never
-change once written, and draws its episodes `read_ahead` draws early, so their objects are fetched
-on the cache's threads while the lanes use the ones drawn before. A lane holds one episode at a time and the index of the store is a few
-integers per episode, so memory stays bounded as the store grows. A file that cannot be read
-(damaged, or deleted after it was listed) is skipped with a warning, counted, and never sampled
-again.
+sampling. A lane holds one episode at a time and the index of the store is a few integers per
+episode, so memory stays bounded as the store grows. A file that cannot be read (damaged, or
+deleted after it was listed) is skipped with a warning, counted, and never sampled again.
+
+The store may be a folder or an `s3://bucket/prefix` (runtime/storage.py). A reader of a bucket
+keeps the episodes it read, decoded, in a bounded cache (`cache_mb`: episodes never change once
+written), and draws its episodes `read_ahead` draws early, so that their objects are fetched on the
+cache's threads while the lanes use the ones drawn before.
 
 Several DataLoader workers each run their own lanes from their own random stream; every
 batch says which worker made it (`worker`), and consecutive batches of one worker continue
