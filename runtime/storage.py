@@ -203,7 +203,8 @@ def s3_client():
                     import boto3
                     from botocore.config import Config
                 except ImportError:
-                    raise ImportError("s3:// stores need boto3, a dependency of this project: pip install boto3") from None
+                    raise ImportError("s3:// stores need boto3 (a dependency of this project): pip install boto3") \
+                        from None
                 retries = {} if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE") else {
                     "retries": {"mode": "standard", "max_attempts": 5}}  # else as the variables say
                 config = Config(connect_timeout=10, read_timeout=60, max_pool_connections=32, **retries)

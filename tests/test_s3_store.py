@@ -97,7 +97,8 @@ def npz_bytes(episode: dict) -> bytes:
 def test_store_urls_pass_the_config_checks_and_bad_ones_are_named():
     conf = load_config(["defaults"], ["--replay_dir", "s3://my-bucket/runs/a", "--data_dir", "s3://my-bucket/data"])
     assert conf.replay_dir == "s3://my-bucket/runs/a"
-    for value, words in [("s3://My_Bucket/x", "not an S3 bucket name"), ("gs://bucket/x", "'gs://' URLs are not supported"),
+    for value, words in [("s3://My_Bucket/x", "not an S3 bucket name"),
+                         ("gs://bucket/x", "'gs://' URLs are not supported"),
                          ("s3://bucket//x", "empty, '.' or '..' part")]:
         with pytest.raises(ConfigError, match=f"'replay_dir' = '{value}': .*{words}"):
             load_config(["defaults"], ["--replay_dir", value])
@@ -153,7 +154,8 @@ def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_p
     run = mlflow.get_run(run_id)
     assert run.data.tags["replay_dir"] == replay
     mirrored = tmp_path / "cache" / "audio-world-model" / "s3" / bucket.removeprefix("s3://") / "data" / "tokens"
-    assert sorted(p.name for p in mirrored.rglob("*.npz")) == sorted(p.name for p in (token_dir / "tokens").rglob("*.npz"))
+    local = sorted(p.name for p in (token_dir / "tokens").rglob("*.npz"))
+    assert sorted(p.name for p in mirrored.rglob("*.npz")) == local
     ckpt = checkpoint_path(replay)
     assert str(ckpt) == f"{replay}/checkpoints/latest.pt" and ckpt.exists()
     assert load_checkpoint(ckpt)["step"] == 6
@@ -287,7 +289,7 @@ def test_a_bucket_folder_is_mirrored_and_kept_up_to_date(bucket, tmp_path):
     storage.stats.reset()
     storage.mirror(f"{bucket}/data/tokens", dest)
     assert (dest / "a" / "x.bin").read_bytes() == b"two" and storage.stats.get_requests == 1  # only what changed
-    with pytest.raises(MissingTokensError, match=r"no tokens in s3://.*/nothing/tokens.*python -m runtime.storage copy"):
+    with pytest.raises(MissingTokensError, match=r"no tokens in s3://.*/nothing/tokens.*runtime\.storage copy"):
         local_data_dir(f"{bucket}/nothing")
 
 
