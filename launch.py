@@ -37,19 +37,32 @@ def needs_tokens(conf) -> bool:
 
 
 def learner_threads(conf) -> int:
-    """The learner's share of the cores: what the generators and its data-loader processes (one core
-    each) leave, at least one. On a busy 2-core machine more threads than cores stall each other."""
-    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + int(conf["data_workers"])
-    return max(1, cpu_cores() - others)
+    """Each learner rank's share of the cores: what the generators and the data-loader processes (one
+    core each, `data_workers` per rank) leave, split over the `learners` ranks, at least one. On a busy
+    2-core machine more threads than cores stall each other."""
+    ranks = int(conf["learners"])
+    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + ranks * int(conf["data_workers"])
+    return max(1, (cpu_cores() - others) // ranks)
 
 
 def start_children(conf, configs: list[str], overrides: list[str], replay_dir: Path, env: dict) -> list[Child]:
-    """The generators (one thread each), then the learner; the learner is last in the list."""
+    """The generators (one thread each), then the learner; the learner is last in the list.
+
+    `learners: N` above 1 starts the learner as N DistributedDataParallel ranks on this host:
+    `python -m torch.distributed.run --standalone --nproc_per_node N -m pydreamer.train ...`. torchrun
+    passes a SIGTERM on to every rank (rank 0 saves) and waits for them before it kills."""
     from pydreamer.generator import start_generators
+    from runtime.processes import STOP_GRACE_S
 
     children = start_generators(configs, overrides, replay_dir, env=env, conf=conf)
     base = ["--configs", *configs, *overrides, "--replay_dir", str(replay_dir)]
-    children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
+    n = int(conf["learners"])
+    if n > 1:
+        args = ["--standalone", "--nproc_per_node", str(n), "-m", "pydreamer.train", *base]
+        ranks_env = dict(env, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_GRACE_S) - 10))  # before Child.stop kills
+        children.append(Child("learner", "torch.distributed.run", args, threads=learner_threads(conf), env=ranks_env))
+    else:
+        children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
     return children
 
 
