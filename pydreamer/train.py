@@ -5,7 +5,10 @@ actor-critic, evaluates on `episodes_eval`, logs to MLflow, and checkpoints into
 
 launch.py starts it with MLFLOW_RUN_ID set, so it logs into the launcher's run. When
 `<replay_dir>/checkpoints/latest.pt` exists the learner continues from it (model,
-optimizers, step), which is how `--resume_id` resumes. Exit codes: 0 done, 3 NaN/inf
+optimizers, step), which is how `--resume_id` resumes. When the run's artifacts are not the
+replay store (a tracking server that proxies them) the learner also uploads each checkpoint
+as the artifact `checkpoints/latest.pt` (and `best.pt`), and a replay store without a
+checkpoint first gets the run's (a resume on another machine). Exit codes: 0 done, 3 NaN/inf
 loss (the last good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous
 one is intact), 130 interrupted (a checkpoint is saved first).
 """
@@ -76,6 +79,16 @@ class Learner:
             self.best_nll = float(load_checkpoint(self.best_path)["extra"].get("val_nll_h1", math.inf))
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         return True
+
+    def fetch_checkpoints(self, run) -> list[str]:
+        """A replay store without a checkpoint, of a run whose artifacts are not the replay store (a resume on another
+        machine than the last, the artifacts proxied by a server): the run's artifact checkpoints, downloaded into it
+        so that try_resume finds them. Returns the names fetched."""
+        if not self.log_artifacts or self.ckpt_path.exists():
+            return []
+        from pydreamer.runs import fetch_checkpoints
+
+        return fetch_checkpoints(run, self.replay_dir)
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.model, self.optimizers, self.step)
@@ -217,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     learner = Learner(conf, replay_dir, dims, device)
     learner.log_artifacts = artifacts is None or artifacts.resolve() != replay_dir.resolve()
     remove_stale_temporaries(learner.ckpt_path.parent)  # a checkpoint half-written when the learner was killed
+    fetched = learner.fetch_checkpoints(run)
+    if fetched:
+        log.info("fetched %s from the run's artifacts (%s) into %s", " and ".join(f"checkpoints/{n}" for n in fetched),
+                 run.info.artifact_uri, learner.ckpt_path.parent)
     resumed = learner.try_resume()
     n_params = sum(p.numel() for p in learner.model.parameters())
     log.info("learner on %s: %s, %.2fM parameters, replay store %s%s", device, dims, n_params / 1e6, replay_dir,
