@@ -1,6 +1,6 @@
 """Entry point: one command from a fresh machine to a trained audio world model.
 
-    python launch.py --configs defaults audio [--key value ...] [--resume_id RUN_ID]
+    python launch.py --configs defaults audio [--auto_size] [--key value ...] [--resume_id RUN_ID]
 
 1. merges the config sections, starts (or, with --resume_id / MLFLOW_RUN_ID, reopens) the
    MLflow run and logs the merged config as params;
@@ -13,9 +13,12 @@
    reported with its exit code, the others are stopped and the launcher exits non-zero
    (resume with --resume_id). Ctrl-C, and SIGTERM (what `docker stop`, systemd and Slurm send),
    stop every child cleanly (the learner saves first) and mark the run KILLED;
-5. on success, with `dream_at_end`, writes dreams, pictures and the acoustic table into the run
-   (`pydreamer.dream`, in this process once the children have stopped; artifacts `dreams/`) and
-   says where they are and how to open the run.
+5. on success, with `evaluate_at_end`, scores the world model on the test split per horizon beside the
+   baselines (`pydreamer.evaluate`, artifacts `evaluation/test/`); with `dream_at_end`, writes dreams,
+   pictures and the acoustic table into the run (`pydreamer.dream`, artifacts `dreams/`). Both run in
+   this process once the children have stopped. It ends by saying where they are and how to open the run.
+
+`--auto_size` (what `make run` passes) adds the CPU demo section `small` when no GPU is present.
 """
 from __future__ import annotations
 
@@ -66,25 +69,56 @@ def record_run_tokenizer(run, conf) -> bool:
     return True
 
 
-def dream_at_end(conf, run_id: str, out: Path) -> int:
-    """`python -m pydreamer.dream` sized by the dream_* keys, in this process with every core (the children
-    have stopped; no second interpreter to start). Returns its exit code (2: bad input, 1: it crashed)."""
-    from pydreamer import dream
+def run_at_end(name: str, main, args: list[str]) -> int:
+    """A finished run's follow-up command (`main(args)` of pydreamer.evaluate or .dream) in this process with
+    every core: the children have stopped, and no second interpreter has to start. Returns its exit code
+    (2: bad input, 1: it crashed); a failure must not hide that the training finished."""
     from runtime.processes import set_torch_threads
 
     set_torch_threads(cpu_cores())
-    args = ["--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
-            "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
-            "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
-            "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
-            "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])]
     try:
-        return dream.main(args)
+        return main(args)
     except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # a failed dream must not hide that the training finished
-        print(f"launch: dream: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except Exception as e:
+        print(f"launch: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
+
+
+def dream_at_end(conf, run_id: str, out: Path) -> int:
+    """`python -m pydreamer.dream` sized by the dream_* keys."""
+    from pydreamer import dream
+
+    return run_at_end("dream", dream.main, [
+        "--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
+        "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
+        "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
+        "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
+        "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])])
+
+
+def evaluate_at_end(conf, run_id: str) -> int:
+    """`python -m pydreamer.evaluate` on the test split, sized by the evaluate_* keys."""
+    from pydreamer import evaluate
+
+    return run_at_end("evaluate", evaluate.main, [
+        "--run", run_id, "--split", "test", "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
+        "--samples", str(conf["evaluate_samples"]), "--horizons", str(conf["evaluate_horizons"])])
+
+
+def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
+    """`--auto_size`: the config sections as given on a GPU host, else with `small` (the CPU demo) added.
+    Returns (sections, the sentence that says which and why)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return configs, (f"a GPU is present ({torch.cuda.get_device_name(0)}): training the size the sections "
+                         f"{' '.join(configs)} give")
+    if "small" in configs or "tiny" in configs:
+        return configs, "no GPU: training the size the sections give on the CPU"
+    return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 24-minute corpus, "
+                                 "4000 steps, about 20 minutes on 2 cores); on a GPU host the same command trains the "
+                                 "`audio` size")
 
 
 def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
@@ -119,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
+    parser.add_argument("--auto_size", action="store_true",
+                        help="add the CPU demo section `small` when no GPU is present (what `make run` does)")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.auto_size:
+        args.configs, why = size_for_this_machine(list(args.configs))
+        print(f"launch: {why}", flush=True)
     try:  # every value checked before anything is written
         conf = load_config(args.configs, rest)
     except ConfigError as e:
@@ -165,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status, code, children = "FAILED", 1, []
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-    dreams_out, can_dream = None, False
+    dreams_out, evaluation_out, can_dream = None, None, False
     try:
         if needs_tokens(conf):
             from runtime.processes import set_torch_threads
@@ -183,9 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children), flush=True)
         outcome, code = watch(children)
         status = "FINISHED" if outcome == "done" else "FAILED"
-        if outcome == "done" and conf["dream_at_end"] and can_dream:
-            for child in reversed(children):  # the generators: dreams get every core
+        if outcome == "done" and (conf["evaluate_at_end"] or conf["dream_at_end"]):
+            for child in reversed(children):  # the generators: evaluation and dreams get every core
                 child.stop()
+        if outcome == "done" and conf["evaluate_at_end"] and needs_tokens(conf):
+            print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, "
+                  f"{conf['evaluate_samples']} samples, beside the baselines)", flush=True)
+            rc = evaluate_at_end(conf, run_id)
+            if rc == 0:
+                evaluation_out = replay_dir / "evaluation" / "test"
+            else:
+                print(f"launch: the evaluation failed (exit code {rc}); the trained run is kept: retry with "
+                      f"python -m pydreamer.evaluate --run {run_id}", file=sys.stderr, flush=True)
+                code = 1
+        if outcome == "done" and conf["dream_at_end"] and can_dream:
             dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
             print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
                   f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
@@ -218,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     elif status != "FINISHED":
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
     print(line, flush=True)
+    if evaluation_out is not None:
+        print(f"launch: metrics: {evaluation_out} (horizons.csv, horizons.png, summary.json, latent_tsne.png; "
+              f"the run's artifacts evaluation/test/ and its test/* metrics)", flush=True)
     if dreams_out is not None:
         print(f"launch: dreams: wavs and PNGs in {dreams_out} (unconditional/, completions/, interpolation.wav, "
               f"acoustics.md); also the run's artifacts dreams/", flush=True)

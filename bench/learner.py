@@ -2,6 +2,7 @@
 
     python bench/learner.py --configs defaults audio small --steps 40
     python bench/learner.py --configs defaults audio --steps 10 --store REPLAY_DIR
+    python bench/learner.py --configs defaults audio --steps 5 --profile   # where a step's time goes
 
 It trains the configured model on batches from the real replay reader (make_replay_loader,
 with `data_workers` processes) exactly as the learner does, after a few warm-up steps.
@@ -12,6 +13,7 @@ hold for a few steps, then change) with the codebook size and G of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -48,12 +50,33 @@ def synthetic_store(folder: Path, n_episodes: int, n_tokens: int, G: int, seed: 
             "terminal": terminal, "reset": reset})
 
 
+PHASES = ("learner/world_model", "world_model/observe", "world_model/decoder", "world_model/overshoot",
+          "learner/actor_critic", "learner/backward", "learner/optimizer")
+
+
+def phase_profiler(device: torch.device):
+    """torch.profiler over the timed steps: the learner labels its phases with record_function."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=activities)
+
+
+def phase_shares(profiler, elapsed: float) -> dict[str, float]:
+    """Each labelled phase's wall time as a fraction of the timed steps (nested phases overlap their parent;
+    on CUDA the host-side time, which is what a launch-bound step loop costs)."""
+    totals = {e.key: e.cpu_time_total / 1e6 for e in profiler.key_averages() if e.key in PHASES}
+    return {k: round(totals.get(k, 0.0) / elapsed, 3) for k in PHASES}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench/learner.py", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed gradient steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=200, help="synthetic episodes when no --replay_dir")
     parser.add_argument("--store", default="", help="an existing replay store to read instead of a synthetic one")
+    parser.add_argument("--profile", action="store_true",
+                        help="also report each phase's share of the step (torch.profiler, the learner's labels)")
     conf, args = parse_args(None, parser)
     from pydreamer.data import make_replay_loader
     from pydreamer.train import Learner
@@ -80,15 +103,17 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         wait = 0.0
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            batch = next(loader)
-            wait += time.perf_counter() - t0
-            learner.train_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+        profiler = phase_profiler(device) if args.profile else contextlib.nullcontext()
+        with profiler:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                batch = next(loader)
+                wait += time.perf_counter() - t0
+                learner.train_step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
     params = sum(p.numel() for p in learner.model.parameters())
     print(json.dumps({
         "configs": conf.configs, "device": str(device), "threads": torch.get_num_threads(),
@@ -97,6 +122,7 @@ def main() -> None:
         "grad_steps_per_sec": round(args.steps / elapsed, 3),
         "data_wait_frac": round(wait / elapsed, 4),
         "train_steps_per_sec": round(args.steps * conf.batch_size * conf.batch_length / elapsed, 1),
+        **({"phases": phase_shares(profiler, elapsed)} if args.profile else {}),
     }))
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from runtime.config import ConfigError, load_config, parse_args
@@ -82,3 +84,25 @@ def test_launch_refuses_a_bad_config_with_exit_2_and_writes_nothing(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "batch_size" in out.stderr and "Traceback" not in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_documents_every_config_key():
+    """The README's configuration reference is generated from defaults.yaml's comments; it must be current."""
+    from runtime.config import REFERENCE_END, REFERENCE_START, reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert REFERENCE_START in readme, "README.md has no configuration reference block"
+    block = readme.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
+    assert block == reference_markdown().strip(), \
+        "README.md's configuration reference is stale: run python -m runtime.config --reference --update README.md"
+
+
+def test_a_key_without_a_comment_fails_the_reference(tmp_path):
+    from runtime.config import ConfigError, reference_markdown
+
+    path = tmp_path / "conf.yaml"
+    path.write_text("defaults:\n  # ---- sizes ----\n  batch_size: 8    # sequences per batch\n  mystery: 3\n")
+    with pytest.raises(ConfigError, match="'mystery' has no comment"):
+        reference_markdown(path)
+    path.write_text("defaults:\n  # ---- sizes ----\n  batch_size: 8    # sequences per batch | or fewer\n")
+    assert "| `batch_size` | `8` | sequences per batch \\| or fewer |" in reference_markdown(path)

@@ -112,9 +112,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_run, tmp_path, ca
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
-    """launch.py on a ready token corpus: the run records its tokenizer, trains, dreams (wavs of the asked
-    length and rate, finite, not silent; pictures; the acoustic table; dream/* metrics), and says where."""
+def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, tmp_path):
+    """launch.py on a ready token corpus: the run records its tokenizer, trains, is scored on the test split
+    beside the baselines, dreams (wavs of the asked length and rate, finite, not silent; pictures; the
+    acoustic table; dream/* metrics), and says where."""
     import os
     import subprocess
     import sys
@@ -135,9 +136,13 @@ def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
     assert proc.returncode == 0, out
     assert "recorded as artifact tokenizer/vqvae.pt" in out and "real-time factor" in out
     assert "| spectral_entropy |" in out and "LSD dB @0.5s" in out
-    last = proc.stdout.strip().splitlines()[-2:]
-    assert last[0].startswith("launch: dreams: wavs and PNGs in") and "mlflow ui --backend-store-uri" in last[1]
-    folder = Path(last[0].split(" in ", 1)[1].split(" (")[0])
+    last = proc.stdout.strip().splitlines()[-3:]
+    assert last[0].startswith("launch: metrics: ") and last[1].startswith("launch: dreams: wavs and PNGs in")
+    assert "mlflow ui --backend-store-uri" in last[2]
+    evaluation = Path(last[0].split(": ", 2)[2].split(" (")[0])
+    assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in evaluation.iterdir()}
+    assert "| model |" in out and "| bigram |" in out  # the per-horizon table beside the baselines
+    folder = Path(last[1].split(" in ", 1)[1].split(" (")[0])
     wavs = sorted((folder / "unconditional").glob("*.wav")) + sorted((folder / "warm").glob("*.wav"))
     assert len(wavs) == 3  # tiny: 2 dreams from the initial state, 1 after a warm-up
     for path in wavs:
@@ -154,7 +159,8 @@ def test_launch_ends_a_run_with_dreams_and_says_where(tiny_run, tmp_path):
     assert {"own", "swapped", "other", "real_other", "tokenizer"} == set(summary["completion_distance_by_horizon"])
     run = mlflow.get_run(summary["run"])
     assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
-    for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s"):
+    for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s",
+                "test/nll_h1", "test/nll_h15", "test/baseline/bigram/nll_h1"):
         assert key in run.data.metrics
 
 

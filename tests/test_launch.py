@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from pydreamer.models.checkpoint import load_checkpoint
 from runtime.config import split_overrides
@@ -98,3 +99,19 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
     steps = sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss_tokens"))
     assert steps[-1] == saved + 20 and steps == list(range(10, saved + 30, 10))  # each step once: none logged twice
     assert {"eval/nll_h1", "eval/acc_h1", "eval/loss_tokens", "train/data_wait_frac"} <= set(run.data.metrics)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_auto_size_trains_the_cpu_demo_without_a_gpu_and_says_why(monkeypatch, gpu):
+    import torch
+
+    import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Test GPU")
+    configs, why = launch.size_for_this_machine(["defaults", "audio"])
+    if gpu:
+        assert configs == ["defaults", "audio"] and "Test GPU" in why
+    else:
+        assert configs == ["defaults", "audio", "small"] and "no GPU" in why and "`small`" in why
+    assert launch.size_for_this_machine(["defaults", "audio", "tiny"])[0] == ["defaults", "audio", "tiny"]

@@ -227,3 +227,24 @@ def test_overshoot_trains_the_forecast_head_on_imagined_states():
     assert metrics["loss_overshoot"] < 0.5 * first
     off = Dreamer(tiny_conf(overshoot_steps=0), n_tokens=16, tokens_per_step=2, action_dim=1)
     assert float(off.wm(batch, off.initial_state(8)).metrics["loss_overshoot"]) == 0.0
+
+
+def test_one_hot_samples_follow_the_categorical_and_pass_its_gradient():
+    """The Gumbel-max draw is the categorical of the logits (chi-square), and the straight-through
+    sample's gradient is the gradient of the probabilities."""
+    from scipy.stats import chisquare
+
+    from pydreamer.models.functions import sample_one_hot
+
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03])
+    logits = p.log().expand(40000, 5).clone().requires_grad_(True)
+    sample = sample_one_hot(logits)
+    counts = sample.detach().sum(0)
+    assert torch.allclose(sample.detach().sum(-1), torch.ones(40000)) and set(sample.detach().round().unique().tolist()) == {0.0, 1.0}
+    assert chisquare(counts.numpy(), (p * 40000).numpy()).pvalue > 1e-3
+    weights = torch.arange(5.0)
+    (sample * weights).sum().backward()
+    probs = torch.softmax(logits.detach()[0], -1)
+    expected = probs * (weights - (probs * weights).sum())  # d E[w] / d logits
+    assert torch.allclose(logits.grad[0], expected, atol=1e-6)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
 from .actor_critic import ActorCritic
 from .rssm import State
@@ -76,11 +77,11 @@ class Dreamer(nn.Module):
         )
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast, record_function("learner/world_model"):
             out = self.wm(batch, state)
         if self.ac is None:
             return self._model_step(out, optimizers, step)
-        with autocast:
+        with autocast, record_function("learner/actor_critic"):
             start = State(*(x.reshape(-1, x.shape[-1]) for x in out.states))
             start_terminal = batch["terminal"].reshape(-1)
             if 0 < self.imag_starts < start_terminal.shape[0]:  # dream from a random subset of states
@@ -95,20 +96,22 @@ class Dreamer(nn.Module):
             )
         # Actor and critic first: dynamics gradients of the actor reach the world model's
         # weights, which only the world-model loss may move, so those are cleared afterwards.
-        (loss_actor + loss_critic).backward()
-        for p in self.wm.parameters():
-            p.grad = None
-        out.loss.backward()
+        with record_function("learner/backward"):
+            (loss_actor + loss_critic).backward()
+            for p in self.wm.parameters():
+                p.grad = None
+            out.loss.backward()
         metrics = {k: float(v) for k, v in out.metrics.items()}
         metrics.update({k: float(v) for k, v in ac_metrics.items()})
         parts = {"model": self.wm, "actor": self.ac.actor, "critic": self.ac.critic}
-        for name, opt in optimizers.items():
-            if name == "actor" and not self.ac.trains_actor:
-                continue
-            norm = torch.nn.utils.clip_grad_norm_(parts[name].parameters(), self.grad_clip)
-            metrics[f"grad_norm_{name}"] = float(norm)
-            if math.isfinite(float(norm)):
-                opt.step()
+        with record_function("learner/optimizer"):
+            for name, opt in optimizers.items():
+                if name == "actor" and not self.ac.trains_actor:
+                    continue
+                norm = torch.nn.utils.clip_grad_norm_(parts[name].parameters(), self.grad_clip)
+                metrics[f"grad_norm_{name}"] = float(norm)
+                if math.isfinite(float(norm)):
+                    opt.step()
         if self.target_interval > 0 and step % self.target_interval == 0:
             self.ac.update_target()
         last = State(out.last_state.deter.detach(), out.last_state.stoch.detach())

@@ -26,9 +26,14 @@ def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch
 
     With straight-through gradients the sample carries the gradient of the probabilities,
     which is how the RSSM and the actor pass gradients through discrete choices.
+    Drawn with the Gumbel-max trick (argmax of logits plus Gumbel noise): the same distribution as
+    torch.multinomial, but elementwise work and one argmax, with no host round trip, so it is cheap
+    inside the RSSM's step loops on a GPU and traceable by torch.compile.
     """
-    probs = torch.softmax(logits.float(), -1)
-    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    logits = logits.float()
+    probs = torch.softmax(logits, -1)
+    uniform = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny, max=1.0 - 1e-7)
+    index = (logits - torch.log(-torch.log(uniform))).argmax(-1)
     sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     if straight_through:
         sample = sample + probs - probs.detach()

@@ -14,6 +14,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
@@ -84,10 +85,12 @@ class WorldModel(nn.Module):
                 " (does the model's codebook size match the data's?)"
             )
         embed = self.encoder(tokens)
-        states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
+        with record_function("world_model/observe"):
+            states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
         features = RSSM.features(states)
         probe = self.contrastive is not None  # token heads see detached features: they read the latent, not train it
-        token_logits = self.decoder(features.detach() if probe else features, tokens)
+        with record_function("world_model/decoder"):
+            token_logits = self.decoder(features.detach() if probe else features, tokens)
         nll = TokenDecoder.nll(token_logits, tokens)  # [T, B, G] nats
         loss_tokens = nll.sum(-1).mean()
         reward_pred = self.reward_head(features)
@@ -113,8 +116,9 @@ class WorldModel(nn.Module):
             nce.update(same=loss.mean(), acc=hit.float().mean())
         loss_overshoot = zero
         if (self.overshoot_steps > 1 or self.contrastive_steps >= 1) and tokens.shape[0] > 2:
-            loss_overshoot, nce["multi"] = self._overshoot(states, tokens, embed, batch["action"],
-                                                           batch["reset"].bool())
+            with record_function("world_model/overshoot"):
+                loss_overshoot, nce["multi"] = self._overshoot(states, tokens, embed, batch["action"],
+                                                               batch["reset"].bool())
         loss = (
             loss_tokens
             + self.forecast_weight * (loss_forecast + loss_overshoot)
