@@ -2,12 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q
 
-.PHONY: install test run clean
+.PHONY: install deps test run clean
 
-install: $(BIN)/python
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+# The project, editable, with its test tools. `deps` first: then this step only adds the project itself.
+install: deps
+	$(PIP) -e '.[test]'
 	touch $(VENV)/.installed
+
+# Only the dependencies pyproject.toml lists (and its `test` extra), read by docker/deps.py: no second
+# list, and no source needed, so the Docker image runs it in a layer cached until pyproject.toml changes.
+deps: $(BIN)/python
+	$(BIN)/python docker/deps.py --extra test > $(VENV)/deps.txt
+	$(PIP) -r $(VENV)/deps.txt
 
 # `make run` installs first only when the environment is missing or older than pyproject.toml.
 $(VENV)/.installed: pyproject.toml

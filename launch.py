@@ -6,7 +6,9 @@
    MLflow run and logs the merged config as params;
 2. prepares the token corpus with the tokenizer stages when `data_dir` has none;
 3. starts the generator processes (train and eval workers) and the learner process, all
-   logging into the same run, with the replay store in the run's artifact folder;
+   logging into the same run, with the replay store in the run's artifact folder (or, when a
+   tracking server proxies the artifacts, in `<mlflow_dir>/replay/<run id>`: the learner uploads
+   its checkpoints);
 4. watches them: the run ends when the learner has done `n_steps`. A child that dies is
    reported with its exit code, the others are stopped and the launcher exits non-zero
    (resume with --resume_id). Ctrl-C, and SIGTERM (what `docker stop`, systemd and Slurm send),
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from runtime.tracking import RunNotFound, local_artifact_dir, start_or_resume_run, tracking_uri
+    from runtime.tracking import RunNotFound, default_replay_dir, local_artifact_dir, start_or_resume_run, tracking_uri
 
     # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
     resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
@@ -198,7 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     run_id = run.info.run_id
     previous_replay = run.data.tags.get("replay_dir") if resume_id else None
-    replay_dir = Path(conf["replay_dir"] or previous_replay or local_artifact_dir(run) or "replay").resolve()
+    here = default_replay_dir(run, conf)
+    if previous_replay and not (conf["replay_dir"] or Path(previous_replay).is_dir() or Path(previous_replay) == here):
+        # another machine's folder (artifacts proxied by a server): a new replay store here, and the
+        # learner continues from the checkpoint it uploaded to the run's artifacts
+        print(f"launch: run {run_id}'s replay store {previous_replay} is not on this machine: its episodes start "
+              f"again in {here}; the learner continues from the run's artifact checkpoints/latest.pt", flush=True)
+        previous_replay = None
+    replay_dir = Path(conf["replay_dir"] or previous_replay or here).resolve()
     replay_dir.mkdir(parents=True, exist_ok=True)
     from pydreamer.train import objective_tag
 

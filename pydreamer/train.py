@@ -7,7 +7,10 @@ actor-critic, evaluates on `episodes_eval`, logs to MLflow, and checkpoints into
 
 launch.py starts it with MLFLOW_RUN_ID set, so it logs into the launcher's run. When
 `<replay_dir>/checkpoints/latest.pt` exists the learner continues from it (model,
-optimizers, step), which is how `--resume_id` resumes. Exit codes: 0 done, 3 NaN/inf
+optimizers, step), which is how `--resume_id` resumes. When the run's artifacts are not the
+replay store (a tracking server that proxies them) the learner also uploads each checkpoint
+as the artifact `checkpoints/latest.pt` (and `best.pt`), and a replay store without a
+checkpoint first gets the run's (a resume on another machine). Exit codes: 0 done, 3 NaN/inf
 loss (the last good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous
 one is intact), 130 interrupted (a checkpoint is saved first).
 
@@ -112,6 +115,16 @@ class Learner:
     def agree(self, code: int) -> int:
         """The largest of the ranks' codes (one all-reduce every rank must reach); `code` alone on one rank."""
         return distributed.agree(code, self.device) if self.ranks.distributed else int(code)
+
+    def fetch_checkpoints(self, run) -> list[str]:
+        """A replay store without a checkpoint, of a run whose artifacts are not the replay store (a resume on another
+        machine than the last, the artifacts proxied by a server): the run's artifact checkpoints, downloaded into it
+        so that try_resume finds them. Returns the names fetched."""
+        if not self.log_artifacts or self.ckpt_path.exists():
+            return []
+        from pydreamer.runs import fetch_checkpoints
+
+        return fetch_checkpoints(run, self.replay_dir)
 
     def save(self) -> None:
         if not self.ranks.is_main:  # rank 0 writes the checkpoints: every rank holds the same weights
@@ -321,7 +334,14 @@ def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks
     learner = Learner(conf, replay_dir, dims, device, ranks)
     learner.log_artifacts = setup["log_artifacts"]
     if ranks.is_main:
+        import mlflow
+
         remove_stale_temporaries(learner.ckpt_path.parent)  # a checkpoint half-written when the learner was killed
+        fetched = learner.fetch_checkpoints(mlflow.active_run())
+        if fetched:
+            log.info("fetched %s from the run's artifacts into %s", " and ".join(f"checkpoints/{n}" for n in fetched),
+                     learner.ckpt_path.parent)
+    learner.agree(0)  # the other ranks read the checkpoint once rank 0 has fetched it
     resumed = learner.try_resume()
     learner.distribute()
     n_params = sum(p.numel() for p in learner.model.parameters())
