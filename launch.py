@@ -130,7 +130,7 @@ def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
     if "small" in configs or "tiny" in configs:
         return configs, "no GPU: training the size the sections give on the CPU"
     return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 24-minute corpus, "
-                                 "4000 steps, about 20 minutes on 2 cores); on a GPU host the same command trains the "
+                                 "4000 steps, about 25 minutes on 2 cores); on a GPU host the same command trains the "
                                  "`audio` size")
 
 
