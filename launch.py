@@ -6,7 +6,9 @@
    MLflow run and logs the merged config as params;
 2. prepares the token corpus with the tokenizer stages when `data_dir` has none;
 3. starts the generator processes (train and eval workers) and the learner process, all
-   logging into the same run, with the replay store in the run's artifact folder;
+   logging into the same run, with the replay store in the run's artifact folder (or, when a
+   tracking server proxies the artifacts, in `<mlflow_dir>/replay/<run id>`: the learner uploads
+   its checkpoints);
 4. watches them: the run ends when the learner has done `n_steps`. A child that dies is
    reported with its exit code, the others are stopped and the launcher exits non-zero
    (resume with --resume_id). Ctrl-C, and SIGTERM (what `docker stop`, systemd and Slurm send),
@@ -37,19 +39,32 @@ def needs_tokens(conf) -> bool:
 
 
 def learner_threads(conf) -> int:
-    """The learner's share of the cores: what the generators and its data-loader processes (one core
-    each) leave, at least one. On a busy 2-core machine more threads than cores stall each other."""
-    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + int(conf["data_workers"])
-    return max(1, cpu_cores() - others)
+    """Each learner rank's share of the cores: what the generators and the data-loader processes (one
+    core each, `data_workers` per rank) leave, split over the `learners` ranks, at least one. On a busy
+    2-core machine more threads than cores stall each other."""
+    ranks = int(conf["learners"])
+    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + ranks * int(conf["data_workers"])
+    return max(1, (cpu_cores() - others) // ranks)
 
 
 def start_children(conf, configs: list[str], overrides: list[str], replay_dir: Path, env: dict) -> list[Child]:
-    """The generators (one thread each), then the learner; the learner is last in the list."""
+    """The generators (one thread each), then the learner; the learner is last in the list.
+
+    `learners: N` above 1 starts the learner as N DistributedDataParallel ranks on this host:
+    `python -m torch.distributed.run --standalone --nproc_per_node N -m pydreamer.train ...`. torchrun
+    passes a SIGTERM on to every rank (rank 0 saves) and waits for them before it kills."""
     from pydreamer.generator import start_generators
+    from runtime.processes import STOP_GRACE_S
 
     children = start_generators(configs, overrides, replay_dir, env=env, conf=conf)
     base = ["--configs", *configs, *overrides, "--replay_dir", str(replay_dir)]
-    children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
+    n = int(conf["learners"])
+    if n > 1:
+        args = ["--standalone", "--nproc_per_node", str(n), "-m", "pydreamer.train", *base]
+        ranks_env = dict(env, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_GRACE_S) - 10))  # before Child.stop kills
+        children.append(Child("learner", "torch.distributed.run", args, threads=learner_threads(conf), env=ranks_env))
+    else:
+        children.append(Child("learner", "pydreamer.train", base, threads=learner_threads(conf), env=env))
     return children
 
 
@@ -115,7 +130,7 @@ def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
     if "small" in configs or "tiny" in configs:
         return configs, "no GPU: training the size the sections give on the CPU"
     return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 24-minute corpus, "
-                                 "4000 steps, about 20 minutes on 2 cores); on a GPU host the same command trains the "
+                                 "4000 steps, about 25 minutes on 2 cores); on a GPU host the same command trains the "
                                  "`audio` size")
 
 
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from runtime.tracking import RunNotFound, local_artifact_dir, start_or_resume_run, tracking_uri
+    from runtime.tracking import RunNotFound, default_replay_dir, local_artifact_dir, start_or_resume_run, tracking_uri
 
     # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
     resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
@@ -185,7 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     run_id = run.info.run_id
     previous_replay = run.data.tags.get("replay_dir") if resume_id else None
-    replay_dir = Path(conf["replay_dir"] or previous_replay or local_artifact_dir(run) or "replay").resolve()
+    here = default_replay_dir(run, conf)
+    if previous_replay and not (conf["replay_dir"] or Path(previous_replay).is_dir() or Path(previous_replay) == here):
+        # another machine's folder (artifacts proxied by a server): a new replay store here, and the
+        # learner continues from the checkpoint it uploaded to the run's artifacts
+        print(f"launch: run {run_id}'s replay store {previous_replay} is not on this machine: its episodes start "
+              f"again in {here}; the learner continues from the run's artifact checkpoints/latest.pt", flush=True)
+        previous_replay = None
+    replay_dir = Path(conf["replay_dir"] or previous_replay or here).resolve()
     replay_dir.mkdir(parents=True, exist_ok=True)
     from pydreamer.train import objective_tag
 

@@ -22,11 +22,18 @@ cache's threads while the lanes use the ones drawn before.
 Several DataLoader workers each run their own lanes from their own random stream; every
 batch says which worker made it (`worker`), and consecutive batches of one worker continue
 each other. The learner keeps one carried state per worker, as pydreamer does.
+
+With several learner ranks (pydreamer.distributed) each rank's reader sees only its own share
+of the store: episode `index` of generator worker `w` belongs to rank `(w + index) % world_size`
+(`shard_of`), decided from the file name alone, so the shares are disjoint, cover the store, and
+stay so as it grows.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -35,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pydreamer.distributed import shard_of
 from pydreamer.episodes import STEP_KEYS, EpisodeError, EpisodeListing, episode_filename, load_episode
 from runtime.storage import ReadCache, RemotePath, store_path
 
@@ -47,12 +55,16 @@ class ReplayStoreIndex:
     """Which episodes a replay store folder holds: a few integers per episode.
 
     File names are rebuilt from (worker folder, worker, index, length); the rare name that does
-    not round-trip is kept as text.
+    not round-trip is kept as text. With `shard=(rank, world_size)` it lists only the episodes
+    that rank trains on (`shard_of`).
     """
 
-    def __init__(self, folder: Path | str):
+    def __init__(self, folder: Path | str, shard: tuple[int, int] = (0, 1)):
         self.folder = store_path(folder)
         self.listing = EpisodeListing(self.folder)
+        self.rank, self.world_size = int(shard[0]), int(shard[1])
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"shard {shard}: the rank must lie in 0..world_size-1")
         self.subdirs: list[str] = []
         self.subdir = np.zeros(0, np.int32)
         self.worker = np.zeros(0, np.int32)
@@ -73,6 +85,8 @@ class ReplayStoreIndex:
         rows: list[tuple[int, int, int, int]] = []
         first = len(self.length)
         for rel, (w, i, n) in self.listing.new():
+            if self.world_size > 1 and shard_of(w, i, self.world_size) != self.rank:
+                continue
             sub, _, name = rel.rpartition("/")
             s = subdirs.setdefault(sub, len(subdirs))
             if (sub, w, i) in self.bad:
@@ -147,6 +161,8 @@ class ReplayReader(IterableDataset):
         n_tokens: int | None = None,
         cache_mb: float = 512.0,
         read_ahead: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         super().__init__()
         if batch_size < 1 or batch_length < 1:
@@ -162,6 +178,7 @@ class ReplayReader(IterableDataset):
         self.cache: ReadCache | None = None  # made in __iter__, in the process that reads
         self.read_ahead = int(read_ahead)  # a bucket: episodes drawn ahead of use, fetched meanwhile
         self._ahead: collections.deque[int] = collections.deque()
+        self.rank, self.world_size = int(rank), int(world_size)  # this learner rank reads its share of the store
         self.n_skipped = 0  # unusable files met by this process
         self.new_skips: list[str] = []  # their "path: reason" lines, handed on with the next batch
         self.n_loaded = 0
@@ -174,8 +191,10 @@ class ReplayReader(IterableDataset):
             waited = time.monotonic() - start
             if waited >= self.wait_seconds:
                 bad = f" ({len(index.bad)} unreadable files skipped)" if index.bad else ""
+                share = (f" for learner rank {self.rank} of {self.world_size} (its share: episode e of worker w "
+                         f"when (w + e) % {self.world_size} == {self.rank})" if self.world_size > 1 else "")
                 raise TimeoutError(
-                    f"no usable episodes in {self.folder} after {waited:.0f} s{bad}: start generators with "
+                    f"no usable episodes in {self.folder}{share} after {waited:.0f} s{bad}: start generators with "
                     f"`python -m pydreamer.generator --configs ... --replay_dir {self.folder.parent}`"
                 )
             if time.monotonic() - last_note >= 30:
@@ -224,11 +243,11 @@ class ReplayReader(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info else 0
-        if self.seed is not None:
-            rng = np.random.default_rng([int(self.seed), worker])
+        if self.seed is not None:  # rank 0 draws as the single learner does; other ranks draw their own
+            rng = np.random.default_rng([int(self.seed), worker] + ([self.rank] if self.rank else []))
         else:
             rng = np.random.default_rng(info.seed if info else None)
-        index = ReplayStoreIndex(self.folder)
+        index = ReplayStoreIndex(self.folder, (self.rank, self.world_size))
         remote = isinstance(self.folder, RemotePath) and self.cache_mb > 0
         self.cache = ReadCache(int(self.cache_mb * 2**20)) if remote else None
         self._ahead.clear()
@@ -274,13 +293,19 @@ class ReplayReader(IterableDataset):
 
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
+    # torchrun stops a learner rank with a SIGTERM to the rank's whole process group: a reader process
+    # leaves quietly (exit 0), so the rank's DataLoader does not raise "worker killed by signal" in the
+    # middle of the rank's last checkpoint.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes",
-                       n_tokens: int | None = None, cache_mb: float = 512.0) -> DataLoader:
+                       n_tokens: int | None = None, cache_mb: float = 512.0, rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
     (episodes with token ids at or above `n_tokens` are skipped, when given; a bucket's episodes are
-    cached in each worker, up to `cache_mb`)."""
+    cached in each worker, up to `cache_mb`); learner rank `rank` of `world_size` reads only its share
+    of the store."""
     reader = ReplayReader(
         replay_dir,
         subdir=subdir,
@@ -291,6 +316,8 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         seed=conf["seed"],
         n_tokens=n_tokens,
         cache_mb=cache_mb,
+        rank=rank,
+        world_size=world_size,
     )
     workers = int(conf["data_workers"])
     return DataLoader(

@@ -120,6 +120,7 @@ def run_dreams(args: argparse.Namespace) -> int:
     from pydreamer.runs import load_model, log_to_run, open_run, run_checkpoint, run_tokenizer
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
+    from runtime.tracking import local_replay_dir
     from tokenizer.codec import TokenCodec
     from tokenizer.features import MelSettings
     from tokenizer.layout import DataLayout
@@ -127,7 +128,7 @@ def run_dreams(args: argparse.Namespace) -> int:
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
-    _, ckpt_path = run_checkpoint(run, conf)
+    _, ckpt_path = run_checkpoint(run, conf, fetch_to=local_replay_dir(args.mlflow_dir, args.run))
     tok = run_tokenizer(run, conf)
     device = resolve_device(conf["device"])
     iters = args.griffin_lim_iters or int(conf["dream_griffin_lim_iters"])

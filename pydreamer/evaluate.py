@@ -9,7 +9,9 @@ steps t of each utterance, the forecasts of steps t+1..t+H (see forecast.py) bes
 per-position baselines (baselines.py) on exactly the same cells. It logs `test/nll_h{h}`,
 `test/acc_h{h}` and `test/baseline/{name}/...` to the run at the checkpoint's step and writes a
 CSV table, a PNG of NLL and accuracy against horizon, a JSON summary and a t-SNE of latent
-features under `<replay store>/evaluation/<split>/` (the run's artifacts).
+features under `<replay store>/evaluation/<split>/` (the run's artifacts). When the run's replay
+store is not on this machine (a tracking server that proxies artifacts) the checkpoint is
+downloaded from the run's artifacts into `<mlflow_dir>/replay/<run id>/`, which then stands for it.
 
 Episodes are scored whole (cut to `eval_max_steps`), each filtered from a zero state, in
 batches made by data.py. Token forecasts are compared with baselines that know the token
@@ -244,12 +246,13 @@ def _main(args) -> int:
     from pydreamer.latents import latent_points, tsne_png
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
+    from runtime.tracking import local_replay_dir
     from tokenizer.layout import DataLayout
     from tokenizer.tokens import MissingTokensError, TokenSplit, read_token_spec
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
-    replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint)
+    replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint, local_replay_dir(args.mlflow_dir, args.run))
     layout = DataLayout.of(conf["data_dir"])
     try:
         spec = read_token_spec(layout, conf["codebook_size"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -61,22 +62,71 @@ def open_run(run_id: str, mlflow_dir: str = "mlruns"):
     return run, run_config(run)
 
 
-def run_checkpoint(run, conf, which: str = "best") -> tuple[Path, Path]:
+def run_checkpoint(run, conf, which: str = "best", fetch_to: Path | str | None = None) -> tuple[Path, Path]:
     """(replay store, checkpoint path) of a run that has saved at least once.
 
     which="best": the weights with the lowest val eval/nll_h1 (model selection), or the latest
     when the run has kept none; "latest": the last saved (runs compared at equal steps).
+    The checkpoint is read from the run's replay store (its `replay_dir` tag) when that is on this
+    machine; else it is fetched from the run's artifacts `checkpoints/` (a tracking server that proxies
+    artifacts, an object store) into `fetch_to` (default: a temporary folder), which is then returned
+    as the replay store (outputs such as evaluation/ are written there and logged to the run).
     """
     from pydreamer.models.checkpoint import checkpoint_path
 
     replay_dir = run.data.tags.get("replay_dir")
-    ckpt = checkpoint_path(replay_dir) if replay_dir else None
-    if ckpt is not None and which == "best" and checkpoint_path(replay_dir, "best").exists():
-        ckpt = checkpoint_path(replay_dir, "best")
-    if ckpt is None or not ckpt.exists():
-        raise RunError(f"run {run.info.run_id} has no checkpoint ({ckpt or 'no replay_dir tag'}): "
-                       f"it saves one every save_interval={conf['save_interval']} learner steps")
-    return Path(replay_dir), ckpt
+    if replay_dir:
+        for name in (("best", "latest") if which == "best" else ("latest",)):
+            if checkpoint_path(replay_dir, name).exists():
+                return Path(replay_dir), checkpoint_path(replay_dir, name)
+    folder = Path(fetch_to) if fetch_to else Path(tempfile.mkdtemp(prefix=f"run-{run.info.run_id[:8]}-"))
+    fetched = fetch_checkpoints(run, folder)
+    for name in (("best", "latest") if which == "best" else ("latest",)):
+        if checkpoint_path(folder, name).name in fetched:
+            log.info("run %s: checkpoint %s fetched from the run's artifacts (%s) into %s", run.info.run_id,
+                     f"{CHECKPOINT_ARTIFACTS}/{checkpoint_path(folder, name).name}", run.info.artifact_uri, folder)
+            return folder, checkpoint_path(folder, name)
+    if not fetch_to:
+        shutil.rmtree(folder, ignore_errors=True)
+    where = f"its replay store {replay_dir} has none" if replay_dir and Path(replay_dir).is_dir() else \
+        (f"its replay store {replay_dir} is not on this machine" if replay_dir else "it has no replay_dir tag")
+    raise RunError(f"run {run.info.run_id} has no checkpoint: {where}, and its artifacts ({run.info.artifact_uri}) "
+                   f"hold no {CHECKPOINT_ARTIFACTS}/{'best.pt or latest.pt' if which == 'best' else 'latest.pt'}. "
+                   f"The learner saves one every save_interval={conf['save_interval']} learner steps: let the run "
+                   f"get that far (python launch.py ... --resume_id {run.info.run_id})")
+
+
+CHECKPOINT_ARTIFACTS = "checkpoints"  # artifact folder the learner uploads latest.pt / best.pt to (train.Learner)
+
+
+def fetch_checkpoints(run, folder: Path | str) -> list[str]:
+    """Download the run's artifacts `checkpoints/latest.pt` and `checkpoints/best.pt` (those it has) into
+    `<folder>/checkpoints/`, replacing older copies whole; returns the names fetched ([] when none)."""
+    import mlflow
+
+    from pydreamer.models.checkpoint import checkpoint_path
+
+    try:
+        names = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, CHECKPOINT_ARTIFACTS)}
+    except Exception as e:  # the artifact store cannot be listed: say so, as for a missing checkpoint
+        log.warning("run %s: cannot list its artifacts %s/ (%s: %s)", run.info.run_id, CHECKPOINT_ARTIFACTS,
+                    type(e).__name__, e)
+        return []
+    fetched = []
+    for which in ("latest", "best"):
+        target = checkpoint_path(folder, which)
+        if target.name not in names:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp),
+                                                       artifact_path=f"{CHECKPOINT_ARTIFACTS}/{target.name}")
+            os.replace(path, target)  # the same folder: a reader never sees half a checkpoint
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        fetched.append(target.name)
+    return fetched
 
 
 def load_model(ckpt_path: Path, conf, codebook_size: int, tokens_per_step: int, device: torch.device):

@@ -34,6 +34,17 @@ def set_torch_threads(n: int | None = None) -> int:
     return n
 
 
+def rank_threads(local_ranks: int) -> int:
+    """Intra-op threads of one of `local_ranks` learner processes on this host: its share of the cores
+    (cores // local_ranks, at least one), and no more than OMP_NUM_THREADS when that is set (launch.py
+    --learners N sets it to each rank's share of what the generators leave; torchrun sets it to 1 when
+    it starts several processes and finds it unset)."""
+    n = max(1, cpu_cores() // max(1, int(local_ranks)))
+    if os.environ.get("OMP_NUM_THREADS"):
+        n = min(n, max(1, int(os.environ["OMP_NUM_THREADS"])))
+    return n
+
+
 class Child:
     """`python -m <module> <args>` in its own session (so Ctrl-C reaches only the parent, which
     stops children in order), with its thread count set in its environment."""

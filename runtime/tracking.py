@@ -19,8 +19,38 @@ def tracking_uri(conf: Mapping[str, Any]) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (http/https): it decides where artifacts go."""
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def artifact_location(uri: str, conf: Mapping[str, Any]) -> str | None:
+    """Where a new experiment keeps its artifacts (the replay store, checkpoints): beside the tracking store.
+
+    `sqlite:///PATH/x.db` -> `PATH/artifacts` (so our default `<mlflow_dir>/mlflow.db` -> `<mlflow_dir>/artifacts`);
+    a tracking server (http/https), a `file:` store or a plain folder -> None: the server's artifact root, or
+    MLflow's own `<store>/<experiment id>/`; another database (postgresql://, mysql://, ...) ->
+    `<mlflow_dir>/artifacts`. Never MLflow's fallback `./mlruns` / `./mlartifacts`, which depends on the
+    folder a command is started from.
+    """
+    scheme = urlparse(uri).scheme
+    if is_server(uri) or scheme in ("", "file"):
+        return None
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        db = make_url(uri).database
+        if db and db != ":memory:":
+            return (Path(db).resolve().parent / "artifacts").as_uri()
+    if scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        return (Path(conf.get("mlflow_dir", "mlruns")).resolve() / "artifacts").as_uri()
+    return None  # databricks, plugins: their own default
+
+
 def setup_mlflow(conf: Mapping[str, Any]) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    """Point MLflow at the configured store and experiment (created, with its artifacts beside the store, when
+    missing); returns the experiment id. An experiment that exists keeps the artifact location it was created
+    with: to move a project's artifacts, use a new `experiment` name."""
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -30,10 +60,7 @@ def setup_mlflow(conf: Mapping[str, Any]) -> str:
     name = conf.get("experiment", "audio-world-model")
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        artifacts = None
-        if uri.startswith("sqlite:"):
-            artifacts = (Path(conf.get("mlflow_dir", "mlruns")).resolve() / "artifacts").as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
+        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(uri, conf))
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -84,8 +111,21 @@ def start_or_resume_run(conf: Mapping[str, Any], run_id: str | None = None, run_
 
 
 def local_artifact_dir(run) -> Path | None:
-    """The run's artifact folder when it is on this machine's disk; None for a server or object store."""
+    """The run's artifact folder when it is a path on disk (a local store, or a server started with
+    --no-serve-artifacts and a --default-artifact-root folder this machine shares); None when the artifacts are
+    proxied by a server (`mlflow-artifacts:/`) or in an object store."""
     parsed = urlparse(run.info.artifact_uri)
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
     return None
+
+
+def local_replay_dir(mlflow_dir: str | Path, run_id: str) -> Path:
+    """This machine's folder for a run whose artifacts are not on its disk: `<mlflow_dir>/replay/<run_id>`
+    (its replay store, and the checkpoints fetched from the artifact store)."""
+    return Path(mlflow_dir).resolve() / "replay" / run_id
+
+
+def default_replay_dir(run, conf: Mapping[str, Any]) -> Path:
+    """The replay store of a run that names none: its artifact folder when on disk, else `local_replay_dir`."""
+    return local_artifact_dir(run) or local_replay_dir(conf.get("mlflow_dir", "mlruns"), run.info.run_id)

@@ -1,4 +1,7 @@
-"""python -m tokenizer prepare|train|encode|evaluate|all --configs defaults audio [--force] [--key value ...]"""
+"""python -m tokenizer prepare|train|encode|evaluate|all|merge --configs defaults audio [--force] [--key value ...]
+
+On several hosts sharing one data folder: `prepare --worker i --n_workers N` on each, then `merge`
+on one; the same for `encode` (see tokenizer/parts.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,38 +9,78 @@ import sys
 
 from runtime.config import parse_args
 from tokenizer.layout import DataLayout
-from tokenizer.stages import STAGES, StaleOutput, check_stages, run_stage
+from tokenizer.parts import PART_STAGES, PartError, pending, share_from_args
+from tokenizer.stages import STAGES, StaleOutput, check_stages, merge_parts, run_part, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tokenizer",
         description="Audio -> log-mel -> VQ-VAE tokens. Stages: prepare (decode, features, split), "
-                    "train (the VQ-VAE), encode (token shards), evaluate (metrics.json); 'all' runs them in order.",
+                    "train (the VQ-VAE), encode (token shards), evaluate (metrics.json); 'all' runs them in order. "
+                    "On several hosts: prepare or encode with --worker i --n_workers N on each, then 'merge' on one.",
         epilog="Any config key can be overridden: --data_dir /tmp/tok --source folder --data_root DIR ...",
     )
-    parser.add_argument("stage", choices=(*STAGES, "all"))
+    parser.add_argument("stage", choices=(*STAGES, "all", "merge"))
     parser.add_argument("--force", action="store_true", help="redo the stage even if its output exists")
+    parser.add_argument("--worker", type=int, default=None, metavar="I",
+                        help="prepare/encode: do only share I of --n_workers (utterances, or log-mel shards for encode, "
+                             "whose number %% N == I) into <data_dir>/parts/<stage>/; 'merge' assembles the parts")
+    parser.add_argument("--n_workers", type=int, default=None, metavar="N", help="how many workers share the stage")
     conf, args = parse_args(argv, parser)
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    prog = f"{parser.prog} {args.stage}"
+    try:  # every check before anything is written
+        share = share_from_args(args.worker, args.n_workers)
+        if share is not None and args.stage not in PART_STAGES:
+            raise PartError(f"--worker/--n_workers share {' and '.join(PART_STAGES)} only; run {args.stage} in one process")
+    except PartError as e:
+        parser.exit(2, f"{prog}: error: {e}\n")
     layout = DataLayout.of(conf["data_dir"])
-    if not args.force:  # before anything is written: output made with other settings is never reused
-        try:
-            check_stages(conf, layout, stages)
-        except StaleOutput as e:
-            parser.exit(2, f"{parser.prog} {args.stage}: error: {e}\n")
+    if args.stage == "merge":
+        return _merge(conf, layout, prog)
+    stages = STAGES if args.stage == "all" else (args.stage,)
     try:
-        for stage in stages:
-            run_stage(conf, layout, stage, force=args.force)
+        if not args.force:  # output made with other settings is never reused
+            check_stages(conf, layout, stages)
+        pending(layout, stages, share)  # nor output whose worker parts are not merged yet
+    except (StaleOutput, PartError) as e:
+        parser.exit(2, f"{prog}: error: {e}\n")
+    try:
+        if share is not None:
+            run_part(conf, layout, args.stage, share, force=args.force)
+        else:
+            for stage in stages:
+                run_stage(conf, layout, stage, force=args.force)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except PartError as e:  # parts of another worker count or other settings: nothing was written
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # one clear line, not a traceback, for what the user can fix
-        if isinstance(e, (FileNotFoundError, ValueError, OSError)) or type(e).__name__ in ("CorpusError", "NothingUsable"):
-            print(f"{parser.prog} {args.stage}: error: {e}", file=sys.stderr)
-            return 1
-        raise
+        return _one_line(e, prog)
     return 0
+
+
+def _merge(conf, layout: DataLayout, prog: str) -> int:
+    try:
+        merge_parts(conf, layout)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (the parts are kept: merge again)", file=sys.stderr)
+        return 130
+    except PartError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        return _one_line(e, prog)
+    return 0
+
+
+def _one_line(e: Exception, prog: str) -> int:
+    if isinstance(e, (FileNotFoundError, ValueError, OSError)) or type(e).__name__ in ("CorpusError", "NothingUsable"):
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    raise e
 
 
 if __name__ == "__main__":

@@ -3,10 +3,18 @@
 Per utterance: tokens [T, G] int16, the voice activity of each step (the environment's
 reward), speaker, utterance id and source. Utterances shorter than `min_steps` are
 dropped and counted: too short to learn any dynamics from.
+
+On several hosts (`--worker i --n_workers N`, see tokenizer/parts.py) the log-mel shards of
+train, val and test are numbered in that order and worker i encodes those numbered i modulo N
+into `parts/encode/w{i}of{N}/`; token shards are named after their log-mel shard, so
+`merge_encode` moves them into place and sums the statistics in shard order: the same token
+shards and meta as one process.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +26,9 @@ from tqdm import tqdm
 
 from runtime.device import resolve_device
 from tokenizer.features import MelSettings
+from runtime.files import atomic_write_text
 from tokenizer.layout import DataLayout
+from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, publish, sha256_of, staging
 from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.tokens import write_token_meta
@@ -106,7 +116,7 @@ def encode_shard(mel_shard: Path, out_folder: Path, model: VQVAE, device: torch.
     Token shards mirror log-mel shards one to one, so the output does not depend on how
     many processes encode.
     """
-    stats: dict[str, Any] = {"kept": 0, "dropped": 0, "seconds": 0.0, "means": [], "stds": []}
+    stats: dict[str, Any] = {"kept": 0, "dropped": 0, "seconds": 0.0, "means": [], "stds": [], "files": []}
     fps = MelSettings.from_conf(conf).frames_per_second
     with ShardWriter(out_folder, max(1, conf["shard_frames"] // model.ds), prefix=mel_shard.stem) as writer:
         for utt, tokens, _ in tokenize(model, read_shard(mel_shard), device, conf["encode_batch_frames"]):
@@ -121,62 +131,184 @@ def encode_shard(mel_shard: Path, out_folder: Path, model: VQVAE, device: torch.
             stats["kept"] += 1
             stats["means"].append(utt["mean"])
             stats["stds"].append(utt["std"])
+    stats["files"] = [f"{writer.prefix}-{k:05d}.npz" for k in range(writer.n_shards)]
     return stats
 
 
-def _encode_job(job: tuple[str, Path, Path, dict]) -> tuple[str, dict]:
-    split, mel_shard, out_folder, conf = job
-    return split, encode_shard(mel_shard, out_folder, _WORKER["model"], _WORKER["device"], conf)
+def _encode_job(job: tuple[int, Path, Path, dict]) -> tuple[int, dict]:
+    number, mel_shard, out_folder, conf = job
+    return number, encode_shard(mel_shard, out_folder, _WORKER["model"], _WORKER["device"], conf)
 
 
-def encode(conf: Mapping[str, Any], layout: DataLayout) -> dict:
-    """Write `<data_dir>/tokens/{train,val,test}/` and `tokens/meta.json`; returns the meta."""
-    device = resolve_device(conf["device"])
-    model, _ = load_vqvae(layout.vqvae, device)
+def mel_shard_jobs(layout: DataLayout) -> list[tuple[str, Path]]:
+    """(split, log-mel shard) of train, val and test in order: the shards' numbers are their places here."""
+    return [(split, p) for split in SPLITS for p in shard_paths(layout.mels(split))]
+
+
+def _meta_base(conf: Mapping[str, Any], model: VQVAE) -> dict[str, Any]:
     settings = MelSettings.from_conf(conf)
     steps_per_second = settings.frames_per_second / model.ds
-    meta: dict[str, Any] = {
+    return {
         "codebook_size": model.quantizer.codebook_size, "tokens_per_step": model.G, "time_downsample": model.ds,
         "steps_per_second": steps_per_second, "frames_per_second": settings.frames_per_second,
         "bits_per_second": steps_per_second * model.G * float(np.log2(model.quantizer.codebook_size)),
         "min_steps": conf["min_steps"], "features": {k: conf[k] for k in MelSettings.__dataclass_fields__},
         "splits": {s: 0 for s in SPLITS}, "dropped_short": {s: 0 for s in SPLITS},
     }
-    jobs = []
-    for split in SPLITS:
-        shutil.rmtree(layout.tokens(split), ignore_errors=True)
-        layout.tokens(split).mkdir(parents=True)
-        jobs += [(split, p, layout.tokens(split), dict(conf)) for p in shard_paths(layout.mels(split))]
-    t0 = time.time()
+
+
+def _encode_jobs(conf: Mapping[str, Any], layout: DataLayout, model: VQVAE, device: torch.device,
+                 jobs: list[tuple[int, Path, Path]], desc: str = "encode") -> dict[int, dict]:
+    """encode_shard of each (number, mel shard, out folder), by `encode_workers` processes; stats by number."""
     workers = min(max(1, int(conf["encode_workers"])), len(jobs))
     if workers > 1 and device.type == "cpu":
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(layout.vqvae), conf["device"]))
-        results = pool.imap_unordered(_encode_job, jobs)
+        results = pool.imap_unordered(_encode_job, [(n, p, out, dict(conf)) for n, p, out in jobs])
     else:
         pool = None
-        results = ((split, encode_shard(p, out, model, device, c)) for split, p, out, c in jobs)
-    means, stds, audio_seconds = [], [], 0.0
+        results = ((n, encode_shard(p, out, model, device, conf)) for n, p, out in jobs)
+    stats: dict[int, dict] = {}
     try:
-        for split, st in tqdm(results, total=len(jobs), desc="encode", unit="shard", mininterval=2.0):
-            meta["splits"][split] += st["kept"]
-            meta["dropped_short"][split] += st["dropped"]
-            audio_seconds += st["seconds"]
-            if split == "train":
-                means += st["means"]
-                stds += st["stds"]
+        for number, st in tqdm(results, total=len(jobs), desc=desc, unit="shard", mininterval=2.0):
+            stats[number] = st
     finally:
         if pool is not None:
             pool.terminate()
+    return stats
+
+
+def _finish_meta(meta: dict[str, Any], conf: Mapping[str, Any], split_of: Mapping[int, str],
+                 stats: Mapping[int, Mapping[str, Any]], seconds: float) -> dict[str, Any]:
+    """Counts and statistics summed over the shards in their order (so they do not depend on who
+    encoded which), the short-drop warnings, the speed."""
+    means, stds, audio_seconds = [], [], 0.0
+    for number in sorted(stats):
+        split, st = split_of[number], stats[number]
+        meta["splits"][split] += st["kept"]
+        meta["dropped_short"][split] += st["dropped"]
+        audio_seconds += st["seconds"]
+        if split == "train":
+            means += st["means"]
+            stds += st["stds"]
     if sum(meta["splits"].values()) == 0:
         raise ValueError(f"encode: no utterance has at least min_steps={conf['min_steps']} steps; lower --min_steps")
     warnings = short_drop_warnings(meta["splits"], meta["dropped_short"], conf["min_steps"], conf["max_short_drop_fraction"],
-                                   steps_per_second)
+                                   meta["steps_per_second"])
     if warnings:
         meta["warnings"] = warnings
     # Dreams have no utterance of their own: they are un-z-scored with the corpus' typical level.
     meta["mel_mean"] = float(np.mean(means)) if means else 0.0
     meta["mel_std"] = float(np.mean(stds)) if stds else 1.0
     meta["audio_seconds"] = audio_seconds
-    meta["encode_realtime_factor"] = audio_seconds / max(time.time() - t0, 1e-9)
+    meta["encode_realtime_factor"] = audio_seconds / max(seconds, 1e-9)
+    return meta
+
+
+def encode(conf: Mapping[str, Any], layout: DataLayout) -> dict:
+    """Write `<data_dir>/tokens/{train,val,test}/` and `tokens/meta.json`; returns the meta."""
+    device = resolve_device(conf["device"])
+    model, _ = load_vqvae(layout.vqvae, device)
+    meta = _meta_base(conf, model)
+    for split in SPLITS:
+        shutil.rmtree(layout.tokens(split), ignore_errors=True)
+        layout.tokens(split).mkdir(parents=True)
+    shards = mel_shard_jobs(layout)
+    t0 = time.time()
+    stats = _encode_jobs(conf, layout, model, device, [(n, p, layout.tokens(split)) for n, (split, p) in enumerate(shards)])
+    meta = _finish_meta(meta, conf, {n: split for n, (split, _) in enumerate(shards)}, stats, time.time() - t0)
+    write_token_meta(layout, meta)
+    return meta
+
+
+# ---- on several hosts: one share of the log-mel shards per worker, then merge (see tokenizer/parts.py) ----
+
+_META_KEYS = ("min_steps", "max_short_drop_fraction", *MelSettings.__dataclass_fields__)
+
+
+def _made_with(conf: Mapping[str, Any], layout: DataLayout, shards: list[tuple[str, Path]]) -> tuple[dict, dict]:
+    """(what the part was made with, the settings file encode records) for this config and data folder."""
+    from tokenizer.stages import STAGES, _recorded, stage_settings
+
+    settings = {**(_recorded(layout, STAGES[STAGES.index("encode") - 1]) or {}), **stage_settings(conf, "encode")}
+    made_with = {**settings, "shard_frames": conf["shard_frames"], "max_short_drop_fraction": conf["max_short_drop_fraction"],
+                 "mel_shards": len(shards), "manifest_sha256": sha256_of(layout.manifest), "vqvae_sha256": sha256_of(layout.vqvae)}
+    return made_with, settings
+
+
+def _need_inputs(layout: DataLayout) -> None:
+    for path, stage in ((layout.manifest, "prepare"), (layout.vqvae, "train")):
+        if not path.is_file():
+            raise FileNotFoundError(f"encode: no {path}: run {stage} first")
+
+
+def encode_part(conf: Mapping[str, Any], layout: DataLayout, share: Share, force: bool = False) -> dict | None:
+    """Tokens of this worker's log-mel shards -> `<data_dir>/parts/encode/w{i}of{N}/tokens/{split}/`, then
+    its part.json. Returns the part record, or None when the part was already complete (and not `force`)."""
+    _need_inputs(layout)
+    shards = mel_shard_jobs(layout)
+    made_with, settings = _made_with(conf, layout, shards)
+    if check_worker_start(layout, "encode", share, made_with, force):
+        return None
+    device = resolve_device(conf["device"])
+    model, _ = load_vqvae(layout.vqvae, device)
+    with staging(layout, "encode", share) as folder:
+        for split in SPLITS:
+            (folder / "tokens" / split).mkdir(parents=True)
+        mine = [(n, p, folder / "tokens" / split) for n, (split, p) in enumerate(shards) if share.takes(n)]
+        t0 = time.time()
+        stats = _encode_jobs(conf, layout, model, device, mine, desc=f"encode {share.name}")
+        record = {"stage": "encode", "worker": share.worker, "n_workers": share.n_workers, "made_with": made_with,
+                  "settings": settings, "meta": _meta_base(conf, model), "conf": {k: conf[k] for k in _META_KEYS},
+                  "shards": [{"number": n, "split": shards[n][0], "mel_shard": shards[n][1].name, **stats[n]}
+                             for n, _, _ in mine],
+                  "seconds_elapsed": round(time.time() - t0, 3)}
+        publish(folder, layout, "encode", share, record)
+    return record
+
+
+def part_summary_line(record: Mapping[str, Any], folder: Any) -> str:
+    kept = sum(s["kept"] for s in record["shards"])
+    return (f"encode: worker {record['worker']} of {record['n_workers']}: {len(record['shards'])} of "
+            f"{record['made_with']['mel_shards']} log-mel shards, {kept} utterances -> {folder}")
+
+
+def merge_encode(layout: DataLayout) -> dict:
+    """The N encode parts -> `tokens/{split}/` (their shards moved into place: they are named after the
+    log-mel shards, as one process names them) and `tokens/meta.json` summed in shard order, plus
+    `settings/encode.json`. Checked before anything is moved; safe to run again after an interruption."""
+    records = collect(layout, "encode")
+    first = records[0]
+    _need_inputs(layout)
+    shards = mel_shard_jobs(layout)
+    for key, path, stage in (("manifest_sha256", layout.manifest, "prepare"), ("vqvae_sha256", layout.vqvae, "train")):
+        if first["made_with"][key] != sha256_of(path):
+            raise PartError(f"merge: the encode parts were made from another {path.name} ({stage} was redone since): "
+                            f"run the encode workers again")
+    if first["made_with"]["mel_shards"] != len(shards):
+        raise PartError(f"merge: the encode parts were made from {first['made_with']['mel_shards']} log-mel shards, "
+                        f"{layout.root / 'mels'} holds {len(shards)}: run the encode workers again")
+    check_indices(records, [[s["number"] for s in r["shards"]] for r in records], len(shards), "log-mel shards", "encode")
+    moves: list[tuple[Path, Path]] = []
+    for r in records:
+        for s in r["shards"]:
+            for name in s["files"]:
+                src, dst = r["folder"] / "tokens" / s["split"] / name, layout.tokens(s["split"]) / name
+                if not src.is_file() and not dst.is_file():  # already moved by an interrupted merge: fine
+                    raise PartError(f"merge: {src} is missing: run worker {r['worker']} of {len(records)} again")
+                moves.append((src, dst))
+    stats = {s["number"]: s for r in records for s in r["shards"]}
+    meta = _finish_meta(json.loads(json.dumps(first["meta"])), first["conf"], {n: split for n, (split, _) in enumerate(shards)},
+                        stats, max(r["seconds_elapsed"] for r in records))
+    layout.token_meta.unlink(missing_ok=True)  # its presence would say the corpus is complete while shards move
+    wanted = {dst for _, dst in moves}
+    for split in SPLITS:
+        layout.tokens(split).mkdir(parents=True, exist_ok=True)
+        for old in layout.tokens(split).iterdir():  # what an earlier encode left
+            if old not in wanted:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for src, dst in moves:
+        if src.is_file():
+            os.replace(src, dst)
+    atomic_write_text(layout.settings("encode"), json.dumps(first["settings"], indent=2))
     write_token_meta(layout, meta)
     return meta

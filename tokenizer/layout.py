@@ -49,5 +49,10 @@ class DataLayout:
         """The settings a stage's output was made with (written when the stage finishes)."""
         return self.root / "settings" / f"{stage}.json"
 
+    def parts(self, stage: str) -> Path:
+        """Worker parts of a stage run on several hosts (`--worker i --n_workers N`), one folder
+        `w{i}of{N}` each, until `python -m tokenizer merge` assembles them (and removes this folder)."""
+        return self.root / "parts" / stage
+
     def has_tokens(self) -> bool:
         return self.token_meta.is_file() and all(self.tokens(s).is_dir() for s in SPLITS)

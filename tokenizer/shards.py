@@ -116,3 +116,17 @@ def iter_utterances(folder: Path | str) -> Iterator[dict]:
     for path in shard_paths(folder):
         yield from read_shard(path)
 
+
+def iter_rows(folder: Path | str) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.generic]]]:
+    """Every utterance of a split as (per-step slices, per-utterance values), the values kept as numpy
+    scalars and the keys in the order written: handed to `ShardWriter.add` in the same order, they
+    give back the same arrays (dtypes included). One shard in memory at a time."""
+    for path in shard_paths(folder):
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        offsets = data.pop("offsets")
+        step_keys = set(data.pop("step_keys").tolist())
+        for i in range(len(offsets) - 1):
+            a, b = offsets[i], offsets[i + 1]
+            yield ({k: v[a:b] for k, v in data.items() if k in step_keys},
+                   {k: v[i] for k, v in data.items() if k not in step_keys})

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import mlflow
 
 from runtime.files import atomic_write_text
 from runtime.tracking import find_run, setup_mlflow, start_or_resume_run
 from tokenizer.layout import DataLayout
+
+if TYPE_CHECKING:
+    from tokenizer.parts import Share
 
 STAGES = ("prepare", "train", "encode", "evaluate")
 
@@ -125,9 +128,14 @@ def tokenizer_run(conf: Mapping[str, Any], layout: DataLayout) -> Iterator[str]:
 
 
 def _run_prepare(conf: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.prepare import prepare, summary_line
+    from tokenizer.prepare import prepare
 
-    manifest = prepare(conf, layout)
+    return _prepare_report(prepare(conf, layout), layout)
+
+
+def _prepare_report(manifest: Mapping[str, Any], layout: DataLayout) -> str:
+    from tokenizer.prepare import summary_line
+
     if mlflow.active_run():
         mlflow.log_metrics({
             "tokenizer/prepare_utterances": manifest["utterances_kept"],
@@ -147,7 +155,10 @@ def _run_train(conf: Mapping[str, Any], layout: DataLayout) -> str:
 def _run_encode(conf: Mapping[str, Any], layout: DataLayout) -> str:
     from tokenizer.encode import encode
 
-    meta = encode(conf, layout)
+    return _encode_report(encode(conf, layout), layout)
+
+
+def _encode_report(meta: Mapping[str, Any], layout: DataLayout) -> str:
     if mlflow.active_run():
         mlflow.log_metrics({"tokenizer/encode_realtime_factor": meta["encode_realtime_factor"],
                             **{f"tokenizer/encode_dropped_short_{s}": n for s, n in meta["dropped_short"].items()}})
@@ -189,9 +200,72 @@ def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bo
 
 def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str], None] = print) -> Path:
     """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder.
-    Output made with other settings is refused (StaleOutput), never used."""
+    Output made with other settings is refused (StaleOutput), never used; so are worker parts not
+    merged yet (PartError)."""
+    from tokenizer.parts import pending
+
     check_stages(conf, layout, ("prepare", "train", "encode"))
+    pending(layout, ("prepare", "train", "encode"))
     if not layout.has_tokens():
         for stage in ("prepare", "train", "encode"):
             run_stage(conf, layout, stage, echo=echo)
     return layout.token_meta.parent
+
+
+# ---- on several hosts: `--worker i --n_workers N`, then `merge` (see tokenizer/parts.py) ----------------
+
+def run_part(conf: Mapping[str, Any], layout: DataLayout, stage: str, share: "Share", force: bool = False,
+             echo: Callable[[str], None] = print) -> bool:
+    """This worker's share of prepare or encode, into `<data_dir>/parts/<stage>/w{i}of{N}/`; returns whether
+    it ran. Skipped when the stage's output exists (unless forced) or this part is complete already.
+    Workers log nothing to MLflow: `merge` does."""
+    from tokenizer import encode, parts, prepare
+
+    out = stage_output(layout, stage)
+    if out.exists() and not force:
+        check_stages(conf, layout, (stage,))
+        echo(f"{stage}: {out} exists; skipping (--force redoes this share, as a part for merge)")
+        return False
+    module = {"prepare": prepare, "encode": encode}[stage]
+    maker = {"prepare": prepare.prepare_part, "encode": encode.encode_part}[stage]
+    folder = share.folder(layout, stage)
+    record = maker(conf, layout, share, force)
+    if record is None:
+        echo(f"{stage}: part {folder} is complete; skipping (--force redoes it)")
+    else:
+        echo(module.part_summary_line(record, folder))
+    state = parts.status(layout, stage)
+    then = (f"merge with `python -m tokenizer merge --data_dir {layout.root}`" if state.startswith("all")
+            else "merge once every worker is done")
+    echo(f"{stage}: {state}; {then}")
+    return record is not None
+
+
+def merge_parts(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str], None] = print) -> list[str]:
+    """Assemble the worker parts of prepare, then of encode (whichever are there) into the stage's output,
+    as one process writes it, log the stage to the data folder's MLflow run, and remove the parts.
+    Returns the stages merged; PartError when there is nothing to merge or the parts do not fit."""
+    import shutil
+
+    from tokenizer import encode, parts, prepare
+
+    stages = [s for s in parts.PART_STAGES if layout.parts(s).is_dir() and any(layout.parts(s).iterdir())]
+    if not stages:
+        raise parts.PartError(f"merge: nothing to merge: no worker parts in {layout.root / 'parts'} "
+                              "(`prepare` or `encode` with --worker i --n_workers N makes them)")
+    # The run's params: the settings the parts were made with, not this command's config (which need
+    # not repeat the workers' --configs); the later stages add theirs.
+    tracking = {k: conf[k] for k in ("data_dir", "mlflow_dir", "experiment", "run_name") if k in conf}
+    for stage in stages:
+        merge, report = {"prepare": (prepare.merge_prepare, _prepare_report), "encode": (encode.merge_encode, _encode_report)}[stage]
+        output = merge(layout)
+        with tokenizer_run({**tracking, **json.loads(layout.settings(stage).read_text())}, layout):
+            echo("merge: " + report(output, layout))
+        try:
+            shutil.rmtree(layout.parts(stage))
+            layout.parts(stage).parent.rmdir()  # only when no other stage's parts are left
+        except OSError as e:
+            if layout.parts(stage).exists():
+                echo(f"merge: WARNING: could not remove {layout.parts(stage)} ({e}); remove it by hand, "
+                     "or the next stages refuse to start")
+    return stages

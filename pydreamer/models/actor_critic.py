@@ -65,6 +65,10 @@ class ActorCritic(nn.Module):
                 actions.append(action)
         return torch.stack(feats), torch.stack(actions)
 
+    def forward(self, world_model: nn.Module, start: State, start_terminal: torch.Tensor):
+        """`losses`: the one forward of a step, so that DistributedDataParallel can wrap the actor-critic."""
+        return self.losses(world_model, start, start_terminal)
+
     def losses(
         self, world_model: nn.Module, start: State, start_terminal: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

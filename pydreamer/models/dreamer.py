@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,11 @@ class Dreamer(nn.Module):
         self.target_interval = int(conf["target_interval"])
         self.eval_samples = int(conf["eval_samples"])
         self.imag_starts = int(conf["imag_starts"])
+        # Several learner ranks (`distribute`): the DDP wrappers of the trained parts, and the agreement
+        # on a non-finite loss. A plain dict, not submodules: state_dict (and so every checkpoint) stays
+        # the unwrapped model's, which any number of ranks can load.
+        self.replicas: dict[str, nn.Module] = {}
+        self.agree: Callable[[int], int] | None = None
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return self.wm.initial_state(batch_size, device)
@@ -58,6 +63,33 @@ class Dreamer(nn.Module):
             "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=float(conf["adam_lr_actor"]), eps=1e-5),
             "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=float(conf["adam_lr_critic"]), eps=1e-5),
         }
+
+    def distribute(self, agree: Callable[[int], int], **ddp_kwargs) -> None:
+        """Train with DistributedDataParallel (the process group must be up): the world model and the
+        actor-critic each in its own DDP wrapper, each given one forward and one backward per step, so
+        their gradients are averaged over the ranks. `agree(code)` returns the largest code of all ranks.
+
+        With the null action (one action) the actor has nothing to learn and is never run: its weights
+        are frozen here so DDP does not wait for gradients that never come (no find_unused_parameters)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.replicas = {"wm": DDP(self.wm, **ddp_kwargs)}
+        if self.ac is not None:
+            if not self.ac.trains_actor:
+                self.ac.actor.requires_grad_(False)
+            self.replicas["ac"] = DDP(self.ac, **ddp_kwargs)
+        self.agree = agree
+
+    def _check_finite(self, losses: Mapping[str, torch.Tensor], step: int) -> None:
+        """Raise NonFiniteLoss (before any backward) when a loss is NaN or inf, here or on another rank."""
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).item()]
+        elsewhere = self.agree is not None and self.agree(int(bool(bad))) and not bad
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(losses[k].detach())}" for k in bad)
+            )
+        if elsewhere:
+            raise NonFiniteLoss(f"non-finite loss at step {step} on another learner rank (its log names it)")
 
     def training_step(
         self,
@@ -78,7 +110,7 @@ class Dreamer(nn.Module):
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         with autocast, record_function("learner/world_model"):
-            out = self.wm(batch, state)
+            out = self.replicas.get("wm", self.wm)(batch, state)
         if self.ac is None:
             return self._model_step(out, optimizers, step)
         with autocast, record_function("learner/actor_critic"):
@@ -87,19 +119,16 @@ class Dreamer(nn.Module):
             if 0 < self.imag_starts < start_terminal.shape[0]:  # dream from a random subset of states
                 pick = torch.randperm(start_terminal.shape[0], device=device)[: self.imag_starts]
                 start, start_terminal = State(start.deter[pick], start.stoch[pick]), start_terminal[pick]
-            loss_actor, loss_critic, ac_metrics = self.ac.losses(self.wm, start, start_terminal)
-        losses = {"loss_model": out.loss, "loss_actor": loss_actor, "loss_critic": loss_critic}
-        bad = [k for k, v in losses.items() if not torch.isfinite(v).item()]
-        if bad:
-            raise NonFiniteLoss(
-                f"non-finite loss at step {step}: " + ", ".join(f"{k}={float(losses[k].detach())}" for k in bad)
-            )
-        # Actor and critic first: dynamics gradients of the actor reach the world model's
-        # weights, which only the world-model loss may move, so those are cleared afterwards.
+            ac = self.replicas.get("ac")
+            loss_actor, loss_critic, ac_metrics = (ac(self.wm, start, start_terminal) if ac is not None
+                                                   else self.ac.losses(self.wm, start, start_terminal))
+        self._check_finite({"loss_model": out.loss, "loss_actor": loss_actor, "loss_critic": loss_critic}, step)
+        # The actor-critic loss moves only the actor and critic: dynamics gradients of the actor pass
+        # through the world model, whose weights only the world-model loss may move, so that backward
+        # stops at the actor-critic's own weights (`inputs`) and never reaches the world model's.
         with record_function("learner/backward"):
-            (loss_actor + loss_critic).backward()
-            for p in self.wm.parameters():
-                p.grad = None
+            ac_params = [p for p in self.ac.parameters() if p.requires_grad]
+            (loss_actor + loss_critic).backward(inputs=ac_params)
             out.loss.backward()
         metrics = {k: float(v) for k, v in out.metrics.items()}
         metrics.update({k: float(v) for k, v in ac_metrics.items()})
@@ -120,8 +149,7 @@ class Dreamer(nn.Module):
 
     def _model_step(self, out, optimizers: Mapping[str, torch.optim.Optimizer], step: int):
         """The world model alone (no actor-critic): one clipped Adam step."""
-        if not torch.isfinite(out.loss).item():
-            raise NonFiniteLoss(f"non-finite loss at step {step}: loss_model={float(out.loss.detach())}")
+        self._check_finite({"loss_model": out.loss}, step)
         out.loss.backward()
         metrics = {k: float(v) for k, v in out.metrics.items()}
         norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.grad_clip)

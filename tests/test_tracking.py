@@ -1,0 +1,116 @@
+"""Where a run's artifacts go for each tracking store: beside a SQLite or file store the user chose
+(MLFLOW_TRACKING_URI), never in the folder a command is started from; an experiment that exists keeps
+its location; a checkpoint that is not on this machine is fetched from the run's artifacts (evaluate,
+dream, a resumed learner). A real tracking server: tests/test_mlflow_server.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from runtime.tracking import artifact_location, local_artifact_dir, setup_mlflow, start_or_resume_run
+
+K = 32
+
+
+def _conf(**kw) -> dict:
+    return {"mlflow_dir": "mlruns", "experiment": "where-artifacts-go", "run_name": "", **kw}
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory) -> str:
+    """MLFLOW_TRACKING_URI of a SQLite store somewhere the user chose (one for the module: each new store
+    costs seconds of schema migrations)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('somewhere') / 'other.db'}"
+
+
+def test_artifacts_land_beside_a_sqlite_store_the_user_chose(chosen, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    with start_or_resume_run(_conf()) as run:
+        mlflow.log_text("weights", "checkpoints/latest.txt")
+    assert _files(tmp_path) == []  # no ./mlruns, ./mlartifacts, ./mlruns/artifacts
+    folder = local_artifact_dir(run)
+    store = Path(chosen.removeprefix("sqlite:///")).parent
+    assert folder.is_relative_to(store / "artifacts") and (folder / "checkpoints" / "latest.txt").is_file()
+
+
+def test_an_experiment_that_exists_keeps_its_artifact_location(chosen, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    mlflow.set_tracking_uri(chosen)
+    mlflow.create_experiment("made-before", artifact_location=(tmp_path / "old").as_uri())
+    setup_mlflow(_conf(experiment="made-before"))
+    assert mlflow.get_experiment_by_name("made-before").artifact_location == (tmp_path / "old").as_uri()
+
+
+def test_a_file_store_keeps_artifacts_in_its_folder(tmp_path, monkeypatch):
+    store, cwd = tmp_path / "filestore", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses file stores unless told
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    with start_or_resume_run(_conf()) as run:
+        mlflow.log_text("x", "a.txt")
+    assert local_artifact_dir(run).is_relative_to(store) and _files(cwd) == []
+
+
+def test_artifact_location_per_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conf = _conf(mlflow_dir=str(tmp_path / "m"))
+    assert artifact_location("http://127.0.0.1:5000", conf) is None  # the server decides
+    assert artifact_location("https://mlflow.example", conf) is None
+    assert artifact_location("file:///x/store", conf) is None  # MLflow's <store>/<experiment id>/
+    assert artifact_location("sqlite:////data/t/x.db?timeout=20", conf) == "file:///data/t/artifacts"
+    assert artifact_location("sqlite:///rel/x.db", conf) == (tmp_path / "rel" / "artifacts").as_uri()
+    assert artifact_location("postgresql+psycopg2://u@h/db", conf) == (tmp_path / "m" / "artifacts").as_uri()
+
+
+def test_a_checkpoint_not_on_this_machine_is_fetched_from_the_runs_artifacts(chosen, tmp_path, monkeypatch):
+    """The learner uploads its checkpoints when the run's artifacts are not its replay store; evaluate and dream
+    (run_checkpoint) and a resumed learner (fetch_checkpoints) get them back when the replay store is elsewhere."""
+    from pydreamer.models import Dreamer
+    from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from pydreamer.runs import RunError, run_checkpoint, run_config
+    from runtime.config import load_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    gone = tmp_path / "another-machine" / "replay"
+    with start_or_resume_run(_conf(), tags={"replay_dir": str(gone)}) as run:
+        pass
+    run = mlflow.get_run(run.info.run_id)
+    with pytest.raises(RunError, match=rf"run {run.info.run_id} has no checkpoint: its replay store {gone} is not on "
+                                       r"this machine, and its artifacts .* hold no checkpoints/best.pt or latest.pt"):
+        run_checkpoint(run, run_config(run), fetch_to=tmp_path / "here")
+    assert not (tmp_path / "here").exists()
+    with start_or_resume_run(_conf(), run.info.run_id):
+        src = tmp_path / "upload"
+        save_checkpoint(checkpoint_path(src), Dreamer(load_config(["defaults", "tiny"]), K, 4, 1), None, 7)
+        mlflow.log_artifact(str(checkpoint_path(src)), "checkpoints")
+    replay, ckpt = run_checkpoint(run, run_config(run), fetch_to=tmp_path / "here")
+    assert replay == tmp_path / "here" and ckpt == checkpoint_path(replay) and load_checkpoint(ckpt)["step"] == 7
+
+
+def test_a_resumed_learner_without_a_checkpoint_gets_the_runs(chosen, tmp_path, monkeypatch):
+    """A resume on another machine than the last, artifacts proxied by a server: the replay store here is new,
+    so the learner downloads the run's artifact checkpoints before it looks for one."""
+    from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+    from pydreamer.train import Learner
+    from runtime.config import load_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    conf = load_config(["defaults", "tiny"])
+    dims = {"n_tokens": K, "tokens_per_step": 4, "action_dim": 1}
+    with start_or_resume_run(_conf()) as run:
+        trained = Learner(conf, tmp_path / "there", dims)
+        trained.step, trained.log_artifacts = 12, True
+        trained.save()  # uploads checkpoints/latest.pt
+    learner = Learner(conf, tmp_path / "here", dims)
+    assert learner.fetch_checkpoints(run) == []  # its artifacts are its replay store: nothing to fetch
+    learner.log_artifacts = True
+    assert learner.fetch_checkpoints(run) == ["latest.pt"] and learner.try_resume() and learner.step == 12
+    assert learner.fetch_checkpoints(run) == []  # one is there now: never overwritten
