@@ -177,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
+    from runtime.storage import is_remote
+
+    for key in ("replay_dir", "data_dir"):  # one machine's launcher: buckets are for the per-host commands
+        if is_remote(str(conf[key])):
+            parser.exit(2, f"{parser.prog}: error: --{key} {conf[key]}: launch.py runs every process on this machine "
+                           f"and needs a local folder; with a bucket, start python -m pydreamer.generator and "
+                           f"python -m pydreamer.train on each host (README: Many machines)\n")
     if needs_tokens(conf):  # tokens made with other settings are refused before anything is written
         from tokenizer.layout import DataLayout
         from tokenizer.stages import StaleOutput, check_stages

@@ -24,6 +24,8 @@ import launch
     (["--source", "commonvoice", "--data_root", "no/such/dir"], "'data_root' = 'no/such/dir': is not a folder"),
     (["--data_dir", "a_file"], "'data_dir' = 'a_file': is a file; expected a folder"),
     (["--data_dir", ""], "'data_dir' = '': must name a folder"),
+    (["--replay_dir", "s3://bucket/replay"], "--replay_dir s3://bucket/replay: launch.py runs every process on this machine"),
+    (["--evaluate_at_end", "maybe"], "expected true or false"),
     (["--mlflow_dir", "a_file"], "'mlflow_dir' = 'a_file': is a file"),
     (["--device", "tpu"], "'device' = 'tpu': expected auto, cpu, cuda or cuda:N"),
 ])
