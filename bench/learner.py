@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also report each phase's share of the step (torch.profiler, the learner's labels)")
     conf, args = parse_args(None, parser)
-    from pydreamer import distributed
+    from runtime import distributed
     from pydreamer.data import make_replay_loader
     from pydreamer.train import Learner
     from runtime.device import resolve_device

@@ -23,7 +23,7 @@ Several DataLoader workers each run their own lanes from their own random stream
 batch says which worker made it (`worker`), and consecutive batches of one worker continue
 each other. The learner keeps one carried state per worker, as pydreamer does.
 
-With several learner ranks (pydreamer.distributed) each rank's reader sees only its own share
+With several learner ranks (runtime.distributed) each rank's reader sees only its own share
 of the store: episode `index` of generator worker `w` belongs to rank `(w + index) % world_size`
 (`shard_of`), decided from the file name alone, so the shares are disjoint, cover the store, and
 stay so as it grows.

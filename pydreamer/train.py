@@ -14,7 +14,7 @@ checkpoint first gets the run's (a resume on another machine). Exit codes: 0 don
 loss (the last good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous
 one is intact), 130 interrupted (a checkpoint is saved first).
 
-Under torchrun with N processes it trains with DistributedDataParallel (pydreamer.distributed):
+Under torchrun with N processes it trains with DistributedDataParallel (runtime.distributed):
 each rank reads its share of the replay store, the effective batch is batch_size x N, and rank 0
 alone logs to MLflow, evaluates and writes checkpoints (the unwrapped model's, so a run continues
 on any number of ranks). Every rank stops at the same step, with the same exit code.
@@ -33,12 +33,12 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from pydreamer import distributed
-from pydreamer.distributed import SINGLE, Ranks
 from pydreamer.evaluate import evaluate_episodes, load_eval_episodes
 from pydreamer.models import Dreamer, NonFiniteLoss, State
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore, save_checkpoint
+from runtime import distributed
 from runtime.device import resolve_device
+from runtime.distributed import SINGLE, Ranks, weights_digest
 from runtime.files import remove_stale_temporaries
 from runtime.storage import RemotePath, store_path
 
@@ -469,17 +469,6 @@ def _write_digest(learner: Learner) -> None:
     (Path(folder) / f"rank{learner.ranks.rank}.json").write_text(
         json.dumps({"rank": learner.ranks.rank, "world_size": learner.ranks.world_size, "step": learner.step,
                     "saved_step": learner.saved_step, "sha256": h}))
-
-
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of a state_dict's names and values: equal digests, equal weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, value in state_dict.items():
-        h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _stop(msg: str, code: int, ranks: Ranks = SINGLE) -> int:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from pydreamer.data import ReplayReader, ReplayStoreIndex
-from pydreamer.distributed import Ranks, shard_of
+from pydreamer.distributed import shard_of
 from pydreamer.episodes import episode_filename, save_episode
 from pydreamer.generator import run_generator
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint
-from pydreamer.train import main, weights_digest
+from pydreamer.train import main
 from runtime.config import load_config
+from runtime.distributed import Ranks, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

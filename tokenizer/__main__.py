@@ -1,7 +1,11 @@
 """python -m tokenizer prepare|train|encode|evaluate|all|merge --configs defaults audio [--force] [--key value ...]
 
 On several hosts sharing one data folder: `prepare --worker i --n_workers N` on each, then `merge`
-on one; the same for `encode` (see tokenizer/parts.py)."""
+on one; the same for `encode` (see tokenizer/parts.py).
+
+`train` also runs under torchrun (`torchrun --standalone --nproc_per_node N -m tokenizer train ...`):
+N ranks train the VQ-VAE with DistributedDataParallel (see tokenizer/train.py); rank 0 alone logs
+and writes. The other stages run in one process."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +14,8 @@ import sys
 from runtime.config import parse_args
 from tokenizer.layout import DataLayout
 from tokenizer.parts import PART_STAGES, PartError, pending, share_from_args
-from tokenizer.stages import STAGES, StaleOutput, check_stages, merge_parts, run_part, run_stage
+from runtime.distributed import Ranks
+from tokenizer.stages import STAGES, StaleOutput, check_stages, merge_parts, run_part, run_stage, run_train_ranks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         share = share_from_args(args.worker, args.n_workers)
         if share is not None and args.stage not in PART_STAGES:
             raise PartError(f"--worker/--n_workers share {' and '.join(PART_STAGES)} only; run {args.stage} in one process")
+        ranks = Ranks.from_env()
+        if ranks.distributed and (args.stage != "train" or share is not None):
+            raise PartError(f"under torchrun ({ranks.world_size} ranks) only `train` runs; run {args.stage} "
+                            "in one process (python -m tokenizer ...)")
     except PartError as e:
         parser.exit(2, f"{prog}: error: {e}\n")
     layout = DataLayout.of(conf["data_dir"])
@@ -45,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         pending(layout, stages, share)  # nor output whose worker parts are not merged yet
     except (StaleOutput, PartError) as e:
         parser.exit(2, f"{prog}: error: {e}\n")
+    if ranks.distributed:
+        return _train_ranks(conf, layout, ranks, args.force, prog)
     try:
         if share is not None:
             run_part(conf, layout, args.stage, share, force=args.force)
@@ -60,6 +71,33 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one clear line, not a traceback, for what the user can fix
         return _one_line(e, prog)
     return 0
+
+
+def _train_ranks(conf, layout: DataLayout, ranks: Ranks, force: bool, prog: str) -> int:
+    """`train` as one of torchrun's ranks: join the process group, train in step, leave together."""
+    import signal
+
+    from runtime import distributed
+    from runtime.device import resolve_device
+    from runtime.processes import rank_threads, set_torch_threads
+
+    set_torch_threads(rank_threads(ranks.local_world_size))  # this rank's share of the host's cores
+    device = distributed.rank_device(resolve_device(conf["device"]), ranks)
+    distributed.init(ranks, device)
+    try:
+        try:
+            run_train_ranks(conf, layout, ranks, device, force=force, echo=print if ranks.is_main else (lambda _: None))
+        except KeyboardInterrupt:
+            print(f"{prog}: [rank {ranks.rank}] interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # torchrun stops the other ranks when one exits with an error
+            return _one_line(e, f"{prog} [rank {ranks.rank}]")
+        # rank 0 may still be logging examples: leave together, and let a SIGTERM not cut that short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        distributed.agree(0, device)
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def _merge(conf, layout: DataLayout, prog: str) -> int:

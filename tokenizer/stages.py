@@ -198,6 +198,33 @@ def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bo
     return True
 
 
+def run_train_ranks(conf: Mapping[str, Any], layout: DataLayout, ranks, device, force: bool = False,
+                    echo: Callable[[str], None] = print) -> bool:
+    """`run_stage(..., "train")` on every rank of a torchrun group (process group joined): rank 0 decides
+    whether to train, and alone opens the MLflow run, writes the checkpoint and the settings record and
+    echoes; the other ranks only train beside it."""
+    from runtime import distributed
+    from tokenizer.train import train
+
+    out = stage_output(layout, "train")
+    skip = distributed.broadcast(bool(out.exists() and not force) if ranks.is_main else None, device)
+    if skip:
+        if ranks.is_main:
+            check_stages(conf, layout, ("train",))
+            echo(f"train: {out} exists; skipping (--force redoes it)")
+        return False
+    if not ranks.is_main:
+        train(conf, layout, ranks, device)
+        return True
+    with tokenizer_run(conf, layout):
+        if mlflow.active_run():
+            mlflow.set_tag("tokenizer.train_ranks", str(ranks.world_size))
+        echo(f"train: saved {train(conf, layout, ranks, device)} ({ranks.world_size} ranks: effective batch "
+             f"{ranks.world_size * int(conf['vq_batch_size'])} crops)")
+    record_settings(conf, layout, "train")
+    return True
+
+
 def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str], None] = print) -> Path:
     """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder.
     Output made with other settings is refused (StaleOutput), never used; so are worker parts not

@@ -2,11 +2,21 @@
 
 Crops come from a small pool of shards that is refreshed as training goes, so memory is
 bounded whatever the corpus size. Metrics go to the active MLflow run as `tokenizer/*`.
+
+Under torchrun (`torchrun --nproc_per_node N -m tokenizer train ...`, see runtime/distributed.py)
+every rank draws its own crops (the sampler is seeded per rank) and DistributedDataParallel
+averages the gradients, so the effective batch is N x vq_batch_size crops. The quantizer keeps
+its EMA codebook, usage counts and dead-code restarts identical on every rank itself
+(VectorQuantizer.sync_ranks: statistics summed over the ranks, restarts picked by rank 0): DDP's
+broadcast_buffers would copy rank 0's buffers at the start of each forward but not the EMA
+codebook (a parameter without gradient), and would drop the other ranks' statistics, so it is
+turned off. Rank 0 alone logs, validates and writes the checkpoint.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from runtime import distributed
 from runtime.device import resolve_device
+from runtime.distributed import SINGLE, Ranks, weights_digest
 from tokenizer.layout import DataLayout
 from tokenizer.prepare import signal_mel_bins
 from tokenizer.shards import iter_utterances, shard_paths
@@ -107,21 +119,39 @@ def _log(metrics: Mapping[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def train(conf: Mapping[str, Any], layout: DataLayout) -> Path:
-    """Train and save `<data_dir>/tokenizer/vqvae.pt`; returns its path."""
-    device = resolve_device(conf["device"])
+def _rank_seed(seed: int, ranks: Ranks) -> int:
+    """Rank 0 (and a single process) draws as before; every other rank its own stream."""
+    return int(seed) if not ranks.rank else int(seed) * 100_003 + ranks.rank
+
+
+def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
+          device: torch.device | None = None) -> Path:
+    """Train and save `<data_dir>/tokenizer/vqvae.pt`; returns its path.
+
+    With several `ranks` (a process group already joined, `device` the rank's own) every rank
+    must call this; rank 0 alone validates, logs and writes."""
+    device = resolve_device(conf["device"]) if device is None else device
+    main = ranks.is_main
     torch.manual_seed(conf["seed"])
     seg = int(conf["vq_segment_frames"])
     if seg % conf["time_downsample"]:
         raise ValueError(f"vq_segment_frames ({seg}) must be a multiple of time_downsample ({conf['time_downsample']})")
-    sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], conf["seed"], pack=conf["vq_pack_crops"])
-    val = _val_crops(layout.mels("val"), seg)
+    sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], _rank_seed(conf["seed"], ranks),
+                          pack=conf["vq_pack_crops"])
+    val = _val_crops(layout.mels("val"), seg) if main else None
     band = signal_mel_bins(json.loads(layout.manifest.read_text()), conf["n_mels"]) if layout.manifest.is_file() else 0
-    model = VQVAE.from_conf(conf, band_bins=band).to(device)
+    net = VQVAE.from_conf(conf, band_bins=band).to(device)
+    model: torch.nn.Module = net
+    if ranks.distributed:
+        torch.manual_seed(_rank_seed(conf["seed"], ranks))  # own draws (codebook restarts pick on rank 0 only)
+        net.quantizer.sync_ranks = True
+        # DDP copies rank 0's weights and buffers to every rank here; later the quantizer keeps its own in step
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=conf["vq_lr"])
     steps = int(conf["vq_steps"])
     restarts_before, t0 = 0, time.time()
-    bar = tqdm(range(steps), desc="train vq-vae", unit="step", mininterval=2.0)
+    bar = tqdm(range(steps), desc="train vq-vae", unit="step", mininterval=2.0, disable=not main)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, conf["vq_lr"])
@@ -133,27 +163,48 @@ def train(conf: Mapping[str, Any], layout: DataLayout) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_value = float(losses["loss"].detach())
-        if not math.isfinite(loss_value):
+        bad = not math.isfinite(loss_value)
+        if ranks.distributed and distributed.agree(int(bad), device):  # every rank stops at the same step
+            loss_value = loss_value if bad else float("nan")
+            bad = True
+        if bad:
             raise FloatingPointError(f"VQ-VAE loss became {loss_value} at step {step}; lower vq_lr")
         last = step == steps - 1
         if step % conf["vq_log_interval"] == 0 or last:
             counts = torch.bincount(tokens.reshape(-1), minlength=conf["codebook_size"]).float()
             p = counts / counts.sum()
             metrics = {f"tokenizer/train_{k}": float(v.detach()) for k, v in losses.items()}
+            if ranks.distributed:  # the losses of every rank's batch
+                metrics = distributed.mean_over_ranks(metrics, device)
             metrics["tokenizer/train_batch_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-            metrics["tokenizer/restarted_codes"] = model.quantizer.restarts - restarts_before
+            metrics["tokenizer/restarted_codes"] = net.quantizer.restarts - restarts_before
             metrics["tokenizer/steps_per_sec"] = (step + 1) / (time.time() - t0)
-            restarts_before = model.quantizer.restarts
+            restarts_before = net.quantizer.restarts
             bar.set_postfix(loss=f"{loss_value:.3f}", ppl=f"{metrics['tokenizer/train_batch_perplexity']:.0f}")
             _log(metrics, step)
-        if val is not None and (step % conf["vq_eval_interval"] == 0 or last):
-            _log({"tokenizer/val_reconstruction": validation_loss(model, val, device)}, step)
-    save_vqvae(layout.vqvae, model, {"step": steps, "features": {k: conf[k] for k in
+        if main and val is not None and (step % conf["vq_eval_interval"] == 0 or last):
+            _log({"tokenizer/val_reconstruction": validation_loss(net, val, device)}, step)
+    _write_digest(net, ranks, steps)
+    if not main:
+        return layout.vqvae
+    save_vqvae(layout.vqvae, net, {"step": steps, "features": {k: conf[k] for k in
                ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "top_db")}})
     if mlflow.active_run():
         mlflow.log_artifact(str(layout.vqvae), "tokenizer")
-        log_examples(model, conf, layout, "val", device, artifact_dir="tokenizer/train_examples")
+        log_examples(net, conf, layout, "val", device, artifact_dir="tokenizer/train_examples")
     return layout.vqvae
+
+
+def _write_digest(model: torch.nn.Module, ranks: Ranks, steps: int) -> None:
+    """Tests: with PYDREAMER_WEIGHTS_DIGEST=DIR every rank writes DIR/vqvae_rank<r>.json, a hash of its
+    weights and buffers (the EMA codebook statistics too), so a test can check that the ranks agree."""
+    folder = os.environ.get("PYDREAMER_WEIGHTS_DIGEST")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"vqvae_rank{ranks.rank}.json").write_text(json.dumps(
+        {"rank": ranks.rank, "world_size": ranks.world_size, "step": steps,
+         "sha256": weights_digest(model.state_dict())}))
 
 
 @torch.no_grad()

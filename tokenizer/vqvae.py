@@ -25,6 +25,12 @@ class VectorQuantizer(nn.Module):
     counted over windows of `restart_window` training batches; at the end of each window,
     codes used less than `dead_threshold` x the average are restarted on random vectors of
     the current batch, so a collapsed codebook recovers within a few dozen steps.
+
+    With `sync_ranks` (set by tokenizer.train under torchrun), training keeps the codebook and
+    its statistics identical on every rank of the default process group: the first codebook
+    and restarted codes are rank 0's picks (broadcast), and the EMA and usage counts are summed
+    over the ranks (all-reduce), so the EMA sees every rank's batch, as one process would with
+    world-size x the batch. Every rank must run each training forward (they do, in step).
     """
 
     def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, ema: bool = True,
@@ -44,6 +50,33 @@ class VectorQuantizer(nn.Module):
         self.reservoir_size = reservoir_size
         self.reservoir: torch.Tensor | None = None  # recent valid encoder outputs (not saved: training state only)
         self._reservoir_at = 0
+        self.sync_ranks = False
+
+    def _synced(self) -> bool:
+        if not (self.sync_ranks and self.training):
+            return False
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self._synced():
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def _from_rank0(self, t: torch.Tensor) -> torch.Tensor:
+        if self._synced():
+            import torch.distributed as dist
+
+            t = t.contiguous()
+            dist.broadcast(t, src=0)
+        return t
+
+    def _count(self, z: torch.Tensor) -> float:
+        """Vectors in this batch, on all ranks together."""
+        return float(self._sum_over_ranks(torch.tensor([float(len(z))], device=z.device))[0])
 
     def nearest(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """Index of the nearest code for each row of z [N, D].
@@ -66,8 +99,9 @@ class VectorQuantizer(nn.Module):
         else:
             pick = z[torch.randint(len(z), (self.codebook_size,), device=z.device)]
             pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
+        pick = self._from_rank0(pick)
         self.codebook.data.copy_(pick)
-        self.ema_count.fill_(len(z) / self.codebook_size)
+        self.ema_count.fill_(self._count(z) / self.codebook_size)
         self.ema_sum.copy_(pick * self.ema_count[:, None])  # a sum, so that sum / count is the code
         self.initialized.fill_(True)
 
@@ -75,6 +109,9 @@ class VectorQuantizer(nn.Module):
     def _ema_update(self, z: torch.Tensor, idx: torch.Tensor) -> None:
         counts = torch.bincount(idx, minlength=self.codebook_size).float()
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)
+        if self._synced():  # the statistics of every rank's batch: the same update on every rank
+            both = self._sum_over_ranks(torch.cat([counts[:, None], sums], 1))
+            counts, sums = both[:, 0], both[:, 1:]
         self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.ema_count.sum()
@@ -111,7 +148,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        self.window_counts += torch.bincount(idx, minlength=self.codebook_size).float()
+        self.window_counts += self._sum_over_ranks(torch.bincount(idx, minlength=self.codebook_size).float())
         self.window_batches += 1
         self._remember(z)
         if self.window_batches < self.restart_window:
@@ -120,12 +157,22 @@ class VectorQuantizer(nn.Module):
         self.window_counts.zero_()
         self.window_batches = 0
         n_dead = int(dead.sum())
-        if n_dead == 0 or len(z) == 0:
-            return
-        pick = self._restart_candidates(z, n_dead)
-        pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
+        if not self._synced():
+            if n_dead == 0 or len(z) == 0:
+                return
+            pick = self._restart_candidates(z, n_dead)
+            pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
+            n = len(z)
+        else:  # every rank has the same `dead` (summed counts); rank 0 picks the vectors, for all
+            n = self._count(z)
+            if n_dead == 0 or n == 0:
+                return
+            if len(z) == 0 and (self.reservoir is None or len(self.reservoir) == 0):
+                z = self.codebook.detach().float()  # a rank with nothing to offer (its picks are not used unless rank 0)
+            pick = self._restart_candidates(z, n_dead)
+            pick = self._from_rank0(pick + 0.01 * pick.std() * torch.randn_like(pick))
         self.codebook.data[dead] = pick
-        self.ema_count[dead] = len(z) / self.codebook_size
+        self.ema_count[dead] = n / self.codebook_size
         self.ema_sum[dead] = pick * self.ema_count[dead][:, None]
         self.restarts += n_dead
 
