@@ -8,7 +8,6 @@ with the very tokenizer whose tokens the model learned, also when `data_dir` has
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from runtime.files import file_sha256
 
 if TYPE_CHECKING:  # torch is imported where a model is built: compare and the run helpers start without it
     import torch
@@ -145,14 +146,6 @@ def load_model(ckpt_path: Path, conf, codebook_size: int, tokens_per_step: int, 
 
 
 # ---- the tokenizer a run was trained with ------------------------------------------------
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def record_tokenizer(run, vqvae: Path, meta: Path) -> str:
     """Log the tokenizer checkpoint and token meta as artifacts of the active run (once), tag their hash.

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from runtime.device import resolve_device
 from tokenizer.features import MelSettings
-from runtime.files import atomic_write_text
+from runtime.files import atomic_write_text, file_sha256
 from tokenizer.layout import DataLayout
-from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, publish, sha256_of, staging
+from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, publish, staging
 from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.tokens import write_token_meta
@@ -231,7 +231,7 @@ def _made_with(conf: Mapping[str, Any], layout: DataLayout, shards: list[tuple[s
 
     settings = {**(_recorded(layout, STAGES[STAGES.index("encode") - 1]) or {}), **stage_settings(conf, "encode")}
     made_with = {**settings, "shard_frames": conf["shard_frames"], "max_short_drop_fraction": conf["max_short_drop_fraction"],
-                 "mel_shards": len(shards), "manifest_sha256": sha256_of(layout.manifest), "vqvae_sha256": sha256_of(layout.vqvae)}
+                 "mel_shards": len(shards), "manifest_sha256": file_sha256(layout.manifest), "vqvae_sha256": file_sha256(layout.vqvae)}
     return made_with, settings
 
 
@@ -281,7 +281,7 @@ def merge_encode(layout: DataLayout) -> dict:
     _need_inputs(layout)
     shards = mel_shard_jobs(layout)
     for key, path, stage in (("manifest_sha256", layout.manifest, "prepare"), ("vqvae_sha256", layout.vqvae, "train")):
-        if first["made_with"][key] != sha256_of(path):
+        if first["made_with"][key] != file_sha256(path):
             raise PartError(f"merge: the encode parts were made from another {path.name} ({stage} was redone since): "
                             f"run the encode workers again")
     if first["made_with"]["mel_shards"] != len(shards):

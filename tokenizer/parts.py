@@ -81,14 +81,6 @@ def share_from_args(worker: int | None, n_workers: int | None) -> Share | None:
     return Share(worker, n_workers)
 
 
-def sha256_of(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(items: Iterable[Any]) -> str:
     """A short digest of JSON-able items (a corpus listing, say), to compare what workers saw."""
     h = hashlib.sha256()
