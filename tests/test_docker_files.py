@@ -251,8 +251,11 @@ def dependency_layer(dockerfile: str, dest: Path) -> Path:
 def make_dry_run(target: str, cwd: Path, venv: Path) -> list[str]:
     if not shutil.which("make"):
         pytest.fail("make is not installed (the Dockerfile installs it; `make install` needs it)")
-    result = subprocess.run(["make", "-n", target, f"VENV={venv}", f"PYTHON={sys.executable}"], cwd=cwd,
-                            capture_output=True, text=True, timeout=60)
+    # as from a shell: under `make test` (CI) the inherited MAKELEVEL/MAKEFLAGS make a nested make print
+    # "Entering/Leaving directory" lines around the commands
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}", f"PYTHON={sys.executable}"],
+                            cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
