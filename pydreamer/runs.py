@@ -75,12 +75,27 @@ def run_checkpoint(run, conf, which: str = "best", fetch_to: Path | str | None =
     """
     from pydreamer.models.checkpoint import checkpoint_path
 
+    from runtime.files import atomic_path
+    from runtime.storage import is_remote
+
     replay_dir = run.data.tags.get("replay_dir")
+    folder = Path(fetch_to) if fetch_to else None
     if replay_dir:
         for name in (("best", "latest") if which == "best" else ("latest",)):
-            if checkpoint_path(replay_dir, name).exists():
-                return Path(replay_dir), checkpoint_path(replay_dir, name)
-    folder = Path(fetch_to) if fetch_to else Path(tempfile.mkdtemp(prefix=f"run-{run.info.run_id[:8]}-"))
+            ckpt = checkpoint_path(replay_dir, name)
+            if not ckpt.exists():
+                continue
+            if not is_remote(replay_dir):
+                return Path(replay_dir), ckpt
+            # a bucket store: the checkpoint is copied down, and outputs go to a local folder (logged to the run)
+            folder = folder or Path(tempfile.mkdtemp(prefix=f"run-{run.info.run_id[:8]}-"))
+            local = checkpoint_path(folder, name)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(local) as tmp:
+                tmp.write_bytes(ckpt.read_bytes())
+            log.info("run %s: checkpoint %s copied from its replay store into %s", run.info.run_id, ckpt, folder)
+            return folder, local
+    folder = folder or Path(tempfile.mkdtemp(prefix=f"run-{run.info.run_id[:8]}-"))
     fetched = fetch_checkpoints(run, folder)
     for name in (("best", "latest") if which == "best" else ("latest",)):
         if checkpoint_path(folder, name).name in fetched:

@@ -161,6 +161,14 @@ def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_p
     assert load_checkpoint(ckpt)["step"] == 6
     assert not any(Path(run.info.artifact_uri.removeprefix("file://")).rglob("*.pt"))  # not copied into the run
 
+    # evaluate / dream of this run: the checkpoint is copied down next to their outputs, never a local "s3:" folder
+    from pydreamer.runs import run_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    folder, local_ckpt = run_checkpoint(run, load_config(["defaults", "tiny"], []), "best", tmp_path / "here")
+    assert folder == tmp_path / "here" and local_ckpt == folder / "checkpoints" / "latest.pt"  # no best.pt: latest
+    assert load_checkpoint(local_ckpt)["step"] == 6 and not (tmp_path / "s3:").exists()
+
     from envs import make_env
     from pydreamer.policy import NetworkPolicy
 
