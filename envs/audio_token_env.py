@@ -20,31 +20,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from runtime import storage
+from tokenizer.bucket import local_data_dir
 from tokenizer.layout import DataLayout
 from tokenizer.tokens import MissingTokensError, ShardError, TokenSplit, read_token_spec
 
 log = logging.getLogger(__name__)
 
 ENV_ID = "AudioTokens-v0"
-
-
-def local_data_dir(data_dir: Path | str) -> Path | str:
-    """`data_dir` as a local folder. Of an `s3://bucket/prefix` data_dir, the tokens (`tokens/`: all the
-    env and the learner read) are mirrored under runtime.storage.cache_root() first, and again when they
-    change there: so generators and learners on other machines read the corpus from the bucket."""
-    if not storage.is_remote(str(data_dir)):
-        return data_dir
-    root = storage.RemotePath(str(data_dir))
-    local = storage.cache_root() / root.bucket / root.key
-    try:
-        storage.mirror(root / "tokens", local / "tokens")
-    except FileNotFoundError as e:
-        raise MissingTokensError(
-            f"no tokens in {root}/tokens ({e.strerror}): make them on one machine (python -m tokenizer "
-            f"prepare|train|encode --data_dir DATA), then copy them there: "
-            f"python -m runtime.storage copy DATA/tokens {root}/tokens") from None
-    return local
 
 
 class AudioTokenEnv(gym.Env):

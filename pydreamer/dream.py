@@ -121,6 +121,7 @@ def run_dreams(args: argparse.Namespace) -> int:
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
     from runtime.tracking import local_replay_dir
+    from tokenizer.bucket import local_data_dir
     from tokenizer.codec import TokenCodec
     from tokenizer.features import MelSettings
     from tokenizer.layout import DataLayout
@@ -128,6 +129,9 @@ def run_dreams(args: argparse.Namespace) -> int:
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
+    # of a bucket data_dir: what dreams read (token meta, the tokenizer, the split's log-mels), fetched here
+    conf["data_dir"] = str(local_data_dir(conf["data_dir"], parts=(
+        "tokens/meta.json", "tokenizer/vqvae.pt", f"mels/{args.split}"), required=False))
     _, ckpt_path = run_checkpoint(run, conf, fetch_to=local_replay_dir(args.mlflow_dir, args.run))
     tok = run_tokenizer(run, conf)
     device = resolve_device(conf["device"])

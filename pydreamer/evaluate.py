@@ -247,14 +247,15 @@ def _main(args) -> int:
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
     from runtime.tracking import local_replay_dir
+    from tokenizer.bucket import local_data_dir
     from tokenizer.layout import DataLayout
     from tokenizer.tokens import MissingTokensError, TokenSplit, read_token_spec
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
     replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint, local_replay_dir(args.mlflow_dir, args.run))
-    layout = DataLayout.of(conf["data_dir"])
     try:
+        layout = DataLayout.of(local_data_dir(conf["data_dir"]))  # of a bucket: its tokens, fetched here
         spec = read_token_spec(layout, conf["codebook_size"])
         split = TokenSplit(layout, args.split, spec)
     except MissingTokensError as e:

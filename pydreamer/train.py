@@ -316,6 +316,7 @@ def _setup(conf: Mapping[str, Any]) -> dict:
         run = start_or_resume_run(conf, os.environ.get("MLFLOW_RUN_ID") or conf["resume_id"] or None)
     except (MissingTokensError, RunNotFound, ValueError) as e:
         return {"error": str(e)}
+    _record_tokenizer(conf, run)
     artifacts = local_artifact_dir(run)
     if not (conf["replay_dir"] or artifacts):
         return {"error": "set --replay_dir (the run's artifacts are not on this machine)"}
@@ -324,6 +325,26 @@ def _setup(conf: Mapping[str, Any]) -> dict:
     log_artifacts = not isinstance(replay_dir, RemotePath) and (
         artifacts is None or artifacts.resolve() != replay_dir.resolve())
     return {"dims": dict(dims), "replay_dir": str(replay_dir), "log_artifacts": log_artifacts}
+
+
+def _record_tokenizer(conf: Mapping[str, Any], run) -> None:
+    """The tokenizer of the tokens trained on, as the run's artifact (launch.py does it too; a learner started
+    on its own, on another host, does it here), so the run's dreams decode with it wherever they are made."""
+    from envs import AUDIO_TOKENS_ID
+    from pydreamer.runs import record_tokenizer
+    from tokenizer.bucket import local_data_dir
+    from tokenizer.layout import DataLayout
+
+    if conf["env_id"] != AUDIO_TOKENS_ID:
+        return
+    try:
+        layout = DataLayout.of(local_data_dir(conf["data_dir"], parts=("tokens/meta.json", "tokenizer/vqvae.pt")))
+        if layout.vqvae.is_file():
+            log.info(record_tokenizer(run, layout.vqvae, layout.token_meta))
+        else:
+            log.warning("no tokenizer checkpoint at %s: this run's dreams need one there", layout.vqvae)
+    except Exception as e:  # the training does not depend on it
+        log.warning("the tokenizer could not be recorded with the run (%s: %s)", type(e).__name__, e)
 
 
 def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks, device: torch.device) -> int:

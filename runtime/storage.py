@@ -361,19 +361,19 @@ def read_bytes(path: Union[str, os.PathLike, RemotePath], cache: ReadCache | Non
     return data
 
 
-def write_bytes_atomic(path: Union[str, os.PathLike, RemotePath], data: bytes) -> None:
+def write_bytes_atomic(path: Union[str, os.PathLike, RemotePath], data: bytes) -> str | None:
     """Write `data` so that no reader ever sees part of it: locally under a temporary name renamed
     into place; on S3 as a single PUT of the whole object (what a reader GETs is the old object, or
-    none, until the PUT completes, then the whole new one)."""
+    none, until the PUT completes, then the whole new one). Returns the new object's ETag (None locally)."""
     path = store_path(path)
     if isinstance(path, RemotePath):
         stats.put_requests += 1
-        _call(path, "put_object", Bucket=path.bucket, Key=path.key, Body=bytes(data))
-        return
+        return str(_call(path, "put_object", Bucket=path.bucket, Key=path.key, Body=bytes(data)).get("ETag", ""))
     from runtime.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return None
 
 
 def exists(path: Union[str, os.PathLike, RemotePath]) -> bool:
@@ -487,7 +487,7 @@ def _pages(folder: RemotePath, kwargs: dict) -> Iterator[dict]:
         kwargs.pop("StartAfter", None)  # the token carries the position on
 
 
-# ---- whole folders: a local copy of a bucket's folder, and the copy command ----------------------
+# ---- whole folders (runtime/sync.py keeps local copies of them) --------------------------------
 
 def walk(folder: Union[str, RemotePath]) -> list[tuple[str, int, str]]:
     """(path relative to `folder`, size, ETag) of every object under an S3 folder, at any depth."""
@@ -500,88 +500,3 @@ def walk(folder: Union[str, RemotePath]) -> list[tuple[str, int, str]]:
             if rel and not rel.endswith("/"):
                 out.append((rel, int(obj.get("Size", -1)), str(obj.get("ETag", ""))))
     return out
-
-
-def cache_root() -> Path:
-    """Where local copies of bucket folders are kept: $XDG_CACHE_HOME (or ~/.cache)/audio-world-model/s3."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audio-world-model" / "s3"
-
-
-def mirror(url: Union[str, RemotePath], dest: Union[str, os.PathLike, None] = None) -> Path:
-    """A local copy of the S3 folder `url` (default: under cache_root(), by bucket and key), brought up
-    to date: objects whose ETag changed since the last copy are downloaded again, new ones added (each
-    file written to a temporary name and renamed, so processes mirroring at once do not clash).
-    Returns the local folder."""
-    import json
-
-    src = RemotePath(url) if not isinstance(url, RemotePath) else url
-    dest = Path(dest) if dest is not None else cache_root() / src.bucket / src.key
-    state_file = dest / ".mirror-etags.json"
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        state = {}
-    objects = walk(src)
-    if not objects:
-        raise FileNotFoundError(errno.ENOENT, "nothing under this S3 folder", str(src))
-    changed = False
-    for rel, _, etag in objects:
-        target = dest / rel
-        if state.get(rel) == etag and target.exists():
-            continue
-        write_bytes_atomic(target, read_bytes(src / rel))
-        state[rel] = etag
-        changed = True
-    if changed:
-        from runtime.files import atomic_write_text
-
-        atomic_write_text(state_file, json.dumps(state, indent=0, sort_keys=True))
-    return dest
-
-
-def copy_tree(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> int:
-    """Copy a folder into a bucket (one PUT per file) or a bucket's folder here; returns the files copied."""
-    src_path, dst_path = store_path(src), store_path(dst)
-    if isinstance(src_path, RemotePath) and not isinstance(dst_path, RemotePath):
-        before = len(walk(src_path))
-        mirror(src_path, dst_path)
-        return before
-    if isinstance(src_path, RemotePath) or not isinstance(dst_path, RemotePath):
-        raise ValueError("copy a local folder to s3://bucket/prefix, or s3://bucket/prefix to a local folder")
-    files = [p for p in sorted(Path(src_path).rglob("*")) if p.is_file() and not p.name.endswith(".tmp")]
-    for p in files:
-        write_bytes_atomic(dst_path / p.relative_to(src_path).as_posix(), p.read_bytes())
-    return len(files)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="python -m runtime.storage",
-        description="Copy a folder to or from a bucket (endpoint and credentials: the AWS_* variables), e.g. "
-                    "the tokens for generators on other machines: copy data/tokens s3://bucket/data/tokens")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cp = sub.add_parser("copy", help="copy SRC to DST: a local folder and s3://bucket/prefix, either way")
-    cp.add_argument("src")
-    cp.add_argument("dst")
-    ls = sub.add_parser("ls", help="the objects under s3://bucket/prefix, with their sizes")
-    ls.add_argument("url")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "copy":
-            n = copy_tree(args.src, args.dst)
-            print(f"copied {n} files from {args.src} to {args.dst}")
-        else:
-            for rel, size, _ in walk(args.url):
-                print(f"{size:>12}  {rel}")
-    except (OSError, ValueError) as e:
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_main())

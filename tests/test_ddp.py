@@ -1,9 +1,11 @@
 """Distributed learner: 2 gloo ranks under torchrun on the toy store (equal weights, falling loss,
-rank 0's checkpoint, resume on 1 rank), the replay store's episode shares, launch.py --learners."""
+rank 0's checkpoint, resume on 1 rank and from it on 2 again), the replay store's episode shares,
+launch.py --learners."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +130,7 @@ def _args(conf) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_one_model_and_the_run_resumes_on_one(toy_store, tmp_path, monkeypatch):
+def test_two_gloo_ranks_train_one_model_and_the_run_resumes_on_one_then_two(toy_store, tmp_path, monkeypatch):
     conf = toy_store
     digests = tmp_path / "digests"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
@@ -168,6 +170,19 @@ def test_two_gloo_ranks_train_one_model_and_the_run_resumes_on_one(toy_store, tm
     assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 60
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss_tokens")]
     assert steps == [10, 20, 30, 40, 50, 60]
+
+    # ... and the 1-rank checkpoint goes on on 2 ranks again: both load it, and train on in step
+    shutil.rmtree(digests)
+    cmd[-1] = "70"
+    proc = subprocess.run(cmd, env={**env, "MLFLOW_RUN_ID": run_id}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming at step 60" in proc.stdout + proc.stderr
+    ranks = [json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [d["step"] for d in ranks] == [70, 70] and ranks[0]["sha256"] == ranks[1]["sha256"]
+    assert weights_digest(load_checkpoint(checkpoint_path(conf.replay_dir))["model"]) == ranks[0]["sha256"]
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss_tokens")]
+    assert steps == [10, 20, 30, 40, 50, 60, 70]  # each step logged once, by rank 0
 
 
 def test_rank_threads_share_the_cores(monkeypatch):

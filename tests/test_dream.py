@@ -13,7 +13,7 @@ from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
 from pydreamer.runs import record_tokenizer
 from runtime.config import load_config
-from runtime.tracking import setup_mlflow, start_or_resume_run
+from runtime.tracking import setup_mlflow, start_or_resume_run, tracking_uri
 from tests.audio_fixtures import speechlike, write_clip
 from tests.conftest import make_token_corpus
 from tokenizer.features import MelSettings, log_mel_features
@@ -157,6 +157,7 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
             "acoustics_unconditional.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
     summary = json.loads((folder / "summary.json").read_text())
     assert {"own", "swapped", "other", "real_other", "tokenizer"} == set(summary["completion_distance_by_horizon"])
+    mlflow.set_tracking_uri(tracking_uri({"mlflow_dir": str(root / "mlruns")}))  # the launch's store, whatever ran before
     run = mlflow.get_run(summary["run"])
     assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
     for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s",

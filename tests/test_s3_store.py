@@ -1,8 +1,10 @@
-"""The replay store in a bucket: generators and a learner sharing `s3://bucket/replay` on an S3-compatible
-server (moto's, started here on 127.0.0.1), damaged and vanished objects, checkpoints, incremental listing."""
+"""Buckets: generators and a learner sharing `s3://bucket/replay`, and the tokenizer's stages on an `s3://` data_dir from
+several hosts, on an S3-compatible server (moto's, started here on 127.0.0.1): damaged and vanished objects,
+checkpoints, incremental listing, local copies kept in step both ways."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -21,7 +23,7 @@ import torch
 from pydreamer.data import ReplayReader, ReplayStoreIndex, make_replay_loader
 from pydreamer.episodes import EpisodeError, EpisodeListing, episode_filename, list_episodes, load_episode, save_episode
 from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from runtime import storage
+from runtime import storage, sync
 from runtime.config import ConfigError, load_config
 from runtime.storage import RemotePath, store_path
 from test_replay import make_episode
@@ -114,7 +116,7 @@ def test_a_generator_and_a_learner_share_a_bucket(bucket, conf, token_dir, tmp_p
     into the bucket while the learner streams batches from it and checkpoints into it; the network policy
     then loads that checkpoint from the bucket."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the bucket's tokens are mirrored
-    r = subprocess.run([sys.executable, "-m", "runtime.storage", "copy", str(token_dir / "tokens"),
+    r = subprocess.run([sys.executable, "-m", "runtime.sync", "copy", str(token_dir / "tokens"),
                         f"{bucket}/data/tokens"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "copied" in r.stdout, r.stderr
     data, replay = f"{bucket}/data", f"{bucket}/replay"
@@ -283,21 +285,53 @@ def test_listing_is_incremental(bucket):
     assert len(list_episodes(store)) == 64
 
 
-def test_a_bucket_folder_is_mirrored_and_kept_up_to_date(bucket, tmp_path):
-    from envs import MissingTokensError, local_data_dir
+def test_a_bucket_folder_is_mirrored_and_changes_go_back_markers_last(bucket, tmp_path, monkeypatch):
+    from tokenizer.bucket import local_data_dir
+    from tokenizer.tokens import MissingTokensError
 
     src = tmp_path / "src"
-    (src / "a").mkdir(parents=True)
-    (src / "a" / "x.bin").write_bytes(b"one")
-    (src / "y.json").write_text("{}")
-    assert storage.copy_tree(src, f"{bucket}/data/tokens") == 2
-    dest = storage.mirror(f"{bucket}/data/tokens", tmp_path / "copy")
-    assert (dest / "a" / "x.bin").read_bytes() == b"one" and (dest / "y.json").read_text() == "{}"
+    for rel, data in {"tokens/a/x.bin": b"one", "tokens/meta.json": b"{}", "mels/m.npz": b"mel"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    assert sync.copy_tree(src, f"{bucket}/data") == 3
+    dest = sync.mirror(f"{bucket}/data", tmp_path / "copy", parts=("tokens",))
+    assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"one" and not (dest / "mels").exists()
     storage.write_bytes_atomic(f"{bucket}/data/tokens/a/x.bin", b"two")  # re-encoded: the same size, new ETag
     storage.stats.reset()
-    storage.mirror(f"{bucket}/data/tokens", dest)
-    assert (dest / "a" / "x.bin").read_bytes() == b"two" and storage.stats.get_requests == 1  # only what changed
-    with pytest.raises(MissingTokensError, match=r"no tokens in s3://.*/nothing/tokens.*runtime\.storage copy"):
+    sync.mirror(f"{bucket}/data", dest, parts=("tokens",))
+    assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"two" and storage.stats.get_requests == 1  # only what changed
+
+    # deleted in the bucket: removed here; made here and not sent yet: kept
+    storage.remove(f"{bucket}/data/tokens/a/x.bin")
+    (dest / "tokens" / "new.bin").write_bytes(b"new")
+    sync.mirror(f"{bucket}/data", dest, parts=("tokens",))
+    assert not (dest / "tokens" / "a" / "x.bin").exists() and (dest / "tokens" / "new.bin").read_bytes() == b"new"
+
+    # what a stage did here goes back: new and changed files sent, the marker last; removed ones deleted, marker first
+    sync.mirror(f"{bucket}/data", dest)  # the whole folder now
+    (dest / "mels" / "m.npz").write_bytes(b"mel, again")
+    (dest / "mels" / "n.npz").write_bytes(b"another")
+    (dest / "tokens" / "meta.json").unlink()
+    (dest / "tokens" / "meta.json").write_text('{"made": 2}')
+    (dest / "mels" / ".n.npz.123.tmp").write_bytes(b"half")  # a temporary: never sent
+    order = []
+    monkeypatch.setattr(sync, "write_bytes_atomic", lambda p, d: order.append(("put", p.key)) or storage.write_bytes_atomic(p, d))
+    assert sync.push(dest, f"{bucket}/data", last=lambda rel: rel == "tokens/meta.json") == (4, 0)
+    assert order[-1] == ("put", f"data/tokens/meta.json") and len(order) == 4
+    objects = {rel: storage.read_bytes(f"{bucket}/data/{rel}") for rel, _, _ in storage.walk(f"{bucket}/data")}
+    assert objects == {"tokens/new.bin": b"new", "tokens/meta.json": b'{"made": 2}', "mels/m.npz": b"mel, again",
+                       "mels/n.npz": b"another"}
+    order.clear()
+    monkeypatch.setattr(sync, "remove", lambda p: order.append(("delete", p.key)) or storage.remove(p))
+    (dest / "tokens" / "meta.json").unlink()
+    (dest / "mels" / "n.npz").unlink()
+    assert sync.push(dest, f"{bucket}/data", last=lambda rel: rel == "tokens/meta.json") == (0, 2)
+    assert order == [("delete", "data/tokens/meta.json"), ("delete", "data/mels/n.npz")]
+    assert sorted(rel for rel, _, _ in storage.walk(f"{bucket}/data")) == ["mels/m.npz", "tokens/new.bin"]
+    assert sync.push(dest, f"{bucket}/data") == (0, 0)  # nothing new
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(MissingTokensError, match=r"no tokens in s3://.*/nothing .*runtime\.sync copy"):
         local_data_dir(f"{bucket}/nothing")
 
 
@@ -319,3 +353,68 @@ def test_the_bucket_cannot_be_reached_is_an_oserror(monkeypatch):
             save_episode("s3://no-such-host-bucket/replay/episodes/w0/" + episode_filename(0, 0, 5), make_episode(5, 0))
     finally:
         storage._clients.clear()
+
+
+@pytest.mark.slow
+def test_tokenizer_stages_on_a_bucket_data_dir_from_several_hosts(bucket, tmp_path, monkeypatch, capsys):
+    """prepare by two workers on two hosts, merge on a third, train on one, encode on another, all with
+    `--data_dir s3://...`: the bucket ends up holding what one process makes in a local folder; each host
+    fetched only what its stage reads; the tokens then feed a generator's env on a fifth host."""
+    from envs import make_env
+    from test_prepare_workers import SMALL, _json, _shards
+    from tokenizer.__main__ import main as tokenizer_main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    common = [*SMALL, "--mlflow_dir", str(tmp_path / "mlruns")]
+    local = tmp_path / "local"
+    for stage in ("prepare", "train", "encode"):
+        assert tokenizer_main([stage, *common, "--data_dir", str(local)]) == 0
+
+    data = f"{bucket}/data"
+
+    def on_host(host: str, *argv: str) -> int:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / host))
+        try:
+            return tokenizer_main([*argv, *common, "--data_dir", data])
+        except SystemExit as e:  # a refusal before anything is written
+            return e.code
+
+    def copy_on(host: str) -> Path:
+        return tmp_path / host / "audio-world-model" / "s3" / bucket.removeprefix("s3://") / "data"
+
+    def in_bucket() -> set[str]:
+        return {rel for rel, _, _ in storage.walk(data)}
+
+    assert on_host("a", "prepare", "--worker", "0", "--n_workers", "2") == 0
+    assert "parts/prepare/w0of2/part.json" in in_bucket() and "manifest.json" not in in_bucket()
+    assert on_host("b", "prepare", "--worker", "1", "--n_workers", "2") == 0
+    assert (copy_on("b") / "parts/prepare/w0of2/part.json").is_file()  # the other worker's record ...
+    assert not [p for p in (copy_on("b") / "parts/prepare/w0of2").iterdir() if p.name != "part.json"]  # ... alone
+    capsys.readouterr()
+    assert on_host("c", "train") == 2  # refused: the parts wait for merge
+    assert f"parts in {data}/parts/prepare are not merged yet" in capsys.readouterr().err
+    assert on_host("c", "merge") == 0
+    assert not any(rel.startswith("parts/") for rel in in_bucket()) and "manifest.json" in in_bucket()
+    assert on_host("a", "train") == 0
+    assert not (copy_on("a") / "parts" / "prepare" / "w0of2").exists()  # merged on c: gone from a's copy too
+    assert on_host("b", "encode") == 0
+    assert on_host("b", "encode") == 0  # done: nothing redone, nothing sent
+    assert {"tokens/meta.json", "tokenizer/vqvae.pt", "settings/encode.json"} <= in_bucket()
+
+    # the bucket holds what one process makes locally: manifest, settings, every shard array
+    fetched = tmp_path / "fetched"
+    sync.copy_tree(data, fetched)
+    assert _json(fetched / "manifest.json", "seconds_elapsed") == _json(local / "manifest.json", "seconds_elapsed")
+    for stage in ("prepare", "train", "encode"):
+        assert (json.loads((fetched / "settings" / f"{stage}.json").read_text())
+                == json.loads((local / "settings" / f"{stage}.json").read_text()))
+    assert _shards(fetched, "mels") == _shards(local, "mels")
+    # the VQ-VAE was trained on host a from the same log-mels with the same seed: the same tokens
+    assert _shards(fetched, "tokens") == _shards(local, "tokens")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "d"))
+    conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", data])
+    env = make_env(conf, "train")
+    obs, _ = env.reset(seed=0)
+    assert obs["tokens"].shape == (conf.tokens_per_step,)
+    assert not (copy_on("d") / "mels").exists()  # a reader fetches the tokens only

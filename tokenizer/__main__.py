@@ -1,7 +1,9 @@
 """python -m tokenizer prepare|train|encode|evaluate|all|merge --configs defaults audio [--force] [--key value ...]
 
 On several hosts sharing one data folder: `prepare --worker i --n_workers N` on each, then `merge`
-on one; the same for `encode` (see tokenizer/parts.py).
+on one; the same for `encode` (see tokenizer/parts.py). The data folder may be a bucket
+(`--data_dir s3://bucket/prefix`): each stage then runs in this host's copy of it and sends back
+what it wrote (tokenizer/bucket.py).
 
 `train` also runs under torchrun (`torchrun --standalone --nproc_per_node N -m tokenizer train ...`):
 N ranks train the VQ-VAE with DistributedDataParallel (see tokenizer/train.py); rank 0 alone logs
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from runtime.config import parse_args
+from runtime.storage import is_remote
 from tokenizer.layout import DataLayout
 from tokenizer.parts import PART_STAGES, PartError, pending, share_from_args
 from runtime.distributed import Ranks
@@ -44,7 +48,32 @@ def main(argv: list[str] | None = None) -> int:
                             "in one process (python -m tokenizer ...)")
     except PartError as e:
         parser.exit(2, f"{prog}: error: {e}\n")
-    layout = DataLayout.of(conf["data_dir"])
+    bucket = str(conf["data_dir"]) if is_remote(str(conf["data_dir"])) else None
+    if bucket is None:
+        return _run(conf, args, share, ranks, parser, prog, None)
+    from tokenizer.bucket import fetch_for_stage, send_back
+
+    try:  # the stage runs in this host's copy of the bucket's data_dir, which is sent back if it succeeds
+        conf["data_dir"] = str(fetch_for_stage(bucket, args.stage, share))
+    except OSError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    code = _run(conf, args, share, ranks, parser, prog, bucket)
+    if code != 0 or not ranks.is_main:
+        return code
+    try:
+        print(send_back(Path(conf["data_dir"]), bucket), flush=True)
+    except OSError as e:
+        print(f"{prog}: error: {e}: the output is kept in {conf['data_dir']}; run the same command again "
+              "to send it (the stage is not redone)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(conf, args: argparse.Namespace, share, ranks: Ranks, parser: argparse.ArgumentParser, prog: str,
+         bucket: str | None) -> int:
+    """The stage(s) on a local data_dir (`bucket`: the one it is a copy of); the exit status."""
+    layout = DataLayout.of(conf["data_dir"], origin=bucket)
     if args.stage == "merge":
         return _merge(conf, layout, prog)
     stages = STAGES if args.stage == "all" else (args.stage,)

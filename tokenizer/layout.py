@@ -1,7 +1,7 @@
 """Where each tokenizer stage writes inside `data_dir`, in one place."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizer.split import SPLITS
@@ -10,10 +10,23 @@ from tokenizer.split import SPLITS
 @dataclass(frozen=True)
 class DataLayout:
     root: Path
+    origin: str | None = field(default=None, compare=False)  # the bucket URL when `root` is this host's copy of it
 
     @classmethod
-    def of(cls, data_dir: str | Path) -> "DataLayout":
-        return cls(Path(data_dir))
+    def of(cls, data_dir: str | Path, origin: str | None = None) -> "DataLayout":
+        return cls(Path(data_dir), origin)
+
+    @property
+    def data_dir_arg(self) -> str:
+        """What to pass as --data_dir to reach this data folder again (the bucket, not the copy)."""
+        return self.origin or str(self.root)
+
+    def show(self, path: Path) -> str:
+        """A path inside this data folder as the user knows it: in the bucket, for a copy of one."""
+        if self.origin is None:
+            return str(path)
+        rel = Path(path).relative_to(self.root).as_posix()
+        return self.origin if rel == "." else f"{self.origin.rstrip('/')}/{rel}"
 
     @property
     def manifest(self) -> Path:

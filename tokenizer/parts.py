@@ -174,7 +174,7 @@ def check_worker_start(layout: DataLayout, stage: str, share: Share, made_with: 
     """Before a worker writes anything: refuse (PartError) when the stage's parts folder holds parts of
     another worker count or made with other settings. Returns whether this worker's own part is already
     complete with these settings (so it is skipped unless `force`)."""
-    where = layout.parts(stage)
+    where = layout.show(layout.parts(stage))
     others = [n for n in found_parts(layout, stage) if _parse(n)[1] != share.n_workers]
     if others:
         n = _parse(others[0])[1]
@@ -195,7 +195,7 @@ def check_worker_start(layout: DataLayout, stage: str, share: Share, made_with: 
 def collect(layout: DataLayout, stage: str) -> list[dict]:
     """The N complete part records of a stage, worker 0 first, each with its `folder`; PartError naming
     what is missing or mixed."""
-    where = layout.parts(stage)
+    where = layout.show(layout.parts(stage))
     parts = found_parts(layout, stage)
     if not parts:
         raise PartError(f"merge: no {stage} part is done in {where} ({status(layout, stage)})")
@@ -209,14 +209,15 @@ def collect(layout: DataLayout, stage: str) -> list[dict]:
         raise PartError(f"merge: {where}/{strays[0]} is not a worker of {n}: remove it")
     records = []
     for i in range(n):
-        folder = where / f"w{i}of{n}"
+        folder = layout.parts(stage) / f"w{i}of{n}"
         record = read_record(folder) if folder.is_dir() else None
         if record is None:
-            raise PartError(f"merge: the {stage} part of worker {i} of {n} is missing ({folder / RECORD} not there; "
+            raise PartError(f"merge: the {stage} part of worker {i} of {n} is missing ({where}/{folder.name}/{RECORD} not there; "
                             f"{status(layout, stage)}): run `python -m tokenizer {stage} --worker {i} --n_workers {n}` "
                             f"with the same settings, then merge again")
         if (record.get("stage"), record.get("worker"), record.get("n_workers")) != (stage, i, n):
-            raise PartError(f"merge: {folder / RECORD} is not the {stage} part of worker {i} of {n}: run that worker again")
+            raise PartError(f"merge: {where}/{folder.name}/{RECORD} is not the {stage} part of worker {i} of {n}: "
+                            "run that worker again")
         records.append(dict(record, folder=folder))
     for r in records[1:]:
         changed = differences(records[0]["made_with"], r["made_with"], f"w0of{n}", f"w{r['worker']}of{n}")
@@ -254,8 +255,8 @@ def pending(layout: DataLayout, stages: Iterable[str], share: Share | None = Non
             continue
         if share is not None and stages == [stage]:
             continue
-        where = layout.parts(stage)
-        merge = f"python -m tokenizer merge --data_dir {layout.root}"
+        where = layout.show(layout.parts(stage))
+        merge = f"python -m tokenizer merge --data_dir {layout.data_dir_arg}"
         if share is None and stages[-1] == stage and len(stages) == 1:
             raise PartError(f"{stage}: worker parts in {where} ({status(layout, stage)}) wait for `{merge}`: "
                             f"merge them, or remove {where} to run {stage} in one process")

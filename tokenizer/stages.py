@@ -49,6 +49,16 @@ def stage_output(layout: DataLayout, stage: str) -> Path:
     return {"prepare": layout.manifest, "train": layout.vqvae, "encode": layout.token_meta, "evaluate": layout.metrics}[stage]
 
 
+def marks_done(rel: str) -> bool:
+    """Whether a file of `data_dir` (its path relative to it) marks finished output: a stage's output file,
+    the settings it records, a worker part's record. In a bucket these are sent last (runtime/sync.py)."""
+    from tokenizer.parts import RECORD
+
+    here = DataLayout(Path(""))
+    return (rel in {stage_output(here, s).as_posix() for s in STAGES} or rel.startswith("settings/")
+            or (rel.startswith("parts/") and rel.endswith(f"/{RECORD}")))
+
+
 class StaleOutput(ValueError):
     """A stage's output exists but was made with other settings: reusing it would be wrong without a word."""
 
@@ -118,7 +128,7 @@ def tokenizer_run(conf: Mapping[str, Any], layout: DataLayout) -> Iterator[str]:
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     if run_id and find_run(run_id) is None:  # a different tracking store, or a deleted run: start afresh
         run_id = None
-    tags = {"component": "tokenizer", "data_dir": str(layout.root.resolve())}
+    tags = {"component": "tokenizer", "data_dir": layout.origin or str(layout.root.resolve())}
     with start_or_resume_run(conf, run_id, run_name="tokenizer", nested=mlflow.active_run() is not None,
                              tags=tags) as run:
         if not run_id:
@@ -262,7 +272,7 @@ def run_part(conf: Mapping[str, Any], layout: DataLayout, stage: str, share: "Sh
     else:
         echo(module.part_summary_line(record, folder))
     state = parts.status(layout, stage)
-    then = (f"merge with `python -m tokenizer merge --data_dir {layout.root}`" if state.startswith("all")
+    then = (f"merge with `python -m tokenizer merge --data_dir {layout.data_dir_arg}`" if state.startswith("all")
             else "merge once every worker is done")
     echo(f"{stage}: {state}; {then}")
     return record is not None
@@ -278,7 +288,7 @@ def merge_parts(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str
 
     stages = [s for s in parts.PART_STAGES if layout.parts(s).is_dir() and any(layout.parts(s).iterdir())]
     if not stages:
-        raise parts.PartError(f"merge: nothing to merge: no worker parts in {layout.root / 'parts'} "
+        raise parts.PartError(f"merge: nothing to merge: no worker parts in {layout.show(layout.root / 'parts')} "
                               "(`prepare` or `encode` with --worker i --n_workers N makes them)")
     # The run's params: the settings the parts were made with, not this command's config (which need
     # not repeat the workers' --configs); the later stages add theirs.

@@ -1,0 +1,59 @@
+"""A `data_dir` in a bucket (`s3://bucket/prefix`): everything works on this host's copy of it.
+
+Readers (generators, the learner, evaluate, dream) fetch the parts they read (`local_data_dir`).
+A tokenizer stage fetches what it may read, runs in the copy as in a local folder, and when it
+succeeds sends back what it wrote and removed (`fetch_for_stage`, `send_back`), the files that mark
+finished output last (tokenizer.stages.marks_done). A stage that fails sends nothing: the bucket
+keeps what it had, and the copy keeps the partial output for the next try on this host.
+The copies live under runtime.sync.cache_root(); runtime/sync.py does the transfers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from runtime import storage, sync
+from tokenizer.tokens import MissingTokensError
+
+if TYPE_CHECKING:
+    from tokenizer.parts import Share
+
+
+def local_data_dir(data_dir: Path | str, parts: Sequence[str] = ("tokens",), required: bool = True) -> Path | str:
+    """`data_dir` as a local folder: a bucket's `parts` (default: the tokens, all the env and the learner
+    read) are fetched into this host's copy first, and again when they change there. A local folder
+    comes back as it is. MissingTokensError when the bucket holds none of `parts` and they are `required`."""
+    if not storage.is_remote(str(data_dir)):
+        return data_dir
+    root = storage.RemotePath(str(data_dir))
+    try:
+        return sync.mirror(root, parts=parts, missing_ok=not required)
+    except FileNotFoundError as e:
+        raise MissingTokensError(
+            f"no {' or '.join(parts)} in {root} ({e.strerror}): make the tokens there with python -m tokenizer "
+            f"prepare|train|encode --data_dir {root} (or on one machine, then: python -m runtime.sync copy "
+            f"DATA/tokens {root}/tokens)") from None
+
+
+def fetch_for_stage(data_dir: str, stage: str, share: "Share | None" = None) -> Path:
+    """This host's copy of a bucket `data_dir`, up to date for running `stage` (or "merge") in it.
+
+    Worker parts are fetched only where the stage reads them: `merge` all of them, a worker its own
+    part, every other stage just the parts' records (which say whether parts wait for a merge)."""
+    from tokenizer.parts import RECORD
+
+    own = f"parts/{stage}/{share.name}/" if share is not None else None
+
+    def skip(rel: str) -> bool:
+        return (stage != "merge" and rel.startswith("parts/") and not rel.endswith(f"/{RECORD}")
+                and not (own and rel.startswith(own)))
+
+    return sync.mirror(data_dir, skip=skip, missing_ok=True)
+
+
+def send_back(local: Path, data_dir: str) -> str:
+    """Send a stage's changes in this host's copy to the bucket; returns the line that says what went."""
+    from tokenizer.stages import marks_done
+
+    sent, deleted = sync.push(local, data_dir, last=marks_done)
+    return f"{data_dir}: sent {sent} files from {local}" + (f", deleted {deleted}" if deleted else "")
