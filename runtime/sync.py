@@ -27,6 +27,7 @@ from runtime.storage import RemotePath, read_bytes, remove, store_path, walk, wr
 STATE = ".sync-state.json"
 LOCK = ".sync.lock"
 _OWN = (STATE, LOCK, ".mirror-etags.json")  # the copy's own files (the last: an older name of the state)
+THREADS = 8  # transfers at once
 
 Url = Union[str, RemotePath]
 
@@ -90,6 +91,30 @@ def _unchanged(entry: dict | str | None, path: Path) -> bool:
     return etag.strip('"') == md5.hexdigest()
 
 
+def _in_parallel(items: Sequence[str], work: Callable[[str], object], done: Callable[[str, object], None]) -> None:
+    """`work(item)` for every item on THREADS threads (transfers wait on the network, not the CPU), then
+    `done(item, result)` in this thread as each finishes; on an error, what finished is still `done`."""
+    if len(items) <= 1:
+        for item in items:
+            done(item, work(item))
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(min(THREADS, len(items)), thread_name_prefix="sync") as pool:
+        futures = {pool.submit(work, item): item for item in items}
+        error = None
+        for future in as_completed(futures):
+            try:
+                done(futures[future], future.result())
+            except Exception as e:  # keep what the other transfers did, then raise the first error
+                if error is None:
+                    error = e
+                    for f in futures:
+                        f.cancel()
+        if error is not None:
+            raise error
+
+
 def _etag(entry: dict | str) -> str:
     return entry["etag"] if isinstance(entry, dict) else entry
 
@@ -112,13 +137,11 @@ def mirror(url: Url, dest: Union[str, os.PathLike, None] = None, parts: Sequence
         raise FileNotFoundError(2, f"nothing under this S3 folder{what}", str(src))
     with _locked(dest) as state:
         there = {rel for rel, _ in listed}
-        for rel, etag in objects:
-            target = dest / rel
-            entry = state.get(rel)
-            if entry is not None and _etag(entry) == etag and target.exists():
-                continue
-            write_bytes_atomic(target, read_bytes(src / rel))
-            state[rel] = _entry(etag, target)
+        etags = dict(objects)
+        stale = [rel for rel, etag in objects
+                 if rel not in state or _etag(state[rel]) != etag or not (dest / rel).exists()]
+        _in_parallel(stale, lambda rel: write_bytes_atomic(dest / rel, read_bytes(src / rel)),
+                     lambda rel, _: state.__setitem__(rel, _entry(etags[rel], dest / rel)))
         for rel in [r for r in state if r not in there and _within(r, parts)]:
             (dest / rel).unlink(missing_ok=True)  # deleted in the bucket (a merge removed its parts, ...)
             _prune_empty(dest, (dest / rel).parent)
@@ -149,21 +172,27 @@ def push(dest: Union[str, os.PathLike], url: Url, last: Callable[[str], bool] = 
     src, dest = _remote(url), Path(dest)
     local = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")
                    if p.is_file() and p.name not in _OWN and not (p.name.startswith(".") and p.name.endswith(".tmp")))
-    sent = deleted = 0
     with _locked(dest) as state:
         present = set(local)
-        gone = sorted((r for r in state if r not in present), key=lambda r: not last(r))  # markers first
-        for rel in gone:
-            remove(src / rel)
+        gone = [r for r in state if r not in present]
+        changed = [r for r in local if not _unchanged(state.get(r), dest / r)]
+
+        def deleted_(rel: str, _) -> None:
             del state[rel]
-            deleted += 1
-        changed = sorted((r for r in local if not _unchanged(state.get(r), dest / r)), key=last)  # markers last
-        for rel in changed:
-            path = dest / rel
-            etag = write_bytes_atomic(src / rel, path.read_bytes())
-            state[rel] = _entry(etag or "", path)
-            sent += 1
-    return sent, deleted
+
+        def sent_(rel: str, etag) -> None:
+            state[rel] = _entry(etag or "", dest / rel)
+
+        def put(rel: str):
+            return write_bytes_atomic(src / rel, (dest / rel).read_bytes())
+
+        for rel in [r for r in gone if last(r)]:  # markers first: then the data they stand for
+            deleted_(rel, remove(src / rel))
+        _in_parallel([r for r in gone if not last(r)], lambda rel: remove(src / rel), deleted_)
+        _in_parallel([r for r in changed if not last(r)], put, sent_)
+        for rel in [r for r in changed if last(r)]:  # markers last: the data they stand for is there
+            sent_(rel, put(rel))
+    return len(changed), len(gone)
 
 
 def copy_tree(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> int:
@@ -175,10 +204,10 @@ def copy_tree(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> int
         return before
     if isinstance(src_path, RemotePath) or not isinstance(dst_path, RemotePath):
         raise ValueError("copy a local folder to s3://bucket/prefix, or s3://bucket/prefix to a local folder")
-    files = [p for p in sorted(Path(src_path).rglob("*"))
+    files = [p.relative_to(src_path).as_posix() for p in sorted(Path(src_path).rglob("*"))
              if p.is_file() and p.name not in _OWN and not p.name.endswith(".tmp")]
-    for p in files:
-        write_bytes_atomic(dst_path / p.relative_to(src_path).as_posix(), p.read_bytes())
+    _in_parallel(files, lambda rel: write_bytes_atomic(dst_path / rel, (Path(src_path) / rel).read_bytes()),
+                 lambda rel, _: None)
     return len(files)
 
 
