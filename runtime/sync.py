@@ -204,6 +204,8 @@ def copy_tree(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> int
         return before
     if isinstance(src_path, RemotePath) or not isinstance(dst_path, RemotePath):
         raise ValueError("copy a local folder to s3://bucket/prefix, or s3://bucket/prefix to a local folder")
+    if not Path(src_path).is_dir():
+        raise ValueError(f"{src_path}: no such folder")
     files = [p.relative_to(src_path).as_posix() for p in sorted(Path(src_path).rglob("*"))
              if p.is_file() and p.name not in _OWN and not p.name.endswith(".tmp")]
     _in_parallel(files, lambda rel: write_bytes_atomic(dst_path / rel, (Path(src_path) / rel).read_bytes()),
@@ -232,7 +234,9 @@ def _main(argv: list[str] | None = None) -> int:
         else:
             for rel, size, _ in walk(args.url):
                 print(f"{size:>12}  {rel}")
-    except (OSError, ValueError) as e:
+    except ValueError as e:  # a bad URL or folder on the command line
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # the bucket's answer: missing, refused, unreachable
         parser.exit(1, f"{parser.prog}: error: {e}\n")
     return 0
 

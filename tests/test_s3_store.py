@@ -418,3 +418,14 @@ def test_tokenizer_stages_on_a_bucket_data_dir_from_several_hosts(bucket, tmp_pa
     obs, _ = env.reset(seed=0)
     assert obs["tokens"].shape == (conf.tokens_per_step,)
     assert not (copy_on("d") / "mels").exists()  # a reader fetches the tokens only
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["copy", "/no/such/folder", "s3://some-bucket/data"], "/no/such/folder: no such folder"),
+    (["copy", "a", "b"], "copy a local folder to s3://bucket/prefix, or s3://bucket/prefix to a local folder"),
+    (["ls", "s3://x"], "'x' is not an S3 bucket name"),
+])
+def test_the_copy_command_refuses_a_bad_command_line_with_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        sync._main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
