@@ -119,6 +119,15 @@ def _log(metrics: Mapping[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def _no_buffer_sync() -> dict:
+    """DDP's argument for "copy the buffers at the start only": `forward_sync_buffers=False` where this
+    torch has it (it deprecates `broadcast_buffers`), else `broadcast_buffers=False`."""
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def _rank_seed(seed: int, ranks: Ranks) -> int:
     """Rank 0 (and a single process) draws as before; every other rank its own stream."""
     return int(seed) if not ranks.rank else int(seed) * 100_003 + ranks.rank
@@ -147,7 +156,7 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
         net.quantizer.sync_ranks = True
         # DDP copies rank 0's weights and buffers to every rank here; later the quantizer keeps its own in step
         model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            net, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync())
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=conf["vq_lr"])
     steps = int(conf["vq_steps"])
     restarts_before, t0 = 0, time.time()
