@@ -248,3 +248,22 @@ def test_one_hot_samples_follow_the_categorical_and_pass_its_gradient():
     probs = torch.softmax(logits.detach()[0], -1)
     expected = probs * (weights - (probs * weights).sum())  # d E[w] / d logits
     assert torch.allclose(logits.grad[0], expected, atol=1e-6)
+
+
+def test_index_samples_follow_the_categorical_and_the_generator():
+    """The inverse-CDF draw is the categorical of the probabilities (chi-square), unnormalized ones
+    included; a zero-probability index is never drawn; a seeded generator repeats its draws."""
+    from scipy.stats import chisquare
+
+    from pydreamer.models.functions import sample_index
+
+    p = torch.tensor([0.5, 0.25, 0.0, 0.15, 0.07, 0.03])
+    g = torch.Generator().manual_seed(0)
+    draws = sample_index((p * 3).expand(2, 20000, 6), g)
+    assert draws.shape == (2, 20000) and draws.dtype == torch.int64
+    counts = torch.bincount(draws.reshape(-1), minlength=6).float()
+    assert counts[2] == 0
+    keep = p > 0
+    assert chisquare(counts[keep].numpy(), (p[keep] * 40000).numpy()).pvalue > 1e-3
+    again = sample_index((p * 3).expand(2, 20000, 6), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)

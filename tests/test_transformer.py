@@ -185,6 +185,22 @@ def test_forecast_shapes_normalisation_and_horizon_one():
     assert torch.allclose(picked[:, 0], probs[[0, 9], 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("context_steps, layers", [(8, 2), (9, 2), (7, 3), (5, 1)])
+def test_imagining_on_the_key_value_cache_computes_what_training_does(context_steps, layers):
+    """Teacher-forced through an utterance 4x longer than the context, each cached step forecasts the
+    next step exactly as the training pass (all steps at once, attention masked) does."""
+    model = tiny_model(seed=3, context_steps=context_steps, transformer_layers=layers).eval()
+    T = 4 * context_steps + 3
+    tokens = random_tokens(T, 1, seed=6)[:, 0]
+    expected = model.predict(make_batch(tokens.unsqueeze(1)), model.initial_state(1)).token_logits[:, 0]
+    with torch.no_grad():
+        feature, cache = model._prefill(*model._window(tokens, torch.tensor([0])))
+        for t in range(1, T):
+            assert torch.allclose(model._next_logits(feature)[0], expected[t], atol=1e-5), t
+            feature, cache = model._step(cache, tokens[t].unsqueeze(0))
+    assert int(cache.step[0]) == T - 1 and cache.keys[0].shape[2] == model.span - 1
+
+
 def test_imagine_shapes_and_seeds():
     model = tiny_model().eval()
     for P in (0, 3, 12):

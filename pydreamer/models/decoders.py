@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .functions import mlp
+from .functions import mlp, sample_index
 
 
 class TokenDecoder(nn.Module):
@@ -82,8 +82,7 @@ def _draw(probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """One token per categorical of probs [*B, K] (at a temperature: <1 sharper, >1 flatter) -> [*B]."""
     if temperature != 1.0:
         probs = torch.softmax(torch.log(probs.clamp_min(1e-12)) / temperature, -1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1).reshape(probs.shape[:-1])
+    return sample_index(probs)
 
 
 class ScalarHead(nn.Module):

@@ -40,6 +40,17 @@ def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch
     return sample
 
 
+def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per categorical of probs [*B, K] (last axis; need not sum to 1) -> int64 [*B].
+
+    Inverse-CDF sampling: one uniform per row against the cumulative sum. The same distribution as
+    torch.multinomial, which draws K exponentials per row: over a 1024-token codebook this is what
+    made imagining cost most of a Transformer forecast."""
+    cdf = probs.float().cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
 def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) of categoricals over the last axis, summed over the second-to-last (the stochastic groups)."""
     logp = torch.log_softmax(logits_p.float(), -1)

@@ -26,10 +26,11 @@ from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
-from .functions import LN2, mlp
+from .functions import LN2, mlp, sample_index
 
 
 class TransformerState(NamedTuple):
@@ -38,6 +39,16 @@ class TransformerState(NamedTuple):
     tokens: torch.Tensor  # int64 [W, B, G]: token ids, oldest first
     valid: torch.Tensor  # bool [W, B]: False = empty slot or a step of an earlier episode
     step: torch.Tensor  # int64 [W, B]: each step's index in its episode (its position label mod context_steps)
+
+
+class KVCache(NamedTuple):
+    """What imagining one more step needs of the steps before it: each layer's keys and values of the
+    last span - 1 steps (all a new step attends to), with their validity and the newest step's index."""
+
+    keys: list[torch.Tensor]  # per layer [N, heads, span - 1, dim / heads], oldest first
+    values: list[torch.Tensor]  # the same
+    valid: torch.Tensor  # bool [N, span - 1]
+    step: torch.Tensor  # int64 [N]: the newest step's index in its episode
 
 
 class TransformerOutput(NamedTuple):
@@ -215,25 +226,58 @@ class TransformerWorldModel(nn.Module):
         steps = steps.clamp(min=0)
         return tokens[steps], steps, valid
 
-    def _last_logits(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Windows [N, C, G] (last slot valid) -> the forecast of the step after each window [N, G, K]."""
-        feats = self._features(tokens, step, valid, torch.zeros_like(step))
-        return self._heads(feats[:, -1], self._null_action(tokens.shape[0], tokens.device))[0]
+    def _attend(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pre-norm encoder layer as nn.TransformerEncoderLayer computes it, with the keys and values
+        of earlier steps (`past`) put before the new ones. x [N, L, dim]; allowed bool [N, L, S + L]
+        (True = may attend). Returns the layer's output and the keys and values of all S + L steps."""
+        attn = layer.self_attn
+        N, L, _ = x.shape
+        heads = lambda t: t.reshape(N, L, self.heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = map(heads, F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
+                                           dropout_p=attn.dropout if self.training else 0.0)
+        x = x + layer.dropout1(attn.out_proj(a.transpose(1, 2).reshape(N, L, -1)))
+        x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
+        return x, k, v
 
-    @staticmethod
-    def _advance(tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor,
-                 new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Slide windows by one step, appending the new step's tokens [N, G]."""
-        return (
-            torch.cat([tokens[:, 1:], new.unsqueeze(1)], 1),
-            torch.cat([step[:, 1:], step[:, -1:] + 1], 1),
-            torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1),
-        )
+    def _prefill(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Windows [N, C, G] of one utterance each (last slot valid) -> the feature that forecasts the step
+        after each window [N, dim], and the cache to imagine on from there (`_step`)."""
+        x = self.embed_in(self.encoder(tokens)) + self.position(step % self.context_steps)
+        allowed = ~_blocked(torch.zeros_like(step), valid, self.span)
+        keep = self.span - 1
+        keys, values = [], []
+        for layer in self.transformer.layers:
+            x, k, v = self._attend(layer, x, allowed)
+            keys.append(k[:, :, k.shape[2] - keep:])
+            values.append(v[:, :, v.shape[2] - keep:])
+        cache = KVCache(keys, values, valid[:, valid.shape[1] - keep:], step[:, -1])
+        return self.transformer.norm(x[:, -1]), cache
+
+    def _step(self, cache: KVCache, new: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Append one step's tokens [N, G] after the cached ones: the feature that forecasts the step after
+        it [N, dim], and the cache moved on by one. Equals `_prefill` of the window ending at the new step
+        (a step's forecast depends on the last context_steps steps only), at 1/context_steps of the cost."""
+        step = cache.step + 1
+        x = self.embed_in(self.encoder(new.unsqueeze(1))) + self.position(step % self.context_steps).unsqueeze(1)
+        valid = torch.cat([cache.valid, torch.ones_like(cache.valid[:, :1])], 1)
+        keep = self.span - 1
+        keys, values = [], []
+        for i, layer in enumerate(self.transformer.layers):
+            x, k, v = self._attend(layer, x, valid.unsqueeze(1), (cache.keys[i], cache.values[i]))
+            keys.append(k[:, :, k.shape[2] - keep:])
+            values.append(v[:, :, v.shape[2] - keep:])
+        return self.transformer.norm(x[:, 0]), KVCache(keys, values, valid[:, valid.shape[1] - keep:], step)
+
+    def _next_logits(self, feature: torch.Tensor) -> torch.Tensor:
+        """The forecast [N, G, K] of the step an imagined step leads to (the null action between them)."""
+        return self._heads(feature, self._null_action(feature.shape[0], feature.device))[0]
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-        probs = torch.softmax(logits.float() / temperature, -1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        return sample_index(torch.softmax(logits.float() / temperature, -1), generator)
 
     @torch.no_grad()
     def forecast(
@@ -270,16 +314,16 @@ class TransformerWorldModel(nn.Module):
         for a in range(0, starts.numel(), per_chunk):
             ends = starts[a:a + per_chunk]
             n = ends.numel()
-            win = self._window(tokens, ends)
-            logits = self._last_logits(*win)
+            feature, cache = self._prefill(*self._window(tokens, ends))
+            logits = self._next_logits(feature)
             out[a:a + n, 0] = torch.softmax(logits, -1)
             if horizon == 1:
                 continue
-            win = tuple(x.repeat_interleave(samples, 0) for x in win)
+            cache = _repeat(cache, samples)
             logits = logits.repeat_interleave(samples, 0)
             for h in range(1, horizon):
-                win = self._advance(*win, self._sample(logits, temperature, generator))
-                logits = self._last_logits(*win)
+                feature, cache = self._step(cache, self._sample(logits, temperature, generator))
+                logits = self._next_logits(feature)
                 out[a:a + n, h] = torch.softmax(logits, -1).reshape(n, samples, G, -1).mean(1)
         return out
 
@@ -311,20 +355,28 @@ class TransformerWorldModel(nn.Module):
                                  temperature, generator)
             out[:, 0] = first
             C = self.context_steps
-            win = (
+            feature, cache = self._prefill(
                 torch.cat([torch.zeros(samples, C - 1, G, dtype=torch.long, device=device), first.unsqueeze(1)], 1),
                 torch.zeros(samples, C, dtype=torch.long, device=device),
                 torch.arange(C, device=device).expand(samples, C) == C - 1,
             )
             done = 1
         else:
-            end = torch.full((samples,), prompt.shape[0] - 1, dtype=torch.long, device=device)
-            win, done = self._window(prompt, end), 0
+            end = torch.full((1,), prompt.shape[0] - 1, dtype=torch.long, device=device)
+            feature, cache = self._prefill(*self._window(prompt, end))  # once, then one per sample
+            feature, cache, done = feature.expand(samples, -1), _repeat(cache, samples), 0
         for i in range(done, n_steps):
-            new = self._sample(self._last_logits(*win), temperature, generator)
+            new = self._sample(self._next_logits(feature), temperature, generator)
             out[:, i] = new
-            win = self._advance(*win, new)
+            if i + 1 < n_steps:
+                feature, cache = self._step(cache, new)
         return out
+
+
+def _repeat(cache: KVCache, n: int) -> KVCache:
+    """Each window's cache n times over (n sampled continuations of each)."""
+    return KVCache([k.repeat_interleave(n, 0) for k in cache.keys], [v.repeat_interleave(n, 0) for v in cache.values],
+                   cache.valid.repeat_interleave(n, 0), cache.step.repeat_interleave(n, 0))
 
 
 def _blocked(episode: torch.Tensor, valid: torch.Tensor, span: int) -> torch.Tensor:
