@@ -58,7 +58,7 @@ def rssm_filter(model: Dreamer, tokens: torch.Tensor) -> State:
 
 
 class seeded:
-    """Draw the RSSM's samples (torch.multinomial on the global stream) from a seed, then restore it."""
+    """Draw the RSSM's samples (Gumbel-max draws on the global stream) from a seed, then restore it."""
 
     def __init__(self, generator: torch.Generator | None):
         self.seed = None if generator is None else int(generator.initial_seed())
