@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(send_back(Path(conf["data_dir"]), bucket), flush=True)
     except OSError as e:
         print(f"{prog}: error: {e}: the output is kept in {conf['data_dir']}; run the same command again "
-              "to send it (the stage is not redone)", file=sys.stderr)
+              "to send it (a finished stage is skipped, as always)", file=sys.stderr)
         return 1
     return 0
 
