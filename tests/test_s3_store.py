@@ -429,3 +429,28 @@ def test_the_copy_command_refuses_a_bad_command_line_with_exit_2(argv, message, 
     with pytest.raises(SystemExit) as e:
         sync._main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_stage_whose_output_cannot_be_sent_keeps_it_and_sends_it_when_run_again(bucket, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from test_prepare_workers import SMALL
+    from tokenizer.__main__ import main as tokenizer_main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["prepare", *SMALL, "--mlflow_dir", str(tmp_path / "mlruns"), "--data_dir", f"{bucket}/data"]
+    real_put = sync.write_bytes_atomic
+
+    def refused(path, data):
+        raise PermissionError(13, "access denied by S3 (AccessDenied)", str(path))
+
+    monkeypatch.setattr(sync, "write_bytes_atomic", refused)
+    assert tokenizer_main(args) == 1
+    err = capsys.readouterr().err
+    assert "AccessDenied" in err and "the output is kept in" in err and "run the same command again" in err
+    assert storage.walk(f"{bucket}/data") == []  # nothing half sent: no marker without its data
+    monkeypatch.setattr(sync, "write_bytes_atomic", real_put)
+    assert tokenizer_main(args) == 0
+    out = capsys.readouterr().out
+    assert "exists; skipping" in out and "sent" in out  # not redone, just sent
+    assert "manifest.json" in {rel for rel, _, _ in storage.walk(f"{bucket}/data")}
