@@ -4,7 +4,8 @@
 
 1. merges the config sections, starts (or, with --resume_id / MLFLOW_RUN_ID, reopens) the
    MLflow run and logs the merged config as params;
-2. prepares the token corpus with the tokenizer stages when `data_dir` has none;
+2. prepares the token corpus with the tokenizer stages when `data_dir` has none (a `data_dir` in a
+   bucket is worked on in this host's copy, and what the stages made is sent back: tokenizer/bucket.py);
 3. starts the generator processes (train and eval workers) and the learner process, all
    logging into the same run, with the replay store in the run's artifact folder (or, when a
    tracking server proxies the artifacts, in `<mlflow_dir>/replay/<run id>`: the learner uploads
@@ -68,12 +69,28 @@ def start_children(conf, configs: list[str], overrides: list[str], replay_dir: P
     return children
 
 
-def record_run_tokenizer(run, conf) -> bool:
-    """Log the tokenizer the run trains on as its artifact (see pydreamer.runs), so dreams need only the run id."""
-    from pydreamer.runs import record_tokenizer
+def data_layout(conf, parser: argparse.ArgumentParser):
+    """`data_dir`'s layout; of a bucket (`s3://...`), this host's copy of it, fetched first (tokenizer/bucket.py)."""
+    from runtime.storage import is_remote
     from tokenizer.layout import DataLayout
 
-    layout = DataLayout.of(conf["data_dir"])
+    data_dir = str(conf["data_dir"])
+    if not is_remote(data_dir):
+        return DataLayout.of(data_dir)
+    from tokenizer.bucket import fetch_for_launch
+
+    try:
+        return DataLayout.of(fetch_for_launch(data_dir), origin=data_dir)
+    except FileNotFoundError as e:  # no such bucket: the value is wrong
+        parser.exit(2, f"{parser.prog}: error: --data_dir {data_dir}: {e.strerror}\n")
+    except OSError as e:  # refused, unreachable: say why, write nothing
+        parser.exit(1, f"{parser.prog}: error: --data_dir {data_dir}: {e}\n")
+
+
+def record_run_tokenizer(run, layout) -> bool:
+    """Log the tokenizer the run trains on as its artifact (see pydreamer.runs), so dreams need only the run id."""
+    from pydreamer.runs import record_tokenizer
+
     if not layout.vqvae.is_file():
         print(f"launch: WARNING: no tokenizer checkpoint at {layout.vqvae}: this run's dreams cannot be decoded",
               flush=True)
@@ -179,19 +196,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.storage import is_remote
 
-    for key in ("replay_dir", "data_dir"):  # one machine's launcher: buckets are for the per-host commands
-        if is_remote(str(conf[key])):
-            parser.exit(2, f"{parser.prog}: error: --{key} {conf[key]}: launch.py runs every process on this machine "
-                           f"and needs a local folder; with a bucket, start python -m pydreamer.generator and "
-                           f"python -m pydreamer.train on each host (README: Many machines)\n")
+    if is_remote(str(conf["replay_dir"])):  # one machine's launcher: a shared store is for the per-host commands
+        parser.exit(2, f"{parser.prog}: error: --replay_dir {conf['replay_dir']}: launch.py runs every process on this "
+                       f"machine and keeps its replay store in a local folder; with a bucket, start "
+                       f"python -m pydreamer.generator and python -m pydreamer.train on each host (README: Many machines)\n")
+    layout = None
     if needs_tokens(conf):  # tokens made with other settings are refused before anything is written
-        from tokenizer.layout import DataLayout
         from tokenizer.stages import StaleOutput, check_stages
 
+        layout = data_layout(conf, parser)
         try:
-            check_stages(conf, DataLayout.of(conf["data_dir"]), ("prepare", "train", "encode"))
+            check_stages(conf, layout, ("prepare", "train", "encode"))
         except StaleOutput as e:
-            parser.exit(2, f"{parser.prog}: error: {e.output} was made with other settings ({'; '.join(e.changed)}): "
+            parser.exit(2, f"{parser.prog}: error: {layout.show(e.output)} was made with other settings ({'; '.join(e.changed)}): "
                            f"use another --data_dir, or remake the tokens with python -m tokenizer all --force "
                            f"--configs {' '.join(args.configs)} --data_dir {conf['data_dir']} ...\n")
 
@@ -228,13 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if needs_tokens(conf):
             from runtime.processes import set_torch_threads
-            from tokenizer.layout import DataLayout
             from tokenizer.stages import ensure_tokens
 
             set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
-            folder = ensure_tokens(conf, DataLayout.of(conf["data_dir"]))
-            print(f"launch: tokens ready in {folder}", flush=True)
-            can_dream = record_run_tokenizer(run, conf)
+            folder = ensure_tokens(conf, layout)
+            if layout.origin:  # a bucket's data_dir: what the stages made here goes there (nothing when none ran)
+                from tokenizer.bucket import send_back
+
+                print(f"launch: {send_back(layout.root, layout.origin)}", flush=True)
+            print(f"launch: tokens ready in {layout.show(folder)}", flush=True)
+            can_dream = record_run_tokenizer(run, layout)
         env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri(conf),
                    MLFLOW_EXPERIMENT_ID=run.info.experiment_id)
         overrides = split_overrides(rest, drop=("resume_id", "replay_dir"))

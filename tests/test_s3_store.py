@@ -454,3 +454,27 @@ def test_a_stage_whose_output_cannot_be_sent_keeps_it_and_sends_it_when_run_agai
     out = capsys.readouterr().out
     assert "exists; skipping" in out and "sent" in out  # not redone, just sent
     assert "manifest.json" in {rel for rel, _, _ in storage.walk(f"{bucket}/data")}
+
+
+@pytest.mark.slow
+def test_launch_makes_the_tokens_into_a_bucket_data_dir_then_trains_evaluates_and_dreams_from_it(bucket, tmp_path):
+    """`python launch.py --data_dir s3://...` on an empty prefix: the stages run in this host's copy and
+    their output goes to the bucket; generators, learner, evaluation and dreams then read it from there."""
+    from test_prepare_workers import SMALL
+
+    data = f"{bucket}/data"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    cmd = [sys.executable, str(REPO / "launch.py"), *SMALL, "--data_dir", data, "--mlflow_dir", str(tmp_path / "mlruns"),
+           "--n_steps", "6", "--batch_size", "2", "--batch_length", "8", "--n_env_steps", "300", "--log_interval", "3",
+           "--eval_interval", "1000", "--save_interval", "6", "--generator_workers_eval", "0", "--evaluate_samples", "2",
+           "--evaluate_horizons", "3", "--dream_unconditional", "1", "--dream_test_prompts", "1", "--dream_seconds", "1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert f"launch: {data}: sent" in out and f"launch: tokens ready in {data}/tokens" in out
+    assert "launch: metrics: " in out and "launch: dreams: " in out
+    made = {rel for rel, _, _ in storage.walk(data)}
+    assert {"manifest.json", "tokenizer/vqvae.pt", "tokens/meta.json", "settings/encode.json"} <= made
+    assert any(rel.startswith("mels/test/") for rel in made) and not any(rel.startswith("parts/") for rel in made)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from runtime import storage, sync
+from tokenizer.layout import DataLayout
 from tokenizer.tokens import MissingTokensError
 
 if TYPE_CHECKING:
@@ -35,11 +36,9 @@ def local_data_dir(data_dir: Path | str, parts: Sequence[str] = ("tokens",), req
             f"DATA/tokens {root}/tokens)") from None
 
 
-def fetch_for_stage(data_dir: str, stage: str, share: "Share | None" = None) -> Path:
-    """This host's copy of a bucket `data_dir`, up to date for running `stage` (or "merge") in it.
-
-    Worker parts are fetched only where the stage reads them: `merge` all of them, a worker its own
-    part, every other stage just the parts' records (which say whether parts wait for a merge)."""
+def _part_data(stage: str, share: "Share | None"):
+    """Which objects a stage need not fetch: worker parts' data, but for `merge` (all of it) and a
+    worker (its own part); the parts' records are always fetched (they say whether parts wait for a merge)."""
     from tokenizer.parts import RECORD
 
     own = f"parts/{stage}/{share.name}/" if share is not None else None
@@ -48,7 +47,23 @@ def fetch_for_stage(data_dir: str, stage: str, share: "Share | None" = None) -> 
         return (stage != "merge" and rel.startswith("parts/") and not rel.endswith(f"/{RECORD}")
                 and not (own and rel.startswith(own)))
 
-    return sync.mirror(data_dir, skip=skip, missing_ok=True)
+    return skip
+
+
+def fetch_for_stage(data_dir: str, stage: str, share: "Share | None" = None) -> Path:
+    """This host's copy of a bucket `data_dir`, up to date for running `stage` (or "merge", or "all") in it."""
+    return sync.mirror(data_dir, skip=_part_data(stage, share), missing_ok=True)
+
+
+def fetch_for_launch(data_dir: str) -> Path:
+    """This host's copy of a bucket `data_dir` for launch.py: the finished tokens with what says how they
+    were made (not the log-mels: a GPU host training on a large corpus need not hold them); when the
+    tokens are not there yet, all that the stages read, for launch.py to make them."""
+    local = sync.mirror(data_dir, parts=("manifest.json", "settings", "tokenizer", "tokens", "parts"),
+                        skip=_part_data("all", None), missing_ok=True)
+    if DataLayout.of(local).has_tokens():
+        return local
+    return fetch_for_stage(data_dir, "all")
 
 
 def send_back(local: Path, data_dir: str) -> str:
