@@ -181,7 +181,7 @@ def test_autoregressive_token_head_learns_what_ties_a_step_together():
             opt.zero_grad()
             loss.backward()
             opt.step()
-        bits[head] = float(loss) / math.log(2)
+        bits[head] = float(loss.detach()) / math.log(2)
         with torch.no_grad():
             probs, drawn = dec.sample(features[:64])
             assert probs.shape == (64, 2, 4) and drawn.shape == (64, 2)
