@@ -82,10 +82,18 @@ def init(ranks: Ranks, device: torch.device, timeout_s: float = 1800.0) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group while the interpreter is whole. DistributedDataParallel wrappers sit in
+    reference cycles that hold the group; left to the interpreter's exit, the group's gloo threads
+    were destroyed still running, and a rank that had finished could die of SIGABRT ("terminate called
+    without an active exception")."""
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()  # the finished model's DDP wrappers, and with them their hold on the group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 def agree(code: int, device: torch.device) -> int:
