@@ -489,12 +489,13 @@ def _pages(folder: RemotePath, kwargs: dict) -> Iterator[dict]:
 
 # ---- whole folders (runtime/sync.py keeps local copies of them) --------------------------------
 
-def walk(folder: Union[str, RemotePath]) -> list[tuple[str, int, str]]:
-    """(path relative to `folder`, size, ETag) of every object under an S3 folder, at any depth."""
+def walk(folder: Union[str, RemotePath], under: str = "") -> list[tuple[str, int, str]]:
+    """(path relative to `folder`, size, ETag) of every object under an S3 folder, at any depth; only
+    those whose relative path starts with `under` when given (one listing of that prefix)."""
     folder = RemotePath(folder) if not isinstance(folder, RemotePath) else folder
     prefix = f"{folder.key}/" if folder.key else ""
     out = []
-    for page in _pages(folder, dict(Bucket=folder.bucket, Prefix=prefix)):
+    for page in _pages(folder, dict(Bucket=folder.bucket, Prefix=prefix + under)):
         for obj in page.get("Contents", ()):
             rel = obj["Key"][len(prefix):]
             if rel and not rel.endswith("/"):

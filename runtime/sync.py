@@ -14,7 +14,6 @@ what changed on either side; a file lock serializes the processes of one host th
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -60,9 +59,10 @@ def _locked(dest: Path) -> Iterator[dict]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             state = json.loads((dest / STATE).read_text())
-            state = state if isinstance(state, dict) else {}
         except (OSError, ValueError):
             state = {}
+        state = {rel: entry for rel, entry in (state.items() if isinstance(state, dict) else ())
+                 if isinstance(entry, dict) and {"etag", "size", "mtime_ns"} <= entry.keys()}  # else: fetched again
         before = json.dumps(state, sort_keys=True)
         try:
             yield state
@@ -76,19 +76,12 @@ def _entry(etag: str, path: Path) -> dict:
     return {"etag": etag, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _unchanged(entry: dict | str | None, path: Path) -> bool:
-    """Whether the local file is still what the bucket holds under the recorded ETag."""
+def _unchanged(entry: dict | None, path: Path) -> bool:
+    """Whether the local file is still what it was when last fetched or sent (its size and mtime then)."""
     if entry is None:
         return False
-    if isinstance(entry, dict) and "mtime_ns" in entry:
-        st = path.stat()
-        return (st.st_size, st.st_mtime_ns) == (entry["size"], entry["mtime_ns"])
-    etag = entry["etag"] if isinstance(entry, dict) else entry  # no local stat recorded: compare the bytes' MD5
-    md5 = hashlib.md5(usedforsecurity=False)  # the ETag of an object PUT in one piece
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-    return etag.strip('"') == md5.hexdigest()
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns) == (entry["size"], entry["mtime_ns"])
 
 
 def _in_parallel(items: Sequence[str], work: Callable[[str], object], done: Callable[[str, object], None]) -> None:
@@ -115,10 +108,6 @@ def _in_parallel(items: Sequence[str], work: Callable[[str], object], done: Call
             raise error
 
 
-def _etag(entry: dict | str) -> str:
-    return entry["etag"] if isinstance(entry, dict) else entry
-
-
 def mirror(url: Url, dest: Union[str, os.PathLike, None] = None, parts: Sequence[str] = (),
            skip: Callable[[str], bool] | None = None, missing_ok: bool = False) -> Path:
     """Bring the local copy of the bucket folder `url` (default: copy_dir(url)) up to date and return it.
@@ -130,7 +119,8 @@ def mirror(url: Url, dest: Union[str, os.PathLike, None] = None, parts: Sequence
     """
     src = _remote(url)
     dest = Path(dest) if dest is not None else copy_dir(src)
-    listed = [(rel, etag) for rel, _, etag in walk(src) if _within(rel, parts)]
+    listed = [(rel, etag) for part in (parts or ("",)) for rel, _, etag in walk(src, under=part)
+              if _within(rel, parts)]  # listed under each part only: a reader of tokens/ lists no log-mels
     objects = [(rel, etag) for rel, etag in listed if not (skip and skip(rel))]
     if not objects and not missing_ok:
         what = f" ({', '.join(parts)})" if parts else ""
@@ -139,7 +129,7 @@ def mirror(url: Url, dest: Union[str, os.PathLike, None] = None, parts: Sequence
         there = {rel for rel, _ in listed}
         etags = dict(objects)
         stale = [rel for rel, etag in objects
-                 if rel not in state or _etag(state[rel]) != etag or not (dest / rel).exists()]
+                 if rel not in state or state[rel]["etag"] != etag or not (dest / rel).exists()]
         _in_parallel(stale, lambda rel: write_bytes_atomic(dest / rel, read_bytes(src / rel)),
                      lambda rel, _: state.__setitem__(rel, _entry(etags[rel], dest / rel)))
         for rel in [r for r in state if r not in there and _within(r, parts)]:

@@ -294,8 +294,10 @@ def test_a_bucket_folder_is_mirrored_and_changes_go_back_markers_last(bucket, tm
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
     assert sync.copy_tree(src, f"{bucket}/data") == 3
+    storage.stats.reset()
     dest = sync.mirror(f"{bucket}/data", tmp_path / "copy", parts=("tokens",))
     assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"one" and not (dest / "mels").exists()
+    assert storage.stats.listed_keys == 2  # only what lies under tokens/ was listed
     storage.write_bytes_atomic(f"{bucket}/data/tokens/a/x.bin", b"two")  # re-encoded: the same size, new ETag
     storage.stats.reset()
     sync.mirror(f"{bucket}/data", dest, parts=("tokens",))
