@@ -24,7 +24,7 @@ def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_w
     if env_id == AUDIO_TOKENS_ID:
         return gym.make(
             AUDIO_TOKENS_ID,
-            data_dir=local_data_dir(conf["data_dir"]),
+            data_dir=conf["data_dir"],  # a bucket's: the env fetches its tokens
             split=split,
             order=conf["env_order"],
             reward=conf["env_reward"],
