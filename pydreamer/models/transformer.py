@@ -248,13 +248,7 @@ class TransformerWorldModel(nn.Module):
         after each window [N, dim], and the cache to imagine on from there (`_step`)."""
         x = self.embed_in(self.encoder(tokens)) + self.position(step % self.context_steps)
         allowed = ~_blocked(torch.zeros_like(step), valid, self.span)
-        keep = self.span - 1
-        keys, values = [], []
-        for layer in self.transformer.layers:
-            x, k, v = self._attend(layer, x, allowed)
-            keys.append(k[:, :, k.shape[2] - keep:])
-            values.append(v[:, :, v.shape[2] - keep:])
-        cache = KVCache(keys, values, valid[:, valid.shape[1] - keep:], step[:, -1])
+        x, cache = self._layers(x, allowed, valid, step[:, -1], None)
         return self.transformer.norm(x[:, -1]), cache
 
     def _step(self, cache: KVCache, new: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
@@ -264,13 +258,20 @@ class TransformerWorldModel(nn.Module):
         step = cache.step + 1
         x = self.embed_in(self.encoder(new.unsqueeze(1))) + self.position(step % self.context_steps).unsqueeze(1)
         valid = torch.cat([cache.valid, torch.ones_like(cache.valid[:, :1])], 1)
+        x, cache = self._layers(x, valid.unsqueeze(1), valid, step, cache)
+        return self.transformer.norm(x[:, 0]), cache
+
+    def _layers(self, x: torch.Tensor, allowed: torch.Tensor, valid: torch.Tensor, step: torch.Tensor,
+                past: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+        """The layers over new steps x [N, L, dim] after the `past` ones; the cache of the last span - 1
+        steps of all (`valid` [N, S + L]: theirs; `step` [N]: the newest one's index)."""
         keep = self.span - 1
         keys, values = [], []
         for i, layer in enumerate(self.transformer.layers):
-            x, k, v = self._attend(layer, x, valid.unsqueeze(1), (cache.keys[i], cache.values[i]))
+            x, k, v = self._attend(layer, x, allowed, None if past is None else (past.keys[i], past.values[i]))
             keys.append(k[:, :, k.shape[2] - keep:])
             values.append(v[:, :, v.shape[2] - keep:])
-        return self.transformer.norm(x[:, 0]), KVCache(keys, values, valid[:, valid.shape[1] - keep:], step)
+        return x, KVCache(keys, values, valid[:, valid.shape[1] - keep:], step)
 
     def _next_logits(self, feature: torch.Tensor) -> torch.Tensor:
         """The forecast [N, G, K] of the step an imagined step leads to (the null action between them)."""
