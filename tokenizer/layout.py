@@ -19,7 +19,7 @@ class DataLayout:
     @property
     def data_dir_arg(self) -> str:
         """What to pass as --data_dir to reach this data folder again (the bucket, not the copy)."""
-        return self.origin or str(self.root)
+        return self.show(self.root)
 
     def show(self, path: Path) -> str:
         """A path inside this data folder as the user knows it: in the bucket, for a copy of one."""
