@@ -1,9 +1,9 @@
 """Forecasts per horizon: what a world model predicts for steps t+1..t+H after observing steps 0..t.
 
-One estimator for both world models, so their numbers mean the same thing. For each start
-step t the model imagines S futures (the RSSM from its prior after filtering steps 0..t
-through the posterior; the Transformer by sampling its own tokens) and the predictive
-distribution of each token at t+h is the *mean probability* over the S futures. Its NLL is
+One estimator for every world model (each owns its rollouts: `WorldModel.forecast`), so their numbers
+mean the same thing. For each start step t the model imagines S futures (the RSSM from its prior
+after filtering steps 0..t through the posterior; the Transformer by sampling its own tokens) and
+the predictive distribution of each token at t+h is the *mean probability* over the S futures. Its NLL is
 -log2 of that mean (a Monte-Carlo estimate of the predictive likelihood, not the mean of
 log-probabilities, which would punish a model for being unsure in a few futures), and top-1
 accuracy is the argmax of that mean against the true token.
@@ -14,73 +14,6 @@ import numpy as np
 import torch
 
 from pydreamer.models import Dreamer
-from pydreamer.models.rssm import State
-
-
-@torch.no_grad()
-def rssm_forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: int, starts: torch.Tensor,
-                  generator: torch.Generator | None = None, chunk: int = 4096) -> torch.Tensor:
-    """tokens int64 [T, G] of one utterance -> probs [N, horizon, G, K] for the N start steps."""
-    wm = model.wm
-    device = tokens.device
-    A = model.dims["action_dim"]
-    with seeded(generator):
-        states = rssm_filter(model, tokens)
-        start = State(states.deter[starts, 0], states.stoch[starts, 0])  # posterior after step t
-        out = []
-        null = torch.zeros(1, A, device=device)
-        null[0, 0] = 1.0
-        per = max(1, chunk // samples)
-        for a in range(0, len(starts), per):
-            s = State(*(x[a:a + per].repeat_interleave(samples, 0) for x in start))
-            n = s.deter.shape[0] // samples
-            steps = []
-            for _ in range(horizon):
-                s, _ = wm.rssm.imagine_step(s, null.expand(s.deter.shape[0], A))
-                p = wm.predict_tokens(s)  # [n*S, G, K]
-                steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
-            out.append(torch.stack(steps, 1))
-    return torch.cat(out, 0)
-
-
-def rssm_filter(model: Dreamer, tokens: torch.Tensor) -> State:
-    """Posterior states [T, 1, ...] of one utterance (tokens [T, G]) filtered from the zero state, with
-    the actions of its episode: none before the first step, the null action before every later one."""
-    wm = model.wm
-    device = tokens.device
-    T = tokens.shape[0]
-    action = torch.zeros(T, 1, model.dims["action_dim"], device=device)
-    action[1:, :, 0] = 1.0
-    reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
-    reset[0] = True
-    states, _, _, _ = wm.rssm.observe(wm.encoder(tokens.unsqueeze(1)), action, reset, wm.initial_state(1, device))
-    return states
-
-
-class seeded:
-    """Draw the RSSM's samples (Gumbel-max draws on the global stream) from a seed, then restore it."""
-
-    def __init__(self, generator: torch.Generator | None):
-        self.seed = None if generator is None else int(generator.initial_seed())
-
-    def __enter__(self):
-        if self.seed is not None:
-            self.state = torch.random.get_rng_state()
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.seed is not None:
-            torch.random.set_rng_state(self.state)
-        return False
-
-
-@torch.no_grad()
-def forecast(model: Dreamer, tokens: torch.Tensor, horizon: int, samples: int, starts: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """The predictive distributions [N, horizon, G, K] of either world model (same estimator)."""
-    if model.kind == "transformer":
-        return model.wm.forecast(tokens, horizon, samples, starts=starts, generator=generator)
-    return rssm_forecast(model, tokens, horizon, samples, starts, generator)
 
 
 def score(probs: torch.Tensor, tokens: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,8 +46,8 @@ def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, hori
     model.eval()
     for tokens in utterances:
         starts = _starts(len(tokens), starts_per_utterance, rng)
-        probs = forecast(model, torch.from_numpy(tokens).to(device), horizons, samples,
-                         torch.from_numpy(starts).to(device), gen)
+        probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
+                                  torch.from_numpy(starts).to(device), gen)
         bits, hits, valid = score(probs, tokens, starts)
         for h in range(horizons):
             v = valid[:, h]

@@ -7,28 +7,17 @@ import numpy as np
 import torch
 
 from pydreamer.models import Dreamer
-from pydreamer.models.rssm import RSSM
 
 
 @torch.no_grad()
 def latent_points(model: Dreamer, utterances: list[np.ndarray], device: torch.device, per_utterance: int = 20,
                   seed: int = 0) -> np.ndarray:
-    """Posterior features of a few steps of each utterance (RSSM), or the Transformer's step features."""
+    """The world model's step features (`WorldModel.step_features`) of a few seeded steps of each utterance."""
     rng = np.random.default_rng(seed)
     out = []
     for tokens in utterances:
-        x = torch.from_numpy(tokens).to(device).unsqueeze(1)
+        feats = model.wm.step_features(torch.from_numpy(tokens).to(device))
         T = len(tokens)
-        if model.kind == "transformer":
-            feats = model.wm.step_features(x) if hasattr(model.wm, "step_features") else None
-            if feats is None:
-                return np.zeros((0, 1))
-        else:
-            action = torch.zeros(T, 1, model.dims["action_dim"], device=device)
-            reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
-            reset[0] = True
-            states, _, _, _ = model.wm.rssm.observe(model.wm.encoder(x), action, reset, model.initial_state(1, device))
-            feats = RSSM.features(states)[:, 0]
         pick = rng.choice(T, min(per_utterance, T), replace=False)
         out.append(feats[torch.from_numpy(pick).to(device)].float().cpu().numpy())
     return np.concatenate(out)

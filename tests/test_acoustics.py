@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from pydreamer.acoustics import (
+from pydreamer.dreams.acoustics import (
     METRICS,
     N_FFT,
     clip_metrics,

@@ -80,7 +80,7 @@ def test_token_heads_are_probes_only_in_the_contrastive_objective(objective):
     out = model.wm(fake_batch(T=8, B=3), model.initial_state(3))
     out.loss.backward()
     wm = model.wm
-    assert _grads(wm.decoder) > 0 and _grads(wm.forecast) > 0  # the probes learn in both
+    assert _grads(wm.decoder) > 0 and _grads(wm.forecast_head) > 0  # the probes learn in both
     latent = _grads(wm.encoder) + _grads(wm.rssm)
     assert (latent == 0) == (objective == "contrastive")
 
@@ -132,7 +132,7 @@ def test_a_tiny_contrastive_run_reports_its_probes_eval_nll(replay, monkeypatch)
 
 def test_evaluate_and_dreams_work_on_a_contrastive_run(tmp_path, capsys):
     from pydreamer.evaluate import main as evaluate
-    from pydreamer.imagination import dream_tokens
+    from pydreamer.dreams.imagination import dream_tokens
     from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
     from runtime.tracking import start_or_resume_run
     from tests.conftest import make_token_corpus

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from pydreamer.dream import main
-from pydreamer.imagination import dream_tokens
+from pydreamer.dreams.imagination import dream_tokens
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
 from pydreamer.runs import record_tokenizer

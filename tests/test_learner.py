@@ -10,8 +10,9 @@ from pydreamer.generator import run_generator
 from pydreamer.models import NonFiniteLoss
 from pydreamer.models.checkpoint import load_checkpoint
 from pydreamer.models.checkpoint import checkpoint_path
-from pydreamer.evaluate import discounted_returns, entropy_bits, load_eval_episodes, unigram_pos_bits
-from pydreamer.train import Learner, main
+from pydreamer.learner.eval_metrics import discounted_returns, entropy_bits, load_eval_episodes, unigram_pos_bits
+from pydreamer.learner.loop import Learner
+from pydreamer.train import main
 from runtime.config import load_config
 
 torch.set_num_threads(1)

@@ -196,14 +196,12 @@ def test_autoregressive_token_head_learns_what_ties_a_step_together():
 
 
 def test_autoregressive_world_model_trains_and_forecasts():
-    from pydreamer.forecast import rssm_forecast
-
     conf = tiny_conf(token_head="autoregressive")
     model = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=1)
     batch = fake_batch(pattern=True)
     out = model.wm(batch, model.initial_state(3))
     assert torch.isfinite(out.loss) and out.token_logits.shape == (8, 3, 2, 16)
-    probs = rssm_forecast(model, batch["tokens"][:, 0], horizon=3, samples=2, starts=torch.tensor([0, 2]))
+    probs = model.wm.forecast(batch["tokens"][:, 0], horizon=3, samples=2, starts=torch.tensor([0, 2]))
     assert probs.shape == (2, 3, 2, 16) and torch.allclose(probs.sum(-1), torch.ones(2, 3, 2))
 
 

@@ -91,7 +91,7 @@ def test_training_learns_repeating_patterns():
     # Dreams continue the pattern of their prompt.
     model.eval()
     prompt = (torch.tensor([[5], [6], [7]]) + torch.arange(G)) % K
-    dream = model.imagine(prompt, 4, samples=3, generator=torch.Generator().manual_seed(0), temperature=0.5)
+    dream = model.imagine(prompt, 4, samples=3, temperature=0.5, generator=torch.Generator().manual_seed(0))
     expected = (torch.arange(8, 12).unsqueeze(1) + torch.arange(G)) % K
     assert (dream == expected).float().mean() > 0.9
 

@@ -1,7 +1,10 @@
-"""World model (token encoder, RSSM, token decoder, reward and terminal heads) and actor-critic."""
+"""The world models (one interface, base.WorldModel: the RSSM, the Transformer) and the actor-critic."""
 from .actor_critic import ActorCritic
-from .dreamer import Dreamer, NonFiniteLoss
+from .base import WorldModel
+from .dreamer import WORLD_MODELS, Dreamer, NonFiniteLoss
 from .rssm import RSSM, State
-from .world_model import WorldModel
+from .rssm_world_model import RSSMWorldModel
+from .transformer import TransformerWorldModel
 
-__all__ = ["ActorCritic", "Dreamer", "NonFiniteLoss", "RSSM", "State", "WorldModel"]
+__all__ = ["ActorCritic", "Dreamer", "NonFiniteLoss", "RSSM", "RSSMWorldModel", "State", "TransformerWorldModel",
+           "WORLD_MODELS", "WorldModel"]

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from .decoders import ScalarHead
-from .functions import lambda_returns, mlp, sample_one_hot
-from .rssm import RSSM, State
+from .base import WorldModel
+from .functions import lambda_returns, map_state, mlp, sample_one_hot
 
 
 class ActorCritic(nn.Module):
@@ -44,15 +44,14 @@ class ActorCritic(nn.Module):
     def update_target(self) -> None:
         self.critic_target.load_state_dict(self.critic.state_dict())
 
-    def imagine(self, world_model: nn.Module, start: State, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def imagine(self, world_model: WorldModel, start: Any, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Dream `horizon` steps with the actor from start states [N, ...].
 
         Returns features [H+1, N, F] (index 0 = start) and the one-hot actions [H, N, A]
         taken in states 0..H-1.
         """
-        rssm: RSSM = world_model.rssm
         state = start
-        feats = [RSSM.features(state)]
+        feats = [world_model.latent_features(state)]
         actions = []
         with torch.set_grad_enabled(with_grad):
             for _ in range(self.horizon):
@@ -60,20 +59,20 @@ class ActorCritic(nn.Module):
                     action = sample_one_hot(self.policy_logits(feats[-1].detach()))
                 else:
                     action = torch.ones(feats[-1].shape[0], 1, device=feats[-1].device)
-                state, _ = rssm.imagine_step(state, action)
-                feats.append(RSSM.features(state))
+                state = world_model.imagine_latent(state, action)
+                feats.append(world_model.latent_features(state))
                 actions.append(action)
         return torch.stack(feats), torch.stack(actions)
 
-    def forward(self, world_model: nn.Module, start: State, start_terminal: torch.Tensor):
+    def forward(self, world_model: WorldModel, start: Any, start_terminal: torch.Tensor):
         """`losses`: the one forward of a step, so that DistributedDataParallel can wrap the actor-critic."""
         return self.losses(world_model, start, start_terminal)
 
     def losses(
-        self, world_model: nn.Module, start: State, start_terminal: torch.Tensor
+        self, world_model: WorldModel, start: Any, start_terminal: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(actor loss, critic loss, metrics) from dreams starting at the detached states `start`."""
-        start = State(start.deter.detach(), start.stoch.detach())
+        start = map_state(lambda x: x.detach(), start)
         dynamics = self.trains_actor and self.grad_mix < 1.0
         feats, actions = self.imagine(world_model, start, with_grad=dynamics)
         with torch.set_grad_enabled(dynamics):

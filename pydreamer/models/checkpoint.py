@@ -1,5 +1,9 @@
 """Checkpoints: model + optimizers + step in one file, written atomically, read without pickles.
 
+A checkpoint carries its model's `model_args` (world model kind, dimensions, architecture keys), so
+evaluate, dream, the network policy and resume build the very model that was trained, whatever the
+config of the day says (`build_model`); one from before model_args were kept is built from the config.
+
 The replay store may be a bucket (`s3://...`): its checkpoints are then objects there, each written
 with one PUT of the whole file (a reader gets the previous checkpoint or the new one, never half).
 """
@@ -13,7 +17,8 @@ import torch
 
 from runtime import storage
 from runtime.files import atomic_path
-from runtime.storage import RemotePath, store_path
+from runtime.s3 import RemotePath
+from runtime.storage import store_path
 
 CHECKPOINT_NAME = "latest.pt"
 BEST_NAME = "best.pt"
@@ -33,6 +38,7 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mappin
     data = {
         "step": int(step),
         "dims": dict(getattr(model, "dims", {})),
+        "model_args": model.model_args() if hasattr(model, "model_args") else {},
         "model": model.state_dict(),
         "optimizers": {k: v.state_dict() for k, v in (optimizers or {}).items()},
         "extra": dict(extra or {}),
@@ -64,8 +70,38 @@ def restore(checkpoint: Mapping[str, Any], model: torch.nn.Module, optimizers: M
     dims = dict(getattr(model, "dims", {}))
     if checkpoint.get("dims") and dims and dict(checkpoint["dims"]) != dims:
         raise ValueError(f"checkpoint was trained for {dict(checkpoint['dims'])}, this model is {dims}")
+    differ = args_differ(checkpoint, model)
+    if differ:
+        raise ValueError(f"checkpoint was trained as another model: {differ}")
     model.load_state_dict(checkpoint["model"])
     for name, opt in (optimizers or {}).items():
         if name in checkpoint.get("optimizers", {}):
             opt.load_state_dict(checkpoint["optimizers"][name])
     return int(checkpoint["step"])
+
+
+def args_differ(checkpoint: Mapping[str, Any], model: torch.nn.Module) -> str:
+    """'' when the checkpoint's model_args are the model's (or it has none), else which keys differ and how."""
+    saved, mine = dict(checkpoint.get("model_args") or {}), model.model_args() if hasattr(model, "model_args") else {}
+    if not saved or not mine:
+        return ""
+    flat = lambda a: {**{k: v for k, v in a.items() if k != "conf"}, **a.get("conf", {})}  # noqa: E731
+    saved, mine = flat(saved), flat(mine)
+    return ", ".join(f"{k} {saved.get(k)!r} (this config: {mine.get(k)!r})"
+                     for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
+
+
+def build_model(checkpoint: Mapping[str, Any], conf: Mapping[str, Any], dims: Mapping[str, int] | None = None):
+    """A Dreamer as the checkpoint was trained: its model_args over `conf` (which still gives what is not
+    architecture: loss weights, sampling settings). A checkpoint without model_args (older) is built from
+    `conf` and its `dims` (or the `dims` given). The weights are not loaded: `restore` does that."""
+    from .dreamer import Dreamer
+
+    args = dict(checkpoint.get("model_args") or {})
+    if not args:
+        dims = dict(checkpoint.get("dims") or dims or {})
+        if not dims:
+            raise ValueError("the checkpoint records neither its model_args nor its dims, and none were given")
+        return Dreamer(conf, **dims)
+    merged = {**dict(conf), **args.pop("conf", {}), "world_model": args.pop("world_model")}
+    return Dreamer(merged, **args)

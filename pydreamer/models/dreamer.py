@@ -1,9 +1,9 @@
 """Dreamer = world model + actor-critic, with their optimizers and one training step.
 
-`world_model: rssm` (DreamerV2) trains the actor-critic in imagination beside the world model;
-`world_model: transformer` is a baseline over the same tokens: it has no latent state to
-imagine from, so it trains the world model alone (with the null action the actor has nothing
-to learn, and the critic only forecasts voice activity).
+The config's `world_model` picks the world model (`WORLD_MODELS`: the one place that asks which it is).
+One with a latent state to imagine from (the RSSM, DreamerV2) trains the actor-critic in imagination
+beside it; one without (the Transformer, a baseline over the same tokens) trains alone (with the null
+action the actor has nothing to learn, and the critic only forecasts voice activity).
 """
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ import torch.nn as nn
 from torch.profiler import record_function
 
 from .actor_critic import ActorCritic
-from .rssm import State
+from .base import WorldModel
+from .functions import map_state
+from .rssm_world_model import RSSMWorldModel
 from .transformer import TransformerWorldModel
-from .world_model import WorldModel
+
+WORLD_MODELS: dict[str, type[WorldModel]] = {m.kind: m for m in (RSSMWorldModel, TransformerWorldModel)}
+# Config keys of the actor-critic's weights (with the world model's `arch_keys`: the checkpoint's model_args).
+ACTOR_CRITIC_KEYS = ("hidden_dim",)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -29,13 +34,12 @@ class Dreamer(nn.Module):
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__()
         self.dims = {"n_tokens": int(n_tokens), "tokens_per_step": int(tokens_per_step), "action_dim": int(action_dim)}
-        self.kind = conf["world_model"]
-        if self.kind == "transformer":
-            self.wm = TransformerWorldModel(conf, n_tokens, tokens_per_step, action_dim)
-            self.ac = None
-        else:
-            self.wm = WorldModel(conf, n_tokens, tokens_per_step, action_dim)
-            self.ac = ActorCritic(conf, self.wm.rssm.feature_dim, action_dim)
+        if conf["world_model"] not in WORLD_MODELS:
+            raise ValueError(f"world_model must be one of {', '.join(WORLD_MODELS)}, not {conf['world_model']!r}")
+        self.wm: WorldModel = WORLD_MODELS[conf["world_model"]](conf, n_tokens, tokens_per_step, action_dim)
+        self.ac = ActorCritic(conf, self.wm.latent_dim, action_dim) if self.wm.has_latent else None
+        # What a checkpoint carries to rebuild this very model (nanoGPT's model_args): see model_args().
+        self.arch = {k: conf[k] for k in self.wm.arch_keys + (ACTOR_CRITIC_KEYS if self.ac is not None else ())}
         self.grad_clip = float(conf["grad_clip"])
         self.target_interval = int(conf["target_interval"])
         self.eval_samples = int(conf["eval_samples"])
@@ -46,13 +50,19 @@ class Dreamer(nn.Module):
         self.replicas: dict[str, nn.Module] = {}
         self.agree: Callable[[int], int] | None = None
 
+    @property
+    def kind(self) -> str:
+        return self.wm.kind
+
+    def model_args(self) -> dict:
+        """The world model's kind, dimensions and architecture keys: all it takes to build it again."""
+        return {"world_model": self.wm.kind, **self.dims, "conf": dict(self.arch)}
+
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return self.wm.initial_state(batch_size, device)
 
-    @staticmethod
-    def state_batch_size(state) -> int:
-        """Columns of a carried state: RSSM State deter [B, D]; Transformer tokens [W, B, G]."""
-        return state.deter.shape[0] if isinstance(state, State) else state.tokens.shape[1]
+    def state_batch_size(self, state) -> int:
+        return self.wm.state_batch_size(state)
 
     def make_optimizers(self, conf: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Separate Adam optimizers (and learning rates) for the world model, actor and critic."""
@@ -94,11 +104,11 @@ class Dreamer(nn.Module):
     def training_step(
         self,
         batch: Mapping[str, torch.Tensor],
-        state: State,
+        state: Any,
         optimizers: Mapping[str, torch.optim.Optimizer],
         step: int,
         amp: bool = False,
-    ) -> tuple[State, dict[str, float]]:
+    ) -> tuple[Any, dict[str, float]]:
         """One gradient step of all three parts on a time-major batch; returns the carried state and metrics.
 
         Raises NonFiniteLoss (before touching the weights) when a loss is NaN or inf.
@@ -114,11 +124,11 @@ class Dreamer(nn.Module):
         if self.ac is None:
             return self._model_step(out, optimizers, step)
         with autocast, record_function("learner/actor_critic"):
-            start = State(*(x.reshape(-1, x.shape[-1]) for x in out.states))
+            start = map_state(lambda x: x.reshape(-1, x.shape[-1]), out.states)
             start_terminal = batch["terminal"].reshape(-1)
             if 0 < self.imag_starts < start_terminal.shape[0]:  # dream from a random subset of states
                 pick = torch.randperm(start_terminal.shape[0], device=device)[: self.imag_starts]
-                start, start_terminal = State(start.deter[pick], start.stoch[pick]), start_terminal[pick]
+                start, start_terminal = map_state(lambda x: x[pick], start), start_terminal[pick]
             ac = self.replicas.get("ac")
             loss_actor, loss_critic, ac_metrics = (ac(self.wm, start, start_terminal) if ac is not None
                                                    else self.ac.losses(self.wm, start, start_terminal))
@@ -143,8 +153,7 @@ class Dreamer(nn.Module):
                     opt.step()
         if self.target_interval > 0 and step % self.target_interval == 0:
             self.ac.update_target()
-        last = State(out.last_state.deter.detach(), out.last_state.stoch.detach())
-        return last, metrics
+        return map_state(lambda x: x.detach(), out.last_state), metrics
 
 
     def _model_step(self, out, optimizers: Mapping[str, torch.optim.Optimizer], step: int):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,11 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, layer_norm:
         dim = hidden_dim
     parts.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*parts)
+
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
+    """A state (a NamedTuple of tensors, whatever the world model) with `fn` applied to each of its tensors."""
+    return type(state)(*(fn(x) for x in state))
 
 
 def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch.Tensor:

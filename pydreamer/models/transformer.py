@@ -21,13 +21,13 @@ evaluation does, while the loss includes them.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .attention import KVCache, attend, blocked, repeat, ring_sinusoids
+from .base import EvalSums, WorldModel, logit_bits_and_hits
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
 from .functions import LN2, mlp, sample_index
@@ -39,16 +39,6 @@ class TransformerState(NamedTuple):
     tokens: torch.Tensor  # int64 [W, B, G]: token ids, oldest first
     valid: torch.Tensor  # bool [W, B]: False = empty slot or a step of an earlier episode
     step: torch.Tensor  # int64 [W, B]: each step's index in its episode (its position label mod context_steps)
-
-
-class KVCache(NamedTuple):
-    """What imagining one more step needs of the steps before it: each layer's keys and values of the
-    last span - 1 steps (all a new step attends to), with their validity and the newest step's index."""
-
-    keys: list[torch.Tensor]  # per layer [N, heads, span - 1, dim / heads], oldest first
-    values: list[torch.Tensor]  # the same
-    valid: torch.Tensor  # bool [N, span - 1]
-    step: torch.Tensor  # int64 [N]: the newest step's index in its episode
 
 
 class TransformerOutput(NamedTuple):
@@ -65,12 +55,13 @@ class TransformerPrediction(NamedTuple):
     last_state: TransformerState
 
 
-class TransformerWorldModel(nn.Module):
+class TransformerWorldModel(WorldModel):
+    kind = "transformer"
+    arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "context_steps", "transformer_dim", "transformer_heads",
+                 "transformer_layers", "transformer_dropout")
+
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__()
-        self.n_tokens = int(n_tokens)
-        self.tokens_per_step = int(tokens_per_step)
-        self.action_dim = int(action_dim)
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
         self.context_steps = int(conf["context_steps"])
         self.reward_weight = float(conf["reward_weight"])
         dim, heads = int(conf["transformer_dim"]), int(conf["transformer_heads"])
@@ -81,14 +72,14 @@ class TransformerWorldModel(nn.Module):
         self.dim, self.heads = dim, heads
         layers = int(conf["transformer_layers"])
         # Each layer attends `span` steps back (itself included), so the stack's receptive field,
-        # layers * (span - 1) + 1 steps, stays within context_steps: see _blocked.
+        # layers * (span - 1) + 1 steps, stays within context_steps: see attention.blocked.
         self.span = (self.context_steps - 1) // max(1, layers) + 1
         hidden = int(conf["hidden_dim"])
         self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)  # the RSSM's, same sizes
         self.embed_in = nn.Linear(self.encoder.out_dim, dim)
         self.position = nn.Embedding(self.context_steps, dim)
         with torch.no_grad():
-            self.position.weight.copy_(_ring_sinusoids(self.context_steps, dim))
+            self.position.weight.copy_(ring_sinusoids(self.context_steps, dim))
         layer = nn.TransformerEncoderLayer(
             dim,
             heads,
@@ -116,16 +107,13 @@ class TransformerWorldModel(nn.Module):
             torch.zeros(W, batch_size, dtype=torch.long, device=device),
         )
 
+    def state_batch_size(self, state: TransformerState) -> int:
+        return state.tokens.shape[1]
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     # ---- the network ---------------------------------------------------------------------
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.n_tokens):
-            raise ValueError(
-                f"token ids must lie in [0, {self.n_tokens}); got {int(tokens.min())}..{int(tokens.max())}"
-                " (does the model's codebook size match the data's?)"
-            )
 
     def _features(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor,
                   episode: torch.Tensor) -> torch.Tensor:
@@ -134,7 +122,7 @@ class TransformerWorldModel(nn.Module):
         tokens [N, L, G], step/valid/episode [N, L] -> [N, L, dim].
         """
         x = self.embed_in(self.encoder(tokens)) + self.position(step % self.context_steps)
-        mask = _blocked(episode, valid, self.span).repeat_interleave(self.heads, 0)
+        mask = blocked(episode, valid, self.span).repeat_interleave(self.heads, 0)
         return self.transformer(x, mask=mask)
 
     def _heads(self, features: torch.Tensor, next_action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,18 +130,11 @@ class TransformerWorldModel(nn.Module):
         logits = self.token_head(x).float().reshape(*x.shape[:-1], self.tokens_per_step, self.n_tokens)
         return logits, self.reward_head(x)
 
-    def _null_action(self, n: int, device: torch.device, first: bool = False) -> torch.Tensor:
-        """The action leading to an imagined step: the null action (index 0), or zeros before a first step."""
-        a = torch.zeros(n, self.action_dim, device=device)
-        if not first:
-            a[:, 0] = 1.0
-        return a
-
     # ---- training ------------------------------------------------------------------------
     def predict(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerPrediction:
         """Forecast every step of a time-major chunk from the steps before it (carried window included)."""
         tokens = batch["tokens"]
-        self._check_tokens(tokens)
+        self.check_tokens(tokens)
         reset = batch["reset"].bool()
         T, B = reset.shape
         W = state.tokens.shape[0]
@@ -226,28 +207,11 @@ class TransformerWorldModel(nn.Module):
         steps = steps.clamp(min=0)
         return tokens[steps], steps, valid
 
-    def _attend(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pre-norm encoder layer as nn.TransformerEncoderLayer computes it, with the keys and values
-        of earlier steps (`past`) put before the new ones. x [N, L, dim]; allowed bool [N, L, S + L]
-        (True = may attend). Returns the layer's output and the keys and values of all S + L steps."""
-        attn = layer.self_attn
-        N, L, _ = x.shape
-        heads = lambda t: t.reshape(N, L, self.heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = map(heads, F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-        if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
-                                           dropout_p=attn.dropout if self.training else 0.0)
-        x = x + layer.dropout1(attn.out_proj(a.transpose(1, 2).reshape(N, L, -1)))
-        x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
-        return x, k, v
-
     def _prefill(self, tokens: torch.Tensor, step: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """Windows [N, C, G] of one utterance each (last slot valid) -> the feature that forecasts the step
         after each window [N, dim], and the cache to imagine on from there (`_step`)."""
         x = self.embed_in(self.encoder(tokens)) + self.position(step % self.context_steps)
-        allowed = ~_blocked(torch.zeros_like(step), valid, self.span)
+        allowed = ~blocked(torch.zeros_like(step), valid, self.span)
         x, cache = self._layers(x, allowed, valid, step[:, -1], None)
         return self.transformer.norm(x[:, -1]), cache
 
@@ -268,14 +232,14 @@ class TransformerWorldModel(nn.Module):
         keep = self.span - 1
         keys, values = [], []
         for i, layer in enumerate(self.transformer.layers):
-            x, k, v = self._attend(layer, x, allowed, None if past is None else (past.keys[i], past.values[i]))
+            x, k, v = attend(layer, self.heads, x, allowed, None if past is None else (past.keys[i], past.values[i]))
             keys.append(k[:, :, k.shape[2] - keep:])
             values.append(v[:, :, v.shape[2] - keep:])
         return x, KVCache(keys, values, valid[:, valid.shape[1] - keep:], step)
 
     def _next_logits(self, feature: torch.Tensor) -> torch.Tensor:
         """The forecast [N, G, K] of the step an imagined step leads to (the null action between them)."""
-        return self._heads(feature, self._null_action(feature.shape[0], feature.device))[0]
+        return self._heads(feature, self.null_action(feature.shape[0], feature.device))[0]
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         return sample_index(torch.softmax(logits.float() / temperature, -1), generator)
@@ -298,7 +262,7 @@ class TransformerWorldModel(nn.Module):
         mean over `samples` imagined rollouts, each sampling its steps (at `temperature`) and reading
         them back as context. Cells with t+h >= T are returned too (the caller masks them).
         """
-        self._check_tokens(tokens)
+        self.check_tokens(tokens)
         if horizon < 1 or samples < 1 or temperature <= 0:
             raise ValueError(
                 f"need horizon >= 1, samples >= 1, temperature > 0; got {horizon}, {samples}, {temperature}"
@@ -320,7 +284,7 @@ class TransformerWorldModel(nn.Module):
             out[a:a + n, 0] = torch.softmax(logits, -1)
             if horizon == 1:
                 continue
-            cache = _repeat(cache, samples)
+            cache = repeat(cache, samples)
             logits = logits.repeat_interleave(samples, 0)
             for h in range(1, horizon):
                 feature, cache = self._step(cache, self._sample(logits, temperature, generator))
@@ -329,22 +293,16 @@ class TransformerWorldModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def imagine(
-        self,
-        prompt: torch.Tensor,
-        n_steps: int,
-        samples: int,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-    ) -> torch.Tensor:
-        """Dreams: `samples` sampled continuations [samples, n_steps, G] of a prompt [P, G] (an
-        utterance's first P steps; P = 0 dreams an utterance from its first step)."""
-        self._check_tokens(prompt)
-        if n_steps < 0 or samples < 1 or temperature <= 0:
-            raise ValueError(
-                f"need n_steps >= 0, samples >= 1, temperature > 0; got {n_steps}, {samples}, {temperature}"
-            )
+    def imagine(self, prompt: torch.Tensor, n_steps: int, samples: int, temperature: float = 1.0, seed: int = 0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Dreams: `samples` sampled continuations [samples, n_steps, G] of a prompt [P, G] (an utterance's
+        first P steps; P = 0 dreams an utterance from its first step, from the learned empty-context feature).
+        The draws come from `generator`, or else from one seeded with `seed`."""
+        self.check_tokens(prompt)
+        self.check_imagine(n_steps, samples, temperature)
         device = self.start.device
+        if generator is None:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
         prompt = prompt.to(device=device, dtype=torch.long)
         G = self.tokens_per_step
         out = torch.zeros(samples, n_steps, G, dtype=torch.long, device=device)
@@ -352,7 +310,7 @@ class TransformerWorldModel(nn.Module):
             return out
         if prompt.shape[0] == 0:  # the first step from the empty context
             feature = self.transformer.norm(self.start).expand(samples, -1)
-            first = self._sample(self._heads(feature, self._null_action(samples, device, first=True))[0],
+            first = self._sample(self._heads(feature, self.null_action(samples, device, first=True))[0],
                                  temperature, generator)
             out[:, 0] = first
             C = self.context_steps
@@ -365,7 +323,7 @@ class TransformerWorldModel(nn.Module):
         else:
             end = torch.full((1,), prompt.shape[0] - 1, dtype=torch.long, device=device)
             feature, cache = self._prefill(*self._window(prompt, end))  # once, then one per sample
-            feature, cache, done = feature.expand(samples, -1), _repeat(cache, samples), 0
+            feature, cache, done = feature.expand(samples, -1), repeat(cache, samples), 0
         for i in range(done, n_steps):
             new = self._sample(self._next_logits(feature), temperature, generator)
             out[:, i] = new
@@ -373,39 +331,34 @@ class TransformerWorldModel(nn.Module):
                 feature, cache = self._step(cache, new)
         return out
 
+    @torch.no_grad()
+    def mix(self, a: torch.Tensor, b: torch.Tensor, alphas: list[float], n_steps: int, temperature: float = 1.0,
+            seed: int = 0) -> torch.Tensor:
+        """No latent state but its context: a mixture is a context of A's last steps followed by B's, B's
+        share growing with alpha (`splice`)."""
+        return torch.cat([self.imagine(splice(a, b, al), n_steps, 1, temperature, seed) for al in alphas])
 
-def _repeat(cache: KVCache, n: int) -> KVCache:
-    """Each window's cache n times over (n sampled continuations of each)."""
-    return KVCache([k.repeat_interleave(n, 0) for k in cache.keys], [v.repeat_interleave(n, 0) for v in cache.values],
-                   cache.valid.repeat_interleave(n, 0), cache.step.repeat_interleave(n, 0))
+    @torch.no_grad()
+    def step_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The feature that forecasts the step after each step (the last layer's, normed) [T, dim]."""
+        self.check_tokens(tokens)
+        ends = torch.arange(tokens.shape[0], device=tokens.device)
+        return self._prefill(*self._window(tokens, ends))[0]
+
+    @torch.no_grad()
+    def eval_sums(self, batch: Mapping[str, torch.Tensor], mask: torch.Tensor, samples: int) -> EvalSums:
+        """Its next-step forecast is exact (no latent to sample): nll_h1 is the cross-entropy of each step given
+        the steps before it, first steps left out as for every model; loss_tokens is the same number."""
+        pred = self.predict(batch, self.initial_state(mask.shape[1], mask.device))
+        m = mask & pred.has_context
+        bits, hits = logit_bits_and_hits(pred.token_logits, batch["tokens"])
+        n = int(m.sum()) * batch["tokens"].shape[-1]
+        nll = (float(bits.sum(-1)[m].sum()), n)
+        return EvalSums({"nll_h1": nll, "acc_h1": (float(hits.float().sum(-1)[m].sum()), n), "loss_tokens": nll}, None)
 
 
-def _blocked(episode: torch.Tensor, valid: torch.Tensor, span: int) -> torch.Tensor:
-    """Attention mask [N, L, L], True = may not attend: a step sees the last `span` steps of its
-    own episode (itself included), never a later step, an empty slot or another episode.
-
-    Stacked layers widen what a step depends on by span - 1 steps per layer, and only that whole
-    cone decides its output; keeping layers * (span - 1) < context_steps puts the cone inside the
-    carried window + chunk in training and inside each forecast window, so both compute the same.
-    Every position sees itself, so no row is empty (an empty row would give NaN that spreads
-    through the values); empty slots are never seen by other positions, so this changes nothing.
-    """
-    L = episode.shape[1]
-    i = torch.arange(L, device=episode.device)
-    back = i.unsqueeze(1) - i.unsqueeze(0)  # query - key
-    band = (back >= 0) & (back < span)
-    allowed = band & (episode.unsqueeze(2) == episode.unsqueeze(1)) & valid.unsqueeze(1)
-    allowed = allowed | torch.eye(L, dtype=torch.bool, device=episode.device)
-    return ~allowed
-
-
-def _ring_sinusoids(context_steps: int, dim: int) -> torch.Tensor:
-    """Initial position embeddings: sinusoids whose periods divide context_steps, so the ring of
-    labels (step index mod context_steps) has no seam and offsets between steps are easy to read."""
-    pos = torch.arange(context_steps, dtype=torch.float32).unsqueeze(1)
-    freq = 1.0 + torch.arange(dim // 2, dtype=torch.float32).remainder(max(1, context_steps // 2))
-    angle = 2 * math.pi * pos * freq / context_steps
-    out = torch.zeros(context_steps, dim)
-    out[:, 0:2 * (dim // 2):2] = torch.sin(angle)
-    out[:, 1:2 * (dim // 2):2] = torch.cos(angle)
-    return out * 0.5
+def splice(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """A's last (1 - alpha) share, then B's last alpha share, of the shorter prompt's length [*, G]."""
+    n = min(len(a), len(b))
+    nb = int(round(alpha * n))
+    return torch.cat([a[len(a) - (n - nb):], b[len(b) - nb:]], 0) if n else a[:0]

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pydreamer.acoustics import MetricComparison, compare_real_generated, describe_clips, similarity_by_horizon
+from pydreamer.dreams.acoustics import MetricComparison, compare_real_generated, describe_clips, similarity_by_horizon
 
 WINDOW_S = 0.5  # horizon windows of the completion distances: (0, 0.5], (0.5, 1.0], ...
 

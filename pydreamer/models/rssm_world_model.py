@@ -1,4 +1,5 @@
-"""The world model: token encoder + RSSM + token decoder + reward and terminal heads, and its loss.
+"""The RSSM world model (DreamerV2): token encoder + RSSM + token decoder + reward and terminal heads, its
+loss, and how it reads utterances (filter through the posterior, then imagine with the prior).
 
 `wm_objective` says what trains the latent (encoder + RSSM): `reconstruction` (DreamerV2) decodes each
 step's tokens from its features and forecasts them from the deterministic state; `contrastive`
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
 
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from .base import EvalSums, WorldModel, bits_and_hits, seeded
 from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
@@ -33,12 +35,14 @@ class WorldModelOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
-class WorldModel(nn.Module):
+class RSSMWorldModel(WorldModel):
+    kind = "rssm"
+    arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete",
+                 "token_head", "forecast_head", "wm_objective", "contrastive_dim")
+    has_latent = True
+
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__()
-        self.n_tokens = n_tokens
-        self.tokens_per_step = tokens_per_step
-        self.action_dim = action_dim
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
         self.kl_balance = float(conf["kl_balance"])
         self.kl_weight = float(conf["kl_weight"])
         self.free_nats = float(conf["free_nats"])
@@ -61,9 +65,9 @@ class WorldModel(nn.Module):
         # step the decoder given one prior draw is sharp and often wrong, and a Monte-Carlo mean over a few
         # draws scores far worse than the model's actual predictive distribution.
         self.forecast_weight = float(conf["forecast_weight"])
-        self.forecast = TokenDecoder(self.rssm.deter_dim, n_tokens, tokens_per_step, hidden_dim=hidden,
+        self.forecast_head = TokenDecoder(self.rssm.deter_dim, n_tokens, tokens_per_step, hidden_dim=hidden,
                                      head=conf["token_head"]) if conf["forecast_head"] else None
-        self.overshoot_steps = int(conf["overshoot_steps"]) if self.forecast is not None else 0
+        self.overshoot_steps = int(conf["overshoot_steps"]) if self.forecast_head is not None else 0
         self.overshoot_starts = int(conf["overshoot_starts"])
         self.objective = conf["wm_objective"]
         self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, int(conf["contrastive_dim"]),
@@ -77,13 +81,12 @@ class WorldModel(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         return self.rssm.initial_state(batch_size, device)
 
+    def state_batch_size(self, state: State) -> int:
+        return state.deter.shape[0]
+
     def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> WorldModelOutput:
         tokens = batch["tokens"]
-        if tokens.min() < 0 or tokens.max() >= self.n_tokens:
-            raise ValueError(
-                f"token ids must lie in [0, {self.n_tokens}); got {int(tokens.min())}..{int(tokens.max())}"
-                " (does the model's codebook size match the data's?)"
-            )
+        self.check_tokens(tokens)
         embed = self.encoder(tokens)
         with record_function("world_model/observe"):
             states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
@@ -104,9 +107,9 @@ class WorldModel(nn.Module):
         loss_kl = self.kl_balance * kl_prior.clamp(min=free) + (1 - self.kl_balance) * kl_post.clamp(min=free)
         zero = torch.zeros((), device=loss_tokens.device)
         loss_forecast = zero
-        if self.forecast is not None:  # h_t has seen steps < t only: predicting step t from it is a forecast
+        if self.forecast_head is not None:  # h_t has seen steps < t only: predicting step t from it is a forecast
             deter = states.deter.detach() if probe else states.deter
-            loss_forecast = TokenDecoder.nll(self.forecast(deter, tokens), tokens).sum(-1).mean()
+            loss_forecast = TokenDecoder.nll(self.forecast_head(deter, tokens), tokens).sum(-1).mean()
         nce = {"same": zero, "acc": zero, "multi": zero}
         if probe:  # the positive of step (t, b) is its own embedding; every other step of the batch is a negative
             keys = self.contrastive.keys(embed)
@@ -173,7 +176,7 @@ class WorldModel(nn.Module):
             if 2 <= k <= self.overshoot_steps:  # k = 1 is the observed path's forecast loss already
                 target = tokens[t0 + k, b0]
                 deter = state.deter.detach() if self.contrastive is not None else state.deter
-                nll = TokenDecoder.nll(self.forecast(deter, target), target).sum(-1)
+                nll = TokenDecoder.nll(self.forecast_head(deter, target), target).sum(-1)
                 total = total + (nll * alive).sum()
                 count = count + alive.sum()
             if k <= self.contrastive_steps:  # the step's true embedding sits at row (t0 + k) * B + b0 of keys
@@ -192,9 +195,9 @@ class WorldModel(nn.Module):
         step's earlier tokens), or else by the decoder of z_t drawn from the prior, averaged over
         `n_samples` draws.
         """
-        if self.forecast is not None:
-            n = n_samples if self.forecast.autoregressive else 1
-            return sum(self.forecast.sample(states.deter)[0] for _ in range(n)) / n
+        if self.forecast_head is not None:
+            n = n_samples if self.forecast_head.autoregressive else 1
+            return sum(self.forecast_head.sample(states.deter)[0] for _ in range(n)) / n
         probs = None
         for z in self.rssm.sample_prior(prior_logits, n_samples):
             p = self.decoder.sample(torch.cat([states.deter, z.to(states.deter.dtype)], -1))[0]
@@ -203,9 +206,139 @@ class WorldModel(nn.Module):
 
     def predict_tokens(self, state: State) -> torch.Tensor:
         """The model's forecast of the tokens of the step `state` stands for [*B, G, K], before they are seen."""
-        if self.forecast is not None:
-            return self.forecast.sample(state.deter)[0]
+        if self.forecast_head is not None:
+            return self.forecast_head.sample(state.deter)[0]
         return self.decoder.sample(RSSM.features(state))[0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints from before the forecast head was named `forecast_head` call it `forecast`."""
+        for key in [k for k in state_dict if k.startswith(prefix + "forecast.")]:
+            state_dict[prefix + "forecast_head." + key[len(prefix + "forecast."):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---- eval/* of whole episodes -----------------------------------------------------------
+    def eval_sums(self, batch: Mapping[str, torch.Tensor], mask: torch.Tensor, samples: int) -> EvalSums:
+        """nll_h1 and acc_h1: each step forecast from h_t (the forecast head, or else `samples` prior draws
+        decoded and averaged), what model selection (best.pt) uses; elbo_h1: the step's negative ELBO per token
+        (reconstruction + KL(posterior || prior), an upper bound on -log p(step's tokens | steps < t) jointly);
+        loss_tokens: posterior reconstruction; first steps, which have no past, left out of the three."""
+        tokens = batch["tokens"]
+        G = tokens.shape[-1]
+        out = self(batch, self.initial_state(tokens.shape[1], tokens.device))
+        probs = self.horizon1_probs(out.states, out.prior_logits, samples)
+        feats = RSSM.features(out.states)
+        reward_pred = self.reward_head(feats).float()
+        m1 = mask.clone()
+        m1[0] = False
+        logp = torch.log_softmax(out.token_logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        bits, hits = bits_and_hits(probs, tokens)
+        kl = categorical_kl(out.post_logits, out.prior_logits)
+        n, n1, steps = int(mask.sum()) * G, int(m1.sum()) * G, int(mask.sum())
+        sums = {
+            "loss_tokens": (float((-logp / LN2).sum(-1)[mask].sum()), n),
+            "nll_h1": (float(bits.sum(-1)[m1].sum()), n1),
+            "elbo_h1": (float(((-logp).sum(-1) + kl)[m1].sum() / LN2), n1),  # bounds the forecast's NLL from above
+            "acc_h1": (float(hits.float().sum(-1)[m1].sum()), n1),
+            "kl": (float(kl[mask].sum()), steps),
+            "loss_reward": (0.5 * float((reward_pred - batch["reward"]).pow(2)[mask].sum()), steps),
+        }
+        return EvalSums(sums, feats)
+
+    # ---- reading utterances -----------------------------------------------------------------
+    def filter(self, tokens: torch.Tensor) -> State:
+        """Posterior states [T, 1, ...] of one utterance (tokens [T, G]) filtered from the zero state, with the
+        actions of its episode, as in training."""
+        T = tokens.shape[0]
+        device = tokens.device
+        reset = torch.zeros(T, 1, dtype=torch.bool, device=device)
+        reset[0] = True
+        states, _, _, _ = self.rssm.observe(self.encoder(tokens.unsqueeze(1)), self.episode_actions(T, device), reset,
+                                            self.initial_state(1, device))
+        return states
+
+    @torch.no_grad()
+    def forecast(self, tokens: torch.Tensor, horizon: int, samples: int, starts: torch.Tensor,
+                 generator: torch.Generator | None = None, chunk: int = 4096) -> torch.Tensor:
+        """From the posterior after each start step, `samples` futures imagined with the prior; each step's
+        forecast is the token heads' distribution, averaged over the futures."""
+        with seeded(generator):
+            states = self.filter(tokens)
+            start = State(states.deter[starts, 0], states.stoch[starts, 0])  # posterior after step t
+            out = []
+            null = self.null_action(1, tokens.device)
+            per = max(1, chunk // samples)
+            for a in range(0, len(starts), per):
+                s = State(*(x[a:a + per].repeat_interleave(samples, 0) for x in start))
+                n = s.deter.shape[0] // samples
+                steps = []
+                for _ in range(horizon):
+                    s, _ = self.rssm.imagine_step(s, null.expand(s.deter.shape[0], self.action_dim))
+                    p = self.predict_tokens(s)  # [n*S, G, K]
+                    steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
+                out.append(torch.stack(steps, 1))
+        return torch.cat(out, 0)
+
+    @torch.no_grad()
+    def imagine(self, prompt: torch.Tensor, n_steps: int, samples: int, temperature: float = 1.0,
+                seed: int = 0) -> torch.Tensor:
+        """From nothing: the initial (zero) state, its first step taken with no action, as at an episode's
+        start. After a prompt: from the posterior after its last step. Then the prior, with the null action."""
+        self.check_imagine(n_steps, samples, temperature)
+        self.check_tokens(prompt)
+        with seeded(int(seed)):
+            if len(prompt) == 0:
+                state = self.initial_state(samples, self.device)
+            else:
+                last = self.filter(prompt)
+                state = State(*(x[-1].expand(samples, -1).contiguous() for x in last))
+            return self._rollout(state, n_steps, temperature, first=len(prompt) == 0)
+
+    @torch.no_grad()
+    def mix(self, a: torch.Tensor, b: torch.Tensor, alphas: list[float], n_steps: int, temperature: float = 1.0,
+            seed: int = 0) -> torch.Tensor:
+        """The two prompts' last posterior states mixed linearly (deterministic part and the one-hot
+        stochastic part: a relaxed state the networks read like any other)."""
+        self.check_imagine(n_steps, 1, temperature)
+        with seeded(int(seed)):
+            sa, sb = (State(*(x[-1] for x in self.filter(p))) for p in (a, b))
+            w = torch.tensor(alphas, dtype=sa.deter.dtype, device=sa.deter.device).unsqueeze(1)
+            state = State((1 - w) * sa.deter + w * sb.deter, (1 - w) * sa.stoch + w * sb.stoch)
+            return self._rollout(state, n_steps, temperature, first=False)
+
+    def _rollout(self, state: State, n_steps: int, temperature: float, first: bool) -> torch.Tensor:
+        """Imagine `n_steps` from `state` [N, ...]: tokens [N, n_steps, G]. `first`: the first step starts an
+        episode (no action led to it)."""
+        N = state.deter.shape[0]
+        out = []
+        for i in range(n_steps):
+            action = self.null_action(N, state.deter.device, first=first and i == 0)
+            state, _ = self.rssm.imagine_step(state, action, temperature)
+            out.append(self.decoder.sample(RSSM.features(state), temperature)[1])  # the global generator: seeded
+        if not out:
+            return torch.zeros(N, 0, self.tokens_per_step, dtype=torch.long, device=state.deter.device)
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def step_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The posterior features [h, z] after each step."""
+        return RSSM.features(self.filter(tokens))[:, 0]
+
+    # ---- the latent the actor-critic imagines from --------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        return self.rssm.feature_dim
+
+    def imagine_latent(self, state: State, action: torch.Tensor) -> State:
+        return self.rssm.imagine_step(state, action)[0]
+
+    def latent_features(self, state: State) -> torch.Tensor:
+        return RSSM.features(state)
+
+    def observe_step(self, state: State, tokens: torch.Tensor, action: torch.Tensor) -> State:
+        """The posterior after one more observed step (tokens [B, G], the action [B, A] that led to it): how
+        an agent acting in the env keeps its latent up to date."""
+        reset = torch.zeros(1, tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        return self.rssm.observe(self.encoder(tokens.unsqueeze(0)), action.unsqueeze(0), reset, state)[3]
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pydreamer.imagination import dream_tokens, mix_tokens
+from pydreamer.dreams.imagination import dream_tokens, mix_tokens
 from pydreamer.models import Dreamer
 from tokenizer.codec import EncodedClip, TokenCodec
 from tokenizer.layout import DataLayout

@@ -1,0 +1,37 @@
+"""Imagined token steps of any world model: the tokens of a dream, as numpy arrays for the audio side.
+
+Three ways in, the same for every world model so their dreams can be heard side by side (each model
+owns how: `WorldModel.imagine` and `.mix`):
+
+* `dream_tokens(model, None, ...)`: from nothing (the RSSM from its initial state; the Transformer
+  from its learned empty-context feature);
+* `dream_tokens(model, prompt, ...)`: a completion, after reading the prompt's steps;
+* `mix_tokens(model, a, b, alphas, ...)`: dreams from mixtures of two prompts (the RSSM mixes their
+  latent states; the Transformer, which has none, splices their contexts).
+
+`temperature` divides the logits of every draw. A dream is a pure function of (model, prompt, seed):
+the same seed gives the same tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pydreamer.models import Dreamer
+
+
+@torch.no_grad()
+def dream_tokens(model: Dreamer, prompt: np.ndarray | None, n_steps: int, samples: int,
+                 temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """`samples` imagined continuations [samples, n_steps, G] of `prompt` [P, G] (None or P = 0: from nothing)."""
+    model.eval()
+    return model.wm.imagine(model.wm.as_tokens(prompt), n_steps, samples, temperature, seed).cpu().numpy()
+
+
+@torch.no_grad()
+def mix_tokens(model: Dreamer, a: np.ndarray, b: np.ndarray, alphas: list[float], n_steps: int,
+               temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """One dream [len(alphas), n_steps, G] from each mixture (1 - alpha) A + alpha B of two prompts."""
+    model.eval()
+    wm = model.wm
+    return wm.mix(wm.as_tokens(a), wm.as_tokens(b), list(alphas), n_steps, temperature, seed).cpu().numpy()
