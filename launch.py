@@ -28,9 +28,17 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.processes import Child, cpu_cores
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from runtime.config import Config
+    from tokenizer.layout import DataLayout
 
 
 def needs_tokens(conf) -> bool:
@@ -43,8 +51,8 @@ def learner_threads(conf) -> int:
     """Each learner rank's share of the cores: what the generators and the data-loader processes (one
     core each, `data_workers` per rank) leave, split over the `learners` ranks, at least one. On a busy
     2-core machine more threads than cores stall each other."""
-    ranks = int(conf["learners"])
-    others = int(conf["generator_workers"]) + int(conf["generator_workers_eval"]) + ranks * int(conf["data_workers"])
+    ranks = conf["learners"]
+    others = conf["generator_workers"] + conf["generator_workers_eval"] + ranks * conf["data_workers"]
     return max(1, (cpu_cores() - others) // ranks)
 
 
@@ -59,7 +67,7 @@ def start_children(conf, configs: list[str], overrides: list[str], replay_dir: P
 
     children = start_generators(configs, overrides, replay_dir, env=env, conf=conf)
     base = ["--configs", *configs, *overrides, "--replay_dir", str(replay_dir)]
-    n = int(conf["learners"])
+    n = conf["learners"]
     if n > 1:
         args = ["--standalone", "--nproc_per_node", str(n), "-m", "pydreamer.train", *base]
         ranks_env = dict(env, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_GRACE_S) - 10))  # before Child.stop kills
@@ -116,24 +124,18 @@ def run_at_end(name: str, main, args: list[str]) -> int:
 
 
 def dream_at_end(conf, run_id: str, out: Path) -> int:
-    """`python -m pydreamer.dream` sized by the dream_* keys."""
+    """`python -m pydreamer.dream`, sized by the run's own dream_* keys (the command's defaults)."""
     from pydreamer import dream
 
-    return run_at_end("dream", dream.main, [
-        "--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
-        "--seconds", str(conf["dream_seconds"]), "--samples", str(conf["dream_samples"]),
-        "--unconditional", str(conf["dream_unconditional"]), "--warm", str(conf["dream_warm"]),
-        "--test_prompts", str(conf["dream_test_prompts"]), "--real_clips", str(conf["dream_real_clips"]),
-        "--griffin_lim_iters", str(conf["dream_griffin_lim_iters"])])
+    return run_at_end("dream", dream.main, ["--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"])])
 
 
 def evaluate_at_end(conf, run_id: str) -> int:
-    """`python -m pydreamer.evaluate` on the test split, sized by the evaluate_* keys."""
+    """`python -m pydreamer.evaluate` on the test split, sized by the run's own evaluate_* keys."""
     from pydreamer import evaluate
 
-    return run_at_end("evaluate", evaluate.main, [
-        "--run", run_id, "--split", "test", "--mlflow_dir", str(conf["mlflow_dir"]), "--seed", str(conf["seed"]),
-        "--samples", str(conf["evaluate_samples"]), "--horizons", str(conf["evaluate_horizons"])])
+    return run_at_end("evaluate", evaluate.main, ["--run", run_id, "--split", "test",
+                                                  "--mlflow_dir", str(conf["mlflow_dir"])])
 
 
 def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
@@ -178,8 +180,21 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from runtime.config import ConfigError, load_config, split_overrides
+@dataclass
+class Ending:
+    """How the run ended: its MLflow status, the exit code, and where the follow-ups put what they made. Filled
+    in as the run goes, so an interruption keeps what was done before it for the closing lines."""
+
+    status: str = "FAILED"
+    code: int = 1
+    evaluation_out: Path | None = None
+    dreams_out: Path | None = None
+
+
+def read_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str], Config]:
+    """The command line and the merged config; a bad value exits 2 here, before anything is written.
+    Returns (parser, args, the `--key value` rest, config)."""
+    from runtime.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
@@ -193,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         conf = load_config(args.configs, rest)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return parser, args, rest, conf
 
+
+def check_before_writing(conf: Config, configs: list[str], parser: argparse.ArgumentParser) -> DataLayout | None:
+    """Refuse (exit 2, nothing written) a bucket as the replay store and tokens made with other settings.
+    Returns the data layout when the env trains on tokens (of a bucket, this host's copy), else None."""
     from runtime.storage import is_remote
 
     if is_remote(str(conf["replay_dir"])):  # one machine's launcher: a shared store is for the per-host commands
@@ -202,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"python -m pydreamer.generator and python -m pydreamer.train on each host (README: Many machines)\n")
     layout = None
     if needs_tokens(conf):  # tokens made with other settings are refused before anything is written
-        from tokenizer.stages import StaleOutput, check_stages
+        from tokenizer.records import StaleOutput, check_stages
 
         layout = data_layout(conf, parser)
         try:
@@ -210,11 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         except StaleOutput as e:
             parser.exit(2, f"{parser.prog}: error: {layout.show(e.output)} was made with other settings ({'; '.join(e.changed)}): "
                            f"use another --data_dir, or remake the tokens with python -m tokenizer all --force "
-                           f"--configs {' '.join(args.configs)} --data_dir {conf['data_dir']} ...\n")
+                           f"--configs {' '.join(configs)} --data_dir {conf['data_dir']} ...\n")
+    return layout
 
+
+def open_run(conf: Config, parser: argparse.ArgumentParser) -> tuple[Run, Path]:
+    """Start the MLflow run, or reopen the one to resume (exit 2 when there is none), and make its replay store:
+    the folder it had, when that is on this machine, else a new one here. Returns (run, replay folder)."""
     import mlflow
 
-    from runtime.tracking import RunNotFound, default_replay_dir, local_artifact_dir, start_or_resume_run, tracking_uri
+    from runtime.tracking import RunNotFound, default_replay_dir, start_or_resume_run
 
     # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
     resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
@@ -238,87 +263,131 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tags({"replay_dir": str(replay_dir), "objective": objective_tag(conf)})
     print(f"launch: {'resuming' if resume_id else 'started'} run {run_id} (experiment '{conf.experiment}'), "
           f"replay store {replay_dir}", flush=True)
+    return run, replay_dir
 
-    status, code, children = "FAILED", 1, []
+
+def prepare_tokens(conf: Config, layout: DataLayout, run: Run) -> bool:
+    """Run the tokenizer stages the corpus still needs and log the run's tokenizer. Returns whether the run's
+    dreams can be decoded (a tokenizer checkpoint was there to log)."""
+    from runtime.processes import set_torch_threads
+    from tokenizer.stages import ensure_tokens
+
+    set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
+    folder = ensure_tokens(conf, layout)
+    if layout.origin:  # a bucket's data_dir: what the stages made here goes there (nothing when none ran)
+        from tokenizer.bucket import send_back
+
+        print(f"launch: {send_back(layout.root, layout.origin)}", flush=True)
+    print(f"launch: tokens ready in {layout.show(folder)}", flush=True)
+    return record_run_tokenizer(run, layout)
+
+
+def run_children(conf: Config, configs: list[str], rest: list[str], run: Run, replay_dir: Path,
+                 layout: DataLayout | None) -> Ending:
+    """Make the tokens, start the generators and the learner, watch them, and after a success do the follow-ups.
+    Whatever happens (an error, Ctrl-C, SIGTERM), every child is stopped, the learner first, and the MLflow run
+    is closed with the status."""
+    import mlflow
+
+    from runtime.config import split_overrides
+    from runtime.tracking import tracking_uri
+
+    end, children = Ending(), []
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
-    dreams_out, evaluation_out, can_dream = None, None, False
+    can_dream = False
     try:
         if needs_tokens(conf):
-            from runtime.processes import set_torch_threads
-            from tokenizer.stages import ensure_tokens
-
-            set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
-            folder = ensure_tokens(conf, layout)
-            if layout.origin:  # a bucket's data_dir: what the stages made here goes there (nothing when none ran)
-                from tokenizer.bucket import send_back
-
-                print(f"launch: {send_back(layout.root, layout.origin)}", flush=True)
-            print(f"launch: tokens ready in {layout.show(folder)}", flush=True)
-            can_dream = record_run_tokenizer(run, layout)
-        env = dict(os.environ, MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri(conf),
+            can_dream = prepare_tokens(conf, layout, run)
+        env = dict(os.environ, MLFLOW_RUN_ID=run.info.run_id, MLFLOW_TRACKING_URI=tracking_uri(conf),
                    MLFLOW_EXPERIMENT_ID=run.info.experiment_id)
         overrides = split_overrides(rest, drop=("resume_id", "replay_dir"))
-        children = start_children(conf, list(args.configs), overrides, replay_dir, env)
+        children = start_children(conf, list(configs), overrides, replay_dir, env)
         print("launch: started " + ", ".join(f"{c.name} (pid {c.pid})" for c in children), flush=True)
-        outcome, code = watch(children)
-        status = "FINISHED" if outcome == "done" else "FAILED"
-        if outcome == "done" and (conf["evaluate_at_end"] or conf["dream_at_end"]):
-            for child in reversed(children):  # the generators: evaluation and dreams get every core
-                child.stop()
-        if outcome == "done" and conf["evaluate_at_end"] and needs_tokens(conf):
-            print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, "
-                  f"{conf['evaluate_samples']} samples, beside the baselines)", flush=True)
-            rc = evaluate_at_end(conf, run_id)
-            if rc == 0:
-                evaluation_out = replay_dir / "evaluation" / "test"
-            else:
-                print(f"launch: the evaluation failed (exit code {rc}); the trained run is kept: retry with "
-                      f"python -m pydreamer.evaluate --run {run_id}", file=sys.stderr, flush=True)
-                code = 1
-        if outcome == "done" and conf["dream_at_end"] and can_dream:
-            dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
-            print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
-                  f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
-            rc = dream_at_end(conf, run_id, dreams_out)
-            if rc != 0:
-                print(f"launch: the dreams failed (exit code {rc}); the trained run is kept: retry with "
-                      f"python -m pydreamer.dream --run {run_id} --out DIR", file=sys.stderr, flush=True)
-                dreams_out, code = None, 1
+        outcome, end.code = watch(children)
+        end.status = "FINISHED" if outcome == "done" else "FAILED"
+        follow_up(conf, run, replay_dir, children, outcome, can_dream, end)
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"launch: {how}; stopping the learner (it saves a checkpoint) and the generators", flush=True)
-        status, code = "KILLED", 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+        end.status, end.code = "KILLED", 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     except Exception as e:
         print(f"launch: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        status, code = "FAILED", 1
+        end.status, end.code = "FAILED", 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping the children is not to be cut short
         for child in reversed(children):  # the learner first: it checkpoints while generators still write
             child.stop()
-        mlflow.end_run(status=status)
+        mlflow.end_run(status=end.status)
         signal.signal(signal.SIGTERM, previous_sigterm)
-    from pydreamer.models.checkpoint import checkpoint_path
+    return end
+
+
+def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], outcome: str, can_dream: bool,
+              end: Ending) -> None:
+    """After a finished training, `evaluate_at_end` and `dream_at_end`, with every core (the generators stop
+    first). A failed one sets exit code 1 but keeps the trained run; `end` notes where each put its output."""
+    from runtime.tracking import local_artifact_dir
+
+    run_id = run.info.run_id
+    if outcome == "done" and (conf["evaluate_at_end"] or conf["dream_at_end"]):
+        for child in reversed(children):  # the generators: evaluation and dreams get every core
+            child.stop()
+    if outcome == "done" and conf["evaluate_at_end"] and needs_tokens(conf):
+        print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, "
+              f"{conf['evaluate_samples']} samples, beside the baselines)", flush=True)
+        rc = evaluate_at_end(conf, run_id)
+        if rc == 0:
+            end.evaluation_out = replay_dir / "evaluation" / "test"
+        else:
+            print(f"launch: the evaluation failed (exit code {rc}); the trained run is kept: retry with "
+                  f"python -m pydreamer.evaluate --run {run_id}", file=sys.stderr, flush=True)
+            end.code = 1
+    if outcome == "done" and conf["dream_at_end"] and can_dream:
+        dreams_out = end.dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
+        print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
+              f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
+        rc = dream_at_end(conf, run_id, dreams_out)
+        if rc != 0:
+            print(f"launch: the dreams failed (exit code {rc}); the trained run is kept: retry with "
+                  f"python -m pydreamer.dream --run {run_id} --out DIR", file=sys.stderr, flush=True)
+            end.dreams_out, end.code = None, 1
+
+
+def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Path, end: Ending) -> None:
+    """The closing lines: how the run ended, its checkpoint (and how to resume), where the metrics and the dreams
+    are, and how to open the run in MLflow."""
+    from pydreamer.replay_layout import checkpoint_path
+    from runtime.tracking import tracking_uri
 
     ckpt = checkpoint_path(replay_dir)
-    line = f"launch: run {run_id} {status.lower()}"
+    line = f"launch: run {run_id} {end.status.lower()}"
     if ckpt.exists():
         line += f"; checkpoint {ckpt}"
-        if status != "FINISHED":
-            line += f"; continue with: python launch.py --configs {' '.join(args.configs)} --resume_id {run_id}"
-    elif status != "FINISHED":
+        if end.status != "FINISHED":
+            line += f"; continue with: python launch.py --configs {' '.join(configs)} --resume_id {run_id}"
+    elif end.status != "FINISHED":
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
     print(line, flush=True)
-    if evaluation_out is not None:
-        print(f"launch: metrics: {evaluation_out} (horizons.csv, horizons.png, summary.json, latent_tsne.png; "
+    if end.evaluation_out is not None:
+        print(f"launch: metrics: {end.evaluation_out} (horizons.csv, horizons.png, summary.json, latent_tsne.png; "
               f"the run's artifacts evaluation/test/ and its test/* metrics)", flush=True)
-    if dreams_out is not None:
-        print(f"launch: dreams: wavs and PNGs in {dreams_out} (unconditional/, completions/, interpolation.wav, "
+    if end.dreams_out is not None:
+        print(f"launch: dreams: wavs and PNGs in {end.dreams_out} (unconditional/, completions/, interpolation.wav, "
               f"acoustics.md); also the run's artifacts dreams/", flush=True)
-    if status == "FINISHED":
+    if end.status == "FINISHED":
         uri = tracking_uri(conf)
         how = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
         print(f"launch: open the run in MLflow: {how}  (experiment '{conf.experiment}', run {run_id})", flush=True)
-    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check everything, open the run, train, follow up, and say how it went; returns the exit code."""
+    parser, args, rest, conf = read_config(argv)
+    layout = check_before_writing(conf, args.configs, parser)
+    run, replay_dir = open_run(conf, parser)
+    end = run_children(conf, args.configs, rest, run, replay_dir, layout)
+    print_summary(conf, args.configs, run.info.run_id, replay_dir, end)
+    return end.code
 
 
 if __name__ == "__main__":

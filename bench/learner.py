@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -86,7 +85,7 @@ def main() -> None:
     conf, args = parse_args(None, parser)
     from runtime import distributed
     from pydreamer.data import make_replay_loader
-    from pydreamer.train import Learner
+    from pydreamer.learner.loop import Learner
     from runtime.device import resolve_device
     from runtime.processes import rank_threads, set_torch_threads
     from tokenizer.layout import DataLayout

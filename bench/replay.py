@@ -36,9 +36,10 @@ import torch  # noqa: E402
 
 from pydreamer.data import make_replay_loader  # noqa: E402
 from pydreamer.episodes import EpisodeListing, episode_filename, list_episodes, save_episode  # noqa: E402
-from runtime import storage  # noqa: E402
+from runtime import s3, storage  # noqa: E402
 from runtime.config import load_config  # noqa: E402
-from runtime.storage import RemotePath, store_path  # noqa: E402
+from runtime.s3 import RemotePath  # noqa: E402
+from runtime.storage import store_path  # noqa: E402
 
 
 def pss_mb(pid: int) -> float:
@@ -167,7 +168,7 @@ def start_moto(store: str, n_episodes: int, n_listing: int) -> subprocess.Popen:
             pass
     os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1")
-    storage._clients.clear()
+    s3._clients.clear()
     return proc
 
 
@@ -178,26 +179,26 @@ def listing_cost(folder, new_per_worker: int = 10, repeats: int = 3) -> dict:
     out: dict[str, list] = {"full": [], "incremental": [], "incremental_none_new": []}
     listing = None
     for r in range(repeats):
-        storage.stats.reset()
+        s3.stats.reset()
         t0, c0 = time.perf_counter(), time.thread_time()
         listing = EpisodeListing(folder)
         n = len(listing.new())
-        out["full"].append((time.perf_counter() - t0, time.thread_time() - c0, storage.stats.list_requests,
-                            storage.stats.listed_keys, n))
+        out["full"].append((time.perf_counter() - t0, time.thread_time() - c0, s3.stats.list_requests,
+                            s3.stats.listed_keys, n))
     for r in range(repeats):
         for w in range(4):
             for i in range(new_per_worker):
                 storage.write_bytes_atomic(folder / f"w{w}" / episode_filename(w, 900_000 + r * 1000 + i, 100), b"x")
-        storage.stats.reset()
+        s3.stats.reset()
         t0, c0 = time.perf_counter(), time.thread_time()
         n = len(listing.new())
-        out["incremental"].append((time.perf_counter() - t0, time.thread_time() - c0, storage.stats.list_requests,
-                                   storage.stats.listed_keys, n))
-        storage.stats.reset()
+        out["incremental"].append((time.perf_counter() - t0, time.thread_time() - c0, s3.stats.list_requests,
+                                   s3.stats.listed_keys, n))
+        s3.stats.reset()
         t0, c0 = time.perf_counter(), time.thread_time()
         n = len(listing.new())
         out["incremental_none_new"].append((time.perf_counter() - t0, time.thread_time() - c0,
-                                            storage.stats.list_requests, storage.stats.listed_keys, n))
+                                            s3.stats.list_requests, s3.stats.listed_keys, n))
     result = {}
     for kind, rows in out.items():
         wall, cpu, requests, keys, n = (float(np.median([row[j] for row in rows])) for j in range(5))

@@ -9,9 +9,9 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.audio_token_env import ENV_ID as AUDIO_TOKENS_ID
-from envs.audio_token_env import AudioTokenEnv, MissingTokensError, local_data_dir
+from envs.audio_token_env import AudioTokenEnv, local_data_dir
 from tokenizer.layout import DataLayout
-from tokenizer.tokens import read_token_spec
+from tokenizer.tokens import MissingTokensError, read_token_spec
 
 # Optional env modules that register themselves on import.
 _ENV_MODULES = ("envs.toy_env",)

@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from tokenizer.bucket import local_data_dir
 from tokenizer.layout import DataLayout
-from tokenizer.tokens import MissingTokensError, ShardError, TokenSplit, read_token_spec
+from tokenizer.tokens import ShardError, TokenSplit, read_token_spec
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pydreamer.distributed import shard_of
 from pydreamer.episodes import STEP_KEYS, EpisodeError, EpisodeListing, episode_filename, load_episode
-from runtime.storage import ReadCache, RemotePath, store_path
+from pydreamer.replay_layout import ReplayLayout
+from runtime.s3 import RemotePath
+from runtime.storage import ReadCache, store_path
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ class _Lane:
 
 
 class ReplayReader(IterableDataset):
-    """Endless batches from `<replay_dir>/<subdir>`: dicts of time-major tensors.
+    """Endless batches from the replay store's episodes of `split` (train or val): dicts of time-major tensors.
 
     `tokens` int64 [T, B, G], `action` float32 [T, B, A], `reward` float32 [T, B],
     `terminal` float32 [T, B], `reset` bool [T, B] (True on an episode's first step),
@@ -151,7 +153,7 @@ class ReplayReader(IterableDataset):
     def __init__(
         self,
         replay_dir: Path | str,
-        subdir: str = "episodes",
+        split: str = "train",
         batch_size: int = 32,
         batch_length: int = 48,
         reload_interval: float = 10.0,
@@ -167,7 +169,7 @@ class ReplayReader(IterableDataset):
         super().__init__()
         if batch_size < 1 or batch_length < 1:
             raise ValueError(f"batch_size and batch_length must be positive, not {batch_size} x {batch_length}")
-        self.folder = store_path(replay_dir) / subdir
+        self.folder = ReplayLayout.of(replay_dir).episodes(split)
         self.batch_size, self.batch_length = int(batch_size), int(batch_length)
         self.reload_interval = float(reload_interval)
         self.wait_seconds = float(wait_seconds)
@@ -299,7 +301,7 @@ def _init_worker(_: int) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
-def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: str = "episodes",
+def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: str = "train",
                        n_tokens: int | None = None, cache_mb: float = 512.0, rank: int = 0,
                        world_size: int = 1) -> DataLoader:
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
@@ -308,7 +310,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
     of the store."""
     reader = ReplayReader(
         replay_dir,
-        subdir=subdir,
+        split=split,
         batch_size=conf["batch_size"],
         batch_length=conf["batch_length"],
         reload_interval=conf["replay_reload_interval"],
@@ -319,7 +321,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, subdir: 
         rank=rank,
         world_size=world_size,
     )
-    workers = int(conf["data_workers"])
+    workers = conf["data_workers"]
     return DataLoader(
         reader,
         batch_size=None,

@@ -17,13 +17,14 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from runtime import storage
 from runtime.files import atomic_save_npz
-from runtime.storage import RemotePath, store_path
+from runtime.s3 import RemotePath
+from runtime.storage import store_path
 
 STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
 _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
@@ -129,23 +130,24 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
     """Types, ranges and finiteness of the per-step arrays, so a file made by another writer (or
     damaged) is refused when it is read, not met as an index error or a NaN loss in the learner."""
     tokens, action = data["tokens"], data["action"]
-    if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+    if tokens.ndim != 2 or not _of(tokens, np.integer):
         raise EpisodeError(f"{path}: 'tokens' must be integer ids [steps, G], not {tokens.dtype} {tokens.shape}")
     if tokens.size and (tokens.min() < 0 or (n_tokens is not None and tokens.max() >= n_tokens)):
         limit = f"0..{n_tokens - 1} (the codebook has {n_tokens} codes)" if n_tokens is not None else "0 or more"
         raise EpisodeError(f"{path}: token ids range {tokens.min()}..{tokens.max()}, expected {limit}")
-    if action.ndim != 2 or action.dtype.kind not in "fiub":
+    if action.ndim != 2 or not _of(action, np.floating, np.integer, np.bool_):
         raise EpisodeError(f"{path}: 'action' must be numbers [steps, A], not {action.dtype} {action.shape}")
     for key in ("action", "reward"):
         value = data[key]
-        if value.dtype.kind not in "fiub":
+        if not _of(value, np.floating, np.integer, np.bool_):
             raise EpisodeError(f"{path}: '{key}' must be numbers, not {value.dtype}")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
+        if _of(value, np.floating) and not np.isfinite(value).all():
             row = int(np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(1))[0])
             raise EpisodeError(f"{path}: '{key}' holds NaN or infinite values (first at row {row})")
     for key in ("terminal", "reset"):
         value = data[key]
-        if value.ndim != 1 or value.dtype.kind not in "biu" or (value.dtype.kind != "b" and not np.isin(value, (0, 1)).all()):
+        if value.ndim != 1 or not _of(value, np.bool_, np.integer) or (
+                not _of(value, np.bool_) and not np.isin(value, (0, 1)).all()):
             raise EpisodeError(f"{path}: '{key}' must be true/false per step, not {value.dtype} {value.shape}")
 
 
@@ -208,9 +210,14 @@ def episode_length(path: Path | str) -> int:
     return parsed[2]
 
 
+def _of(array: np.ndarray, *types: type) -> bool:
+    """The array's dtype is one of these numpy type families (np.integer: signed and unsigned)."""
+    return any(np.issubdtype(array.dtype, t) for t in types)
+
+
 def _token_dtype(tokens: np.ndarray):
     """The smallest integer type holding the tokens (int16 for any codebook up to 32,768 codes)."""
-    if tokens.size == 0 or tokens.dtype.kind not in "iu":
+    if tokens.size == 0 or not _of(tokens, np.integer):
         return tokens.dtype
     lo, hi = tokens.min(), tokens.max()
     for dt in (np.int16, np.int32):

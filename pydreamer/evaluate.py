@@ -1,8 +1,10 @@
 """Evaluation of a world model per horizon on a split of the token corpus (the learner's periodic `eval/*`
 metrics are pydreamer/learner/eval_metrics.py).
 
-    python -m pydreamer.evaluate --run RUN_ID [--split test] [--horizons 15] [--samples 8]
+    python -m pydreamer.evaluate --run RUN_ID [--split test] [--horizons H] [--samples S]
                                  [--max_utterances N] [--starts_per_utterance N] [--seed 0]
+
+--horizons and --samples default to the run's own evaluate_horizons and evaluate_samples.
 
 The command reads the run's config and checkpoint, the split's token shards from the run's
 `data_dir` (test = speakers never used in training or model selection), and scores, for start
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
 from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint
 
 log = logging.getLogger("pydreamer.evaluate")
@@ -64,19 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pydreamer.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="the MLflow run id of a launch.py run")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--horizons", type=int, default=15, help="score h = 1..H steps ahead")
-    parser.add_argument("--samples", type=int, default=8, help="imagined futures averaged per start step")
+    parser.add_argument("--horizons", type=int, help="score h = 1..H steps ahead (default: the run's evaluate_horizons)")
+    parser.add_argument("--samples", type=int,
+                        help="imagined futures averaged per start step (default: the run's evaluate_samples)")
     parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
     parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"),
                         help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.horizons < 1 or args.samples < 1:
-        parser.exit(2, f"{parser.prog}: error: --horizons and --samples must be positive\n")
     try:
         return _main(args)
     except RunError as e:
@@ -96,6 +98,11 @@ def _main(args) -> int:
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
+    args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
+    args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
+    args.seed = conf["seed"] if args.seed is None else args.seed
+    if args.horizons < 1 or args.samples < 1:
+        raise EvaluationError(f"--horizons and --samples must be positive, not {args.horizons} and {args.samples}")
     replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint, local_replay_dir(args.mlflow_dir, args.run))
     try:
         layout = DataLayout.of(local_data_dir(conf["data_dir"]))  # of a bucket: its tokens, fetched here
@@ -121,7 +128,7 @@ def _main(args) -> int:
     seconds = time.time() - t0
     cells = "every start step" if args.starts_per_utterance <= 0 else \
         f"{args.starts_per_utterance} seeded start steps per utterance (seed {args.seed})"
-    out = Path(replay_dir) / "evaluation" / args.split
+    out = Path(ReplayLayout.of(replay_dir).evaluation(args.split))
     out.mkdir(parents=True, exist_ok=True)
     rows = ["horizon," + ",".join(f"{n}_nll,{n}_acc" for n in results)]
     for h in range(args.horizons):
@@ -149,7 +156,7 @@ def _main(args) -> int:
             tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
     except Exception as e:  # a picture must not cost the numbers
         log.warning("t-SNE skipped: %s", e)
-    log_to_run(run, metrics, step, out, f"evaluation/{args.split}")
+    log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
     print(_table(results, [1, 5, 15], args.horizons))
     print(f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, {len(tokens)} "
           f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")

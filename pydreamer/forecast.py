@@ -35,6 +35,7 @@ def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
 
 
+@torch.no_grad()
 def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
                    starts_per_utterance: int, seed: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
     """Mean bits per token and accuracy per horizon, for the model and each baseline, on the same cells."""

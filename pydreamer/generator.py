@@ -29,13 +29,12 @@ from gymnasium import spaces
 
 from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_names, save_episode
 from pydreamer.policy import make_policy
+from pydreamer.replay_layout import ReplayLayout
 from runtime.files import remove_stale_temporaries
 from runtime.processes import Child, set_torch_threads
-from runtime.storage import store_path
 
 log = logging.getLogger("pydreamer.generator")
 
-SUBDIRS = {"train": "episodes", "val": "episodes_eval"}
 
 
 def _next_episode_index(folder) -> int:
@@ -47,7 +46,7 @@ def _next_episode_index(folder) -> int:
 def _seed(conf: Mapping[str, Any], split: str, worker: int, first_episode: int, what: int) -> int:
     """Distinct per split, worker and use; a restarted worker (first_episode > 0) takes a fresh order."""
     split_no = {"train": 0, "val": 1, "test": 2}[split]
-    entropy = [int(conf["seed"]), split_no, worker, first_episode, what]
+    entropy = [conf["seed"], split_no, worker, first_episode, what]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
@@ -98,15 +97,13 @@ def run_generator(
         from envs import make_env
     if n_steps is None and n_episodes is None:
         raise ValueError("give n_steps or n_episodes")
-    if split not in SUBDIRS:
-        raise ValueError(f"split must be one of {', '.join(SUBDIRS)}, not {split!r}")
     env = make_env(conf, split=split, worker=worker, n_workers=n_workers)
     if not isinstance(env.observation_space, spaces.Dict) or "tokens" not in env.observation_space.spaces:
         raise TypeError(f"{conf['env_id']}: the observation space must be a Dict holding 'tokens'")
     if not isinstance(env.action_space, spaces.Discrete):
         raise TypeError(f"{conf['env_id']}: generators support Discrete action spaces, not {env.action_space}")
     n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
-    folder = store_path(replay_dir) / SUBDIRS[split] / f"w{worker}"
+    folder = ReplayLayout.of(replay_dir).worker_episodes(split, worker)
     folder.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(folder)  # half-written episodes of a worker killed with kill -9
     if stale:
@@ -115,7 +112,7 @@ def run_generator(
     policy = make_policy(conf, env, replay_dir, seed=_seed(conf, split, worker, index, 1))
     prefix = f"generator/{split}_w{worker}"
     metrics = _MlflowMetrics(conf, run_id, prefix)
-    log_interval = float(conf["generator_log_interval"])
+    log_interval = conf["generator_log_interval"]
 
     steps = episodes = 0
     start = last_log = time.monotonic()
@@ -168,7 +165,7 @@ def worker_budget(conf: Mapping[str, Any], split: str, worker: int, n_workers: i
 
 def worker_plan(conf: Mapping[str, Any]) -> list[dict]:
     """One entry per generator process: the train workers, then the val (eval) workers."""
-    n_train, n_eval = int(conf["generator_workers"]), int(conf["generator_workers_eval"])
+    n_train, n_eval = conf["generator_workers"], conf["generator_workers_eval"]
     return ([worker_budget(conf, "train", w, n_train) for w in range(n_train)]
             + [worker_budget(conf, "val", w, n_eval) for w in range(n_eval)])
 
@@ -194,7 +191,7 @@ def run_worker(conf: Mapping[str, Any], replay_dir: Path | str, entry: Mapping[s
     if "n_episodes" in entry and entry["n_episodes"] is None:
         entry["n_episodes"] = one_pass_episodes(conf, entry["split"], entry["worker"], entry["n_workers"])
     if entry["split"] == "val":  # the eval set is made once: a resumed run does not replay it into the store again
-        folder = store_path(replay_dir) / SUBDIRS["val"] / f"w{entry['worker']}"
+        folder = ReplayLayout.of(replay_dir).worker_episodes("val", entry["worker"])
         have = [parsed[2] for _, parsed in iter_episode_names(folder)]
         budget = "n_episodes" if "n_episodes" in entry else "n_steps"
         entry[budget] -= len(have) if budget == "n_episodes" else sum(have)
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         splits = [args.split]
     else:
-        splits = ["train"] + (["val"] if int(conf["generator_workers_eval"]) > 0 else [])
+        splits = ["train"] + (["val"] if conf["generator_workers_eval"] > 0 else [])
     try:  # one clear message when the data is not there, before any process starts
         for split in splits:
             make_env(conf, split=split).close()

@@ -19,10 +19,10 @@ import torch
 from gymnasium import spaces
 
 from envs import space_dims
-from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, restore
+from pydreamer.models.checkpoint import args_differ, build_model, load_checkpoint, restore
+from pydreamer.replay_layout import checkpoint_path
 from pydreamer.models.dreamer import Dreamer
 from pydreamer.models.functions import sample_one_hot
-from pydreamer.models.rssm import RSSM
 from runtime.storage import stat_token, store_path
 
 log = logging.getLogger("pydreamer.policy")
@@ -122,12 +122,13 @@ class NetworkPolicy:
         action_space: spaces.Space,
         checkpoint_path: Path | str,
     ):
+        self.conf = conf
         self.dims = space_dims(observation_space, action_space)
         self.model = Dreamer(conf, **self.dims).eval()
         self.checkpoint_path = store_path(checkpoint_path)  # a file, or an object in a bucket
         self.loaded_step: int | None = None
         self._version: tuple | None = None  # mtime and size of the file loaded; ETag and LastModified on S3
-        self._rng = np.random.default_rng(int(conf["seed"]) + os.getpid())
+        self._rng = np.random.default_rng(conf["seed"] + os.getpid())
         self.reload()
         self.reset()
 
@@ -147,6 +148,9 @@ class NetworkPolicy:
             return False
         try:
             ckpt = load_checkpoint(self.checkpoint_path)
+            if args_differ(ckpt, self.model):  # a run resumed as its checkpoint's model, not this config's
+                self.model = build_model(ckpt, self.conf).eval()
+                self.reset()
             self.loaded_step = restore(ckpt, self.model)
         except (RuntimeError, OSError) as e:  # replaced while reading, or the bucket away: try again next time
             print(f"policy: checkpoint not loaded ({e})", flush=True)
@@ -156,16 +160,16 @@ class NetworkPolicy:
 
     @torch.no_grad()
     def __call__(self, obs: Mapping[str, Any]) -> int:
-        tokens = torch.as_tensor(np.asarray(obs["tokens"]), dtype=torch.int64).reshape(1, 1, -1)
-        wm = self.model.wm
-        embed = wm.encoder(tokens)
-        reset = torch.zeros(1, 1, dtype=torch.bool)
-        _, _, _, self.state = wm.rssm.observe(embed, self.prev_action.unsqueeze(0), reset, self.state)
         n = self.dims["action_dim"]
+        if self.model.ac is None:  # a world model without a latent trains no actor: act at random
+            return int(self._rng.integers(n))
+        tokens = torch.as_tensor(np.asarray(obs["tokens"]), dtype=torch.int64).reshape(1, -1)
+        wm = self.model.wm
+        self.state = wm.observe_step(self.state, tokens, self.prev_action)
         if self.loaded_step is None:
             index = int(self._rng.integers(n))
         else:
-            logits = self.model.ac.policy_logits(RSSM.features(self.state))
+            logits = self.model.ac.policy_logits(wm.latent_features(self.state))
             index = int(sample_one_hot(logits, straight_through=False).argmax(-1).item())
         self.prev_action = torch.nn.functional.one_hot(torch.tensor([index]), n).float()
         return index

@@ -14,8 +14,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pydreamer.replay_layout import CHECKPOINTS, checkpoint_path
 from runtime.files import file_sha256
 
 if TYPE_CHECKING:  # torch is imported where a model is built: compare and the run helpers start without it
@@ -73,7 +74,6 @@ def run_checkpoint(run, conf, which: str = "best", fetch_to: Path | str | None =
     artifacts, an object store) into `fetch_to` (default: a temporary folder), which is then returned
     as the replay store (outputs such as evaluation/ are written there and logged to the run).
     """
-    from pydreamer.models.checkpoint import checkpoint_path
 
     from runtime.files import atomic_path
     from runtime.storage import is_remote
@@ -100,19 +100,18 @@ def run_checkpoint(run, conf, which: str = "best", fetch_to: Path | str | None =
     for name in (("best", "latest") if which == "best" else ("latest",)):
         if checkpoint_path(folder, name).name in fetched:
             log.info("run %s: checkpoint %s fetched from the run's artifacts (%s) into %s", run.info.run_id,
-                     f"{CHECKPOINT_ARTIFACTS}/{checkpoint_path(folder, name).name}", run.info.artifact_uri, folder)
+                     f"{CHECKPOINTS}/{checkpoint_path(folder, name).name}", run.info.artifact_uri, folder)
             return folder, checkpoint_path(folder, name)
     if not fetch_to:
         shutil.rmtree(folder, ignore_errors=True)
     where = f"its replay store {replay_dir} has none" if replay_dir and Path(replay_dir).is_dir() else \
         (f"its replay store {replay_dir} is not on this machine" if replay_dir else "it has no replay_dir tag")
     raise RunError(f"run {run.info.run_id} has no checkpoint: {where}, and its artifacts ({run.info.artifact_uri}) "
-                   f"hold no {CHECKPOINT_ARTIFACTS}/{'best.pt or latest.pt' if which == 'best' else 'latest.pt'}. "
+                   f"hold no {CHECKPOINTS}/{'best.pt or latest.pt' if which == 'best' else 'latest.pt'}. "
                    f"The learner saves one every save_interval={conf['save_interval']} learner steps: let the run "
                    f"get that far (python launch.py ... --resume_id {run.info.run_id})")
 
 
-CHECKPOINT_ARTIFACTS = "checkpoints"  # artifact folder the learner uploads latest.pt / best.pt to (train.Learner)
 
 
 def fetch_checkpoints(run, folder: Path | str) -> list[str]:
@@ -120,12 +119,11 @@ def fetch_checkpoints(run, folder: Path | str) -> list[str]:
     `<folder>/checkpoints/`, replacing older copies whole; returns the names fetched ([] when none)."""
     import mlflow
 
-    from pydreamer.models.checkpoint import checkpoint_path
 
     try:
-        names = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, CHECKPOINT_ARTIFACTS)}
+        names = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, CHECKPOINTS)}
     except Exception as e:  # the artifact store cannot be listed: say so, as for a missing checkpoint
-        log.warning("run %s: cannot list its artifacts %s/ (%s: %s)", run.info.run_id, CHECKPOINT_ARTIFACTS,
+        log.warning("run %s: cannot list its artifacts %s/ (%s: %s)", run.info.run_id, CHECKPOINTS,
                     type(e).__name__, e)
         return []
     fetched = []
@@ -137,7 +135,7 @@ def fetch_checkpoints(run, folder: Path | str) -> list[str]:
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp),
-                                                       artifact_path=f"{CHECKPOINT_ARTIFACTS}/{target.name}")
+                                                       artifact_path=f"{CHECKPOINTS}/{target.name}")
             os.replace(path, target)  # the same folder: a reader never sees half a checkpoint
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -146,16 +144,21 @@ def fetch_checkpoints(run, folder: Path | str) -> list[str]:
 
 
 def load_model(ckpt_path: Path, conf, codebook_size: int, tokens_per_step: int, device: torch.device):
-    """(Dreamer with the checkpoint's weights, in eval mode; the step it was saved at)."""
-    from pydreamer.models import Dreamer
-    from pydreamer.models.checkpoint import load_checkpoint, restore
+    """(Dreamer with the checkpoint's weights, in eval mode; the step it was saved at). The model is built as the
+    checkpoint was trained (its model_args); one from before model_args were kept, from the run's config."""
+    from pydreamer.models.checkpoint import build_model, load_checkpoint, restore
 
     ckpt = load_checkpoint(ckpt_path, map_location=device)
-    model = Dreamer(conf, codebook_size, tokens_per_step, 1).to(device)
+    dims = {"n_tokens": codebook_size, "tokens_per_step": tokens_per_step, "action_dim": 1}
     try:
+        model = build_model(ckpt, conf, dims).to(device)
         step = restore(ckpt, model)
     except (ValueError, RuntimeError) as e:
         raise RunError(f"checkpoint {ckpt_path} does not fit the run's config: {str(e).splitlines()[0]}") from None
+    if model.dims["n_tokens"] != codebook_size or model.dims["tokens_per_step"] != tokens_per_step:
+        raise RunError(f"checkpoint {ckpt_path} was trained on {model.dims['n_tokens']} codes x "
+                       f"{model.dims['tokens_per_step']} tokens per step; the tokens here are {codebook_size} x "
+                       f"{tokens_per_step}")
     model.eval()
     return model, step
 

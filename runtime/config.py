@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from runtime.storage import is_remote, url_problem
+from runtime.s3 import url_problem
+from runtime.storage import is_remote
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "defaults.yaml"
 
@@ -144,6 +145,9 @@ def load_config(
     conf = apply_overrides(conf, list(overrides))
     conf["configs"] = list(configs)
     validate(conf)
+    for key in _FLOATS:  # `kl_weight: 1` in a section is still a float to every reader: no float() at each use
+        if key in conf:
+            conf[key] = float(conf[key])
     return conf
 
 
@@ -163,6 +167,7 @@ _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
 _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
+_FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
     "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),

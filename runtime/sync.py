@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
 
 from runtime.files import atomic_write_text
-from runtime.storage import RemotePath, read_bytes, remove, store_path, walk, write_bytes_atomic
+from runtime.s3 import RemotePath, walk
+from runtime.storage import read_bytes, remove, store_path, write_bytes_atomic
 
 STATE = ".sync-state.json"
 LOCK = ".sync.lock"

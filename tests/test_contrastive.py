@@ -133,7 +133,8 @@ def test_a_tiny_contrastive_run_reports_its_probes_eval_nll(replay, monkeypatch)
 def test_evaluate_and_dreams_work_on_a_contrastive_run(tmp_path, capsys):
     from pydreamer.evaluate import main as evaluate
     from pydreamer.dreams.imagination import dream_tokens
-    from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+    from pydreamer.models.checkpoint import save_checkpoint
+    from pydreamer.replay_layout import checkpoint_path
     from runtime.tracking import start_or_resume_run
     from tests.conftest import make_token_corpus
 

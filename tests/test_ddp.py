@@ -18,7 +18,8 @@ from pydreamer.data import ReplayReader, ReplayStoreIndex
 from pydreamer.distributed import shard_of
 from pydreamer.episodes import episode_filename, save_episode
 from pydreamer.generator import run_generator
-from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint
+from pydreamer.models.checkpoint import load_checkpoint
+from pydreamer.replay_layout import checkpoint_path
 from pydreamer.train import main
 from runtime.config import load_config
 from runtime.distributed import Ranks, weights_digest

@@ -10,10 +10,11 @@ import soundfile as sf
 from pydreamer.dream import main
 from pydreamer.dreams.imagination import dream_tokens
 from pydreamer.models import Dreamer
-from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+from pydreamer.models.checkpoint import save_checkpoint
+from pydreamer.replay_layout import checkpoint_path
 from pydreamer.runs import record_tokenizer
 from runtime.config import load_config
-from runtime.tracking import setup_mlflow, start_or_resume_run, tracking_uri
+from runtime.tracking import start_or_resume_run, tracking_uri
 from tests.audio_fixtures import speechlike, write_clip
 from tests.conftest import make_token_corpus
 from tokenizer.features import MelSettings, log_mel_features

@@ -7,10 +7,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.audio_token_env import AudioTokenEnv, MissingTokensError
+from envs.audio_token_env import AudioTokenEnv
 from tests.conftest import CODEBOOK, G, make_token_corpus
 from tokenizer.layout import DataLayout
-from tokenizer.tokens import TokenSplit
+from tokenizer.tokens import MissingTokensError, TokenSplit
 
 
 def run_episode(env, **reset_kwargs):

@@ -10,7 +10,8 @@ import torch
 from pydreamer.evaluate import main
 from pydreamer.forecast import score
 from pydreamer.models import Dreamer
-from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
+from pydreamer.models.checkpoint import save_checkpoint
+from pydreamer.replay_layout import checkpoint_path
 from runtime.config import load_config
 from runtime.tracking import setup_mlflow, start_or_resume_run
 from tests.conftest import make_token_corpus

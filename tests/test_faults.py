@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from pydreamer.data import ReplayReader
-from pydreamer.episodes import EpisodeError, episode_filename, load_episode, save_episode
+from pydreamer.episodes import EpisodeError, episode_filename, load_episode
 from pydreamer.generator import run_generator, run_worker, worker_budget
-from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint
+from pydreamer.models.checkpoint import load_checkpoint
+from pydreamer.replay_layout import checkpoint_path
 from pydreamer.train import EXIT_CANNOT_SAVE, main as learner_main
 from runtime.files import remove_stale_temporaries
 from test_learner import learner_args, toy_conf

@@ -9,9 +9,9 @@ import torch
 from pydreamer.generator import run_generator
 from pydreamer.models import NonFiniteLoss
 from pydreamer.models.checkpoint import load_checkpoint
-from pydreamer.models.checkpoint import checkpoint_path
 from pydreamer.learner.eval_metrics import discounted_returns, entropy_bits, load_eval_episodes, unigram_pos_bits
 from pydreamer.learner.loop import Learner
+from pydreamer.replay_layout import checkpoint_path
 from pydreamer.train import main
 from runtime.config import load_config
 

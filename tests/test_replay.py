@@ -156,7 +156,7 @@ def test_unreadable_files_are_skipped_counted_and_named(tmp_path, caplog):
 
 def test_an_empty_store_times_out_with_a_clear_message(tmp_path):
     with pytest.raises(TimeoutError, match=r"no usable episodes in .*episodes_eval.*pydreamer\.generator"):
-        next(iter(ReplayReader(tmp_path, subdir="episodes_eval", wait_seconds=0.2)))
+        next(iter(ReplayReader(tmp_path, split="val", wait_seconds=0.2)))
 
 
 def test_dataloader_workers_make_distinct_continuing_streams(tmp_path, conf):

@@ -22,10 +22,12 @@ import torch
 
 from pydreamer.data import ReplayReader, ReplayStoreIndex, make_replay_loader
 from pydreamer.episodes import EpisodeError, EpisodeListing, episode_filename, list_episodes, load_episode, save_episode
-from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from runtime import storage, sync
+from pydreamer.models.checkpoint import load_checkpoint, save_checkpoint
+from pydreamer.replay_layout import checkpoint_path
+from runtime import s3, storage, sync
 from runtime.config import ConfigError, load_config
-from runtime.storage import RemotePath, store_path
+from runtime.s3 import RemotePath
+from runtime.storage import store_path
 from test_replay import make_episode
 
 pytest.importorskip("boto3")
@@ -72,9 +74,9 @@ def s3_endpoint(tmp_path_factory):
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         for key, value in CREDENTIALS.items():
             mp.setenv(key, value)
-        storage._clients.clear()  # made before the variables were set
+        s3._clients.clear()  # made before the variables were set
         yield url
-        storage._clients.clear()
+        s3._clients.clear()
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -86,7 +88,7 @@ def s3_endpoint(tmp_path_factory):
 def bucket(s3_endpoint) -> str:
     """A fresh bucket; its URL."""
     name = f"replay-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=name)
+    s3.s3_client().create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
@@ -267,20 +269,20 @@ def test_listing_is_incremental(bucket):
         for i in range(30):
             save_episode(f"{store}/w{w}/{episode_filename(w, i, 10 + i)}", make_episode(10 + i, i))
     index = ReplayStoreIndex(store)
-    storage.stats.reset()
+    s3.stats.reset()
     assert index.scan() == 60
-    assert storage.stats.list_requests == 3  # the worker folders, then each folder once
-    assert storage.stats.listed_keys == 2 + 60
-    storage.stats.reset()
+    assert s3.stats.list_requests == 3  # the worker folders, then each folder once
+    assert s3.stats.listed_keys == 2 + 60
+    s3.stats.reset()
     assert index.scan() == 60
-    assert storage.stats.listed_keys == 2  # just the worker folders: no episode listed again
-    assert storage.stats.start_after == [f"replay/episodes/w{w}/{episode_filename(w, 29, 39)}" for w in range(2)]
+    assert s3.stats.listed_keys == 2  # just the worker folders: no episode listed again
+    assert s3.stats.start_after == [f"replay/episodes/w{w}/{episode_filename(w, 29, 39)}" for w in range(2)]
     for i in range(30, 33):
         save_episode(f"{store}/w1/{episode_filename(1, i, 50)}", make_episode(50, i))
     save_episode(f"{store}/w2/{episode_filename(2, 0, 60)}", make_episode(60, 0))
-    storage.stats.reset()
+    s3.stats.reset()
     assert index.scan() == 64
-    assert storage.stats.listed_keys == 3 + 3 + 1 and storage.stats.list_requests == 4
+    assert s3.stats.listed_keys == 3 + 3 + 1 and s3.stats.list_requests == 4
     assert sorted(index.length[-4:].tolist()) == [50, 50, 50, 60]
     assert len(list_episodes(store)) == 64
 
@@ -294,14 +296,14 @@ def test_a_bucket_folder_is_mirrored_and_changes_go_back_markers_last(bucket, tm
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
     assert sync.copy_tree(src, f"{bucket}/data") == 3
-    storage.stats.reset()
+    s3.stats.reset()
     dest = sync.mirror(f"{bucket}/data", tmp_path / "copy", parts=("tokens",))
     assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"one" and not (dest / "mels").exists()
-    assert storage.stats.listed_keys == 2  # only what lies under tokens/ was listed
+    assert s3.stats.listed_keys == 2  # only what lies under tokens/ was listed
     storage.write_bytes_atomic(f"{bucket}/data/tokens/a/x.bin", b"two")  # re-encoded: the same size, new ETag
-    storage.stats.reset()
+    s3.stats.reset()
     sync.mirror(f"{bucket}/data", dest, parts=("tokens",))
-    assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"two" and storage.stats.get_requests == 1  # only what changed
+    assert (dest / "tokens" / "a" / "x.bin").read_bytes() == b"two" and s3.stats.get_requests == 1  # only what changed
 
     # deleted in the bucket: removed here; made here and not sent yet: kept
     storage.remove(f"{bucket}/data/tokens/a/x.bin")
@@ -319,8 +321,8 @@ def test_a_bucket_folder_is_mirrored_and_changes_go_back_markers_last(bucket, tm
     order = []
     monkeypatch.setattr(sync, "write_bytes_atomic", lambda p, d: order.append(("put", p.key)) or storage.write_bytes_atomic(p, d))
     assert sync.push(dest, f"{bucket}/data", last=lambda rel: rel == "tokens/meta.json") == (4, 0)
-    assert order[-1] == ("put", f"data/tokens/meta.json") and len(order) == 4
-    objects = {rel: storage.read_bytes(f"{bucket}/data/{rel}") for rel, _, _ in storage.walk(f"{bucket}/data")}
+    assert order[-1] == ("put", "data/tokens/meta.json") and len(order) == 4
+    objects = {rel: storage.read_bytes(f"{bucket}/data/{rel}") for rel, _, _ in s3.walk(f"{bucket}/data")}
     assert objects == {"tokens/new.bin": b"new", "tokens/meta.json": b'{"made": 2}', "mels/m.npz": b"mel, again",
                        "mels/n.npz": b"another"}
     order.clear()
@@ -329,7 +331,7 @@ def test_a_bucket_folder_is_mirrored_and_changes_go_back_markers_last(bucket, tm
     (dest / "mels" / "n.npz").unlink()
     assert sync.push(dest, f"{bucket}/data", last=lambda rel: rel == "tokens/meta.json") == (0, 2)
     assert order == [("delete", "data/tokens/meta.json"), ("delete", "data/mels/n.npz")]
-    assert sorted(rel for rel, _, _ in storage.walk(f"{bucket}/data")) == ["mels/m.npz", "tokens/new.bin"]
+    assert sorted(rel for rel, _, _ in s3.walk(f"{bucket}/data")) == ["mels/m.npz", "tokens/new.bin"]
     assert sync.push(dest, f"{bucket}/data") == (0, 0)  # nothing new
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -349,12 +351,12 @@ def test_the_bucket_cannot_be_reached_is_an_oserror(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    storage._clients.clear()
+    s3._clients.clear()
     try:
         with pytest.raises(ConnectionError, match="cannot reach the S3 endpoint"):
             save_episode("s3://no-such-host-bucket/replay/episodes/w0/" + episode_filename(0, 0, 5), make_episode(5, 0))
     finally:
-        storage._clients.clear()
+        s3._clients.clear()
 
 
 @pytest.mark.slow
@@ -385,7 +387,7 @@ def test_tokenizer_stages_on_a_bucket_data_dir_from_several_hosts(bucket, tmp_pa
         return tmp_path / host / "audio-world-model" / "s3" / bucket.removeprefix("s3://") / "data"
 
     def in_bucket() -> set[str]:
-        return {rel for rel, _, _ in storage.walk(data)}
+        return {rel for rel, _, _ in s3.walk(data)}
 
     assert on_host("a", "prepare", "--worker", "0", "--n_workers", "2") == 0
     assert "parts/prepare/w0of2/part.json" in in_bucket() and "manifest.json" not in in_bucket()
@@ -450,12 +452,12 @@ def test_a_stage_whose_output_cannot_be_sent_keeps_it_and_sends_it_when_run_agai
     assert tokenizer_main(args) == 1
     err = capsys.readouterr().err
     assert "AccessDenied" in err and "the output is kept in" in err and "run the same command again" in err
-    assert storage.walk(f"{bucket}/data") == []  # nothing half sent: no marker without its data
+    assert s3.walk(f"{bucket}/data") == []  # nothing half sent: no marker without its data
     monkeypatch.setattr(sync, "write_bytes_atomic", real_put)
     assert tokenizer_main(args) == 0
     out = capsys.readouterr().out
     assert "exists; skipping" in out and "sent" in out  # not redone, just sent
-    assert "manifest.json" in {rel for rel, _, _ in storage.walk(f"{bucket}/data")}
+    assert "manifest.json" in {rel for rel, _, _ in s3.walk(f"{bucket}/data")}
 
 
 @pytest.mark.slow
@@ -477,6 +479,6 @@ def test_launch_makes_the_tokens_into_a_bucket_data_dir_then_trains_evaluates_an
     assert proc.returncode == 0, out[-4000:]
     assert f"launch: {data}: sent" in out and f"launch: tokens ready in {data}/tokens" in out
     assert "launch: metrics: " in out and "launch: dreams: " in out
-    made = {rel for rel, _, _ in storage.walk(data)}
+    made = {rel for rel, _, _ in s3.walk(data)}
     assert {"manifest.json", "tokenizer/vqvae.pt", "tokens/meta.json", "settings/encode.json"} <= made
     assert any(rel.startswith("mels/test/") for rel in made) and not any(rel.startswith("parts/") for rel in made)

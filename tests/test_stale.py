@@ -8,7 +8,8 @@ import pytest
 from conftest import make_token_corpus
 from runtime.config import load_config
 from tokenizer.layout import DataLayout
-from tokenizer.stages import StaleOutput, check_stages, ensure_tokens, record_settings, run_stage, stage_output
+from tokenizer.records import StaleOutput, check_stages, record_settings
+from tokenizer.stages import ensure_tokens, run_stage
 
 
 def _made(tmp_path, **overrides):
@@ -76,7 +77,7 @@ def test_tokenizer_examples_leave_no_folder_in_the_temp_directory(tmp_path, monk
     import torch
 
     from tokenizer.shards import ShardWriter
-    from tokenizer.train import log_examples
+    from tokenizer.examples import log_examples
     from tokenizer.vqvae import VQVAE
 
     conf = load_config(["defaults", "tiny"], ["--griffin_lim_iters", "1"])

@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import signal
 
-from tokenizer.encode import short_drop_warnings, tokenize
+from tokenizer.codec import tokenize
+from tokenizer.encode import short_drop_warnings
 from runtime.config import load_config
 from tokenizer.features import MelSettings, log_mel_features, mel_bin_hz
 from tokenizer.shards import ShardWriter

@@ -74,7 +74,8 @@ def test_a_checkpoint_not_on_this_machine_is_fetched_from_the_runs_artifacts(cho
     """The learner uploads its checkpoints when the run's artifacts are not its replay store; evaluate and dream
     (run_checkpoint) and a resumed learner (fetch_checkpoints) get them back when the replay store is elsewhere."""
     from pydreamer.models import Dreamer
-    from pydreamer.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from pydreamer.models.checkpoint import load_checkpoint, save_checkpoint
+    from pydreamer.replay_layout import checkpoint_path
     from pydreamer.runs import RunError, run_checkpoint, run_config
     from runtime.config import load_config
 
@@ -98,8 +99,7 @@ def test_a_checkpoint_not_on_this_machine_is_fetched_from_the_runs_artifacts(cho
 def test_a_resumed_learner_without_a_checkpoint_gets_the_runs(chosen, tmp_path, monkeypatch):
     """A resume on another machine than the last, artifacts proxied by a server: the replay store here is new,
     so the learner downloads the run's artifact checkpoints before it looks for one."""
-    from pydreamer.models.checkpoint import checkpoint_path, save_checkpoint
-    from pydreamer.train import Learner
+    from pydreamer.learner.loop import Learner
     from runtime.config import load_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)

@@ -17,9 +17,10 @@ from pathlib import Path
 from runtime.config import parse_args
 from runtime.storage import is_remote
 from tokenizer.layout import DataLayout
-from tokenizer.parts import PART_STAGES, PartError, pending, share_from_args
+from tokenizer.parts import PART_STAGES, PartError, share_from_args
 from runtime.distributed import Ranks
-from tokenizer.stages import STAGES, StaleOutput, check_stages, merge_parts, run_part, run_stage, run_train_ranks
+from tokenizer.records import STAGES, StaleOutput, check_stages, pending
+from tokenizer.stages import merge_parts, run_part, run_stage, run_train_ranks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,21 +3,20 @@
 Readers (generators, the learner, evaluate, dream) fetch the parts they read (`local_data_dir`).
 A tokenizer stage fetches what it may read, runs in the copy as in a local folder, and when it
 succeeds sends back what it wrote and removed (`fetch_for_stage`, `send_back`), the files that mark
-finished output last (tokenizer.stages.marks_done). A stage that fails sends nothing: the bucket
+finished output last (tokenizer.records.marks_done). A stage that fails sends nothing: the bucket
 keeps what it had, and the copy keeps the partial output for the next try on this host.
 The copies live under runtime.sync.cache_root(); runtime/sync.py does the transfers.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Sequence
 
 from runtime import storage, sync
 from tokenizer.layout import DataLayout
+from tokenizer.parts import RECORD, Share
+from tokenizer.records import marks_done
 from tokenizer.tokens import MissingTokensError
-
-if TYPE_CHECKING:
-    from tokenizer.parts import Share
 
 
 def local_data_dir(data_dir: Path | str, parts: Sequence[str] = ("tokens",), required: bool = True) -> Path | str:
@@ -36,11 +35,9 @@ def local_data_dir(data_dir: Path | str, parts: Sequence[str] = ("tokens",), req
             f"DATA/tokens {root}/tokens)") from None
 
 
-def _part_data(stage: str, share: "Share | None"):
+def _part_data(stage: str, share: Share | None) -> Callable[[str], bool]:
     """Which objects a stage need not fetch: worker parts' data, but for `merge` (all of it) and a
     worker (its own part); the parts' records are always fetched (they say whether parts wait for a merge)."""
-    from tokenizer.parts import RECORD
-
     own = f"parts/{stage}/{share.name}/" if share is not None else None
 
     def skip(rel: str) -> bool:
@@ -50,7 +47,7 @@ def _part_data(stage: str, share: "Share | None"):
     return skip
 
 
-def fetch_for_stage(data_dir: str, stage: str, share: "Share | None" = None) -> Path:
+def fetch_for_stage(data_dir: str, stage: str, share: Share | None = None) -> Path:
     """This host's copy of a bucket `data_dir`, up to date for running `stage` (or "merge", or "all") in it."""
     return sync.mirror(data_dir, skip=_part_data(stage, share), missing_ok=True)
 
@@ -68,7 +65,5 @@ def fetch_for_launch(data_dir: str) -> Path:
 
 def send_back(local: Path, data_dir: str) -> str:
     """Send a stage's changes in this host's copy to the bucket; returns the line that says what went."""
-    from tokenizer.stages import marks_done
-
     sent, deleted = sync.push(local, data_dir, last=marks_done)
     return f"{data_dir}: sent {sent} files from {local}" + (f", deleted {deleted}" if deleted else "")

@@ -6,12 +6,16 @@ at any rate or channel count goes through exactly what the tokens were made with
 resample, log-mel in dB, z-score with the prompt's own statistics, VQ-VAE encode. Back: VQ-VAE
 decode (z-scored log-mel), z-score undone with statistics the caller chooses (a prompt's own,
 or the corpus' typical level for a dream without one), inverse mel + Griffin-Lim.
+
+`tokenize` does the same for a corpus' prepared (z-scored) utterances, many at once in batches:
+the encode stage writes its tokens, the evaluate stage compares their way back with the real log-mel.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -127,3 +131,51 @@ class TokenCodec:
         if samples is not None:
             wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
         return wave
+
+
+# ---- a corpus' z-scored utterances, many at once (the encode and evaluate stages) ----------------
+
+def _batches(utterances: Iterable[dict], max_frames: int) -> Iterator[list[dict]]:
+    """Group utterances (sorted by length within a window) so padding wastes little compute."""
+    window: list[dict] = []
+
+    def flush() -> Iterator[list[dict]]:
+        window.sort(key=lambda u: len(u["mel"]))
+        batch: list[dict] = []
+        for u in window:
+            if batch and (len(batch) + 1) * len(u["mel"]) > max_frames:
+                yield batch
+                batch = []
+            batch.append(u)
+        if batch:
+            yield batch
+        window.clear()
+
+    for u in utterances:
+        window.append(u)
+        if len(window) >= 256:
+            yield from flush()
+    yield from flush()
+
+
+@torch.no_grad()
+def tokenize(model: VQVAE, utterances: Iterable[dict], device: torch.device, max_frames: int = 20000,
+             reconstruct: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
+    """(utterance, tokens [ceil(F / ds), G], reconstructed z-scored mel [F, n_mels] or None), batched.
+
+    The same clip gets the same tokens whatever batch it lands in: frames are edge-padded
+    (a clip's last step repeats its last frame, as alone) and masked past each clip's end.
+    """
+    model.eval()
+    for batch in _batches(utterances, max_frames):
+        longest = max(len(u["mel"]) for u in batch)
+        mel = np.stack([np.pad(u["mel"].astype(np.float32), ((0, longest - len(u["mel"])), (0, 0)), mode="edge")
+                        for u in batch])
+        lengths = torch.tensor([len(u["mel"]) for u in batch], device=device)
+        tokens = model.encode(torch.from_numpy(mel).to(device), lengths)  # padding never reaches a clip's tokens
+        recon = model.decode(tokens, lengths).float().cpu().numpy() if reconstruct else None
+        tokens = tokens.cpu().numpy()
+        for i, u in enumerate(batch):
+            n = len(u["mel"])
+            steps = -(-n // model.ds)
+            yield u, tokens[i, :steps], (recon[i, :n] if recon is not None else None)

@@ -18,67 +18,23 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from runtime.device import resolve_device
+from tokenizer.codec import tokenize
 from tokenizer.features import MelSettings
 from runtime.files import atomic_write_text, file_sha256
 from tokenizer.layout import DataLayout
 from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, publish, staging
+from tokenizer.records import settings_record
 from tokenizer.shards import ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
-from tokenizer.tokens import write_token_meta
+from tokenizer.tokens import TokenSpec, write_token_meta
 from tokenizer.vqvae import VQVAE, load_vqvae
-
-
-def _batches(utterances: Iterable[dict], max_frames: int) -> Iterator[list[dict]]:
-    """Group utterances (sorted by length within a window) so padding wastes little compute."""
-    window: list[dict] = []
-
-    def flush() -> Iterator[list[dict]]:
-        window.sort(key=lambda u: len(u["mel"]))
-        batch: list[dict] = []
-        for u in window:
-            if batch and (len(batch) + 1) * len(u["mel"]) > max_frames:
-                yield batch
-                batch = []
-            batch.append(u)
-        if batch:
-            yield batch
-        window.clear()
-
-    for u in utterances:
-        window.append(u)
-        if len(window) >= 256:
-            yield from flush()
-    yield from flush()
-
-
-@torch.no_grad()
-def tokenize(model: VQVAE, utterances: Iterable[dict], device: torch.device, max_frames: int = 20000,
-             reconstruct: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
-    """(utterance, tokens [ceil(F / ds), G], reconstructed z-scored mel [F, n_mels] or None), batched.
-
-    The same clip gets the same tokens whatever batch it lands in: frames are edge-padded
-    (a clip's last step repeats its last frame, as alone) and masked past each clip's end.
-    """
-    model.eval()
-    for batch in _batches(utterances, max_frames):
-        longest = max(len(u["mel"]) for u in batch)
-        mel = np.stack([np.pad(u["mel"].astype(np.float32), ((0, longest - len(u["mel"])), (0, 0)), mode="edge")
-                        for u in batch])
-        lengths = torch.tensor([len(u["mel"]) for u in batch], device=device)
-        tokens = model.encode(torch.from_numpy(mel).to(device), lengths)  # padding never reaches a clip's tokens
-        recon = model.decode(tokens, lengths).float().cpu().numpy() if reconstruct else None
-        tokens = tokens.cpu().numpy()
-        for i, u in enumerate(batch):
-            n = len(u["mel"])
-            steps = -(-n // model.ds)
-            yield u, tokens[i, :steps], (recon[i, :n] if recon is not None else None)
 
 
 def short_drop_warnings(kept: Mapping[str, int], dropped: Mapping[str, int], min_steps: int, max_fraction: float,
@@ -151,7 +107,7 @@ def _meta_base(conf: Mapping[str, Any], model: VQVAE) -> dict[str, Any]:
     return {
         "codebook_size": model.quantizer.codebook_size, "tokens_per_step": model.G, "time_downsample": model.ds,
         "steps_per_second": steps_per_second, "frames_per_second": settings.frames_per_second,
-        "bits_per_second": steps_per_second * model.G * float(np.log2(model.quantizer.codebook_size)),
+        "bits_per_second": TokenSpec(model.quantizer.codebook_size, model.G, steps_per_second).bits_per_second,
         "min_steps": conf["min_steps"], "features": {k: conf[k] for k in MelSettings.__dataclass_fields__},
         "splits": {s: 0 for s in SPLITS}, "dropped_short": {s: 0 for s in SPLITS},
     }
@@ -160,7 +116,7 @@ def _meta_base(conf: Mapping[str, Any], model: VQVAE) -> dict[str, Any]:
 def _encode_jobs(conf: Mapping[str, Any], layout: DataLayout, model: VQVAE, device: torch.device,
                  jobs: list[tuple[int, Path, Path]], desc: str = "encode") -> dict[int, dict]:
     """encode_shard of each (number, mel shard, out folder), by `encode_workers` processes; stats by number."""
-    workers = min(max(1, int(conf["encode_workers"])), len(jobs))
+    workers = min(max(1, conf["encode_workers"]), len(jobs))
     if workers > 1 and device.type == "cpu":
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(layout.vqvae), conf["device"]))
         results = pool.imap_unordered(_encode_job, [(n, p, out, dict(conf)) for n, p, out in jobs])
@@ -227,9 +183,7 @@ _META_KEYS = ("min_steps", "max_short_drop_fraction", *MelSettings.__dataclass_f
 
 def _made_with(conf: Mapping[str, Any], layout: DataLayout, shards: list[tuple[str, Path]]) -> tuple[dict, dict]:
     """(what the part was made with, the settings file encode records) for this config and data folder."""
-    from tokenizer.stages import STAGES, _recorded, stage_settings
-
-    settings = {**(_recorded(layout, STAGES[STAGES.index("encode") - 1]) or {}), **stage_settings(conf, "encode")}
+    settings = settings_record(conf, layout, "encode")
     made_with = {**settings, "shard_frames": conf["shard_frames"], "max_short_drop_fraction": conf["max_short_drop_fraction"],
                  "mel_shards": len(shards), "manifest_sha256": file_sha256(layout.manifest), "vqvae_sha256": file_sha256(layout.vqvae)}
     return made_with, settings

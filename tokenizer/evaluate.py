@@ -12,18 +12,18 @@ from typing import Any, Mapping
 import mlflow
 
 from runtime.device import resolve_device
-from tokenizer.encode import tokenize
-from tokenizer.features import MelSettings
+from runtime.files import atomic_write_text
+from tokenizer.codec import tokenize
+from tokenizer.examples import log_examples
+from tokenizer.features import MelSettings, signal_mel_bins
 from tokenizer.layout import DataLayout
 from tokenizer.metrics import ReconstructionMeter
-from tokenizer.prepare import signal_mel_bins
-from runtime.files import atomic_write_text
 from tokenizer.shards import iter_utterances, shard_paths
-from tokenizer.train import log_examples
 from tokenizer.vqvae import load_vqvae
 
 
 def evaluate(conf: Mapping[str, Any], layout: DataLayout, split: str = "test") -> dict[str, float]:
+    """The tokenizer's metrics on a held-out split (written to `metrics.json`), with examples to listen to."""
     device = resolve_device(conf["device"])
     model, _ = load_vqvae(layout.vqvae, device)
     folder = layout.mels(split)

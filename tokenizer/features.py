@@ -1,4 +1,4 @@
-"""Log-mel features and their way back to sound.
+"""Log-mel features, the band of them that carries signal, and their way back to sound.
 
 The log-mel is in dB (floored `top_db` below the utterance's peak), z-scored per utterance
 with its mean and std kept, so it can be undone exactly for listening (Griffin-Lim) and
@@ -102,6 +102,30 @@ def log_mel_features(wave: np.ndarray, s: MelSettings, vad_db: float, band_margi
     z, mean, std = zscore(db)
     return {"mel": z, "mean": mean, "std": std, "voice": voice_activity(db, vad_db),
             "band_bins": band_bins(db, band_margin_db, s.top_db)}
+
+
+def bandwidth_summary(band_counts: list[int], settings: MelSettings, margin_db: float) -> dict[str, Any]:
+    """The corpus' effective bandwidth: the median utterance's count of mel bins carrying signal.
+
+    Train weighs the bins above it down and evaluate reports `lsd_db_band` over the bins below it.
+    """
+    bins = int(np.median(band_counts)) if band_counts else settings.n_mels
+    bins = max(1, bins)
+    edges = mel_bin_hz(settings)
+    return {
+        "signal_mel_bins": bins,
+        "n_mels": settings.n_mels,
+        "effective_hz": round(float(edges[bins - 1]), 1),
+        "band_limited": bins < settings.n_mels,
+        "utterances_band_limited": round(float(np.mean(np.asarray(band_counts) < settings.n_mels)), 4) if band_counts else 0.0,
+        "rule": f"a mel bin carries signal when its 95th-percentile level is {margin_db:g} dB above the utterance's floor "
+                "(band_margin_db); the corpus value is the median over utterances",
+    }
+
+
+def signal_mel_bins(manifest: Mapping[str, Any], n_mels: int) -> int:
+    """The prepared corpus' signal bins (all of them for a manifest written before bandwidth was measured)."""
+    return int(manifest.get("bandwidth", {}).get("signal_mel_bins", n_mels))
 
 
 @lru_cache(maxsize=4)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from tokenizer.tokens import TokenSpec
+
 
 def lsd_db(original_db: np.ndarray, recon_db: np.ndarray) -> float:
     """Log-spectral distance in dB: per frame the RMS over mel bins of the dB difference, averaged over frames."""
@@ -34,7 +36,7 @@ def codebook_stats(counts: np.ndarray, steps_per_second: float, tokens_per_step:
         "perplexity": float(math.exp(entropy)),
         "entropy_bits": entropy / math.log(2),
         "dead_codes": int((counts == 0).sum()),
-        "bits_per_second": steps_per_second * tokens_per_step * math.log2(size),
+        "bits_per_second": TokenSpec(size, tokens_per_step, steps_per_second).bits_per_second,
     }
 
 

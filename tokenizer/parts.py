@@ -241,24 +241,3 @@ def check_indices(records: list[dict], indices: list[list[int]], total: int, wha
         raise PartError(f"merge: the {stage} parts lack {len(missing)} of {total} {what} (e.g. number {missing[0]}): "
                         f"run worker {missing[0] % n} of {n} again")
 
-
-def pending(layout: DataLayout, stages: Iterable[str], share: Share | None = None) -> None:
-    """Refuse (PartError) to run `stages` while worker parts of one of them, or of a stage before them,
-    are waiting for `merge`: their output would be missing or stale. A worker of a stage may of course
-    add to that stage's own parts."""
-    from tokenizer.stages import STAGES
-
-    stages = list(stages)
-    last = max(STAGES.index(s) for s in stages)
-    for stage in PART_STAGES:
-        if STAGES.index(stage) > last or not layout.parts(stage).is_dir() or not any(layout.parts(stage).iterdir()):
-            continue
-        if share is not None and stages == [stage]:
-            continue
-        where = layout.show(layout.parts(stage))
-        merge = f"python -m tokenizer merge --data_dir {layout.data_dir_arg}"
-        if share is None and stages[-1] == stage and len(stages) == 1:
-            raise PartError(f"{stage}: worker parts in {where} ({status(layout, stage)}) wait for `{merge}`: "
-                            f"merge them, or remove {where} to run {stage} in one process")
-        raise PartError(f"the {stage} worker parts in {where} are not merged yet ({status(layout, stage)}): "
-                        f"finish them and run `{merge}` first")

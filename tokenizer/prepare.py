@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from tokenizer.audio_io import UnusableAudio, load_audio, to_mono_16k
 from tokenizer.corpora import Skipped, UtteranceSource, list_corpus
-from tokenizer.features import MelSettings, log_mel_features, mel_bin_hz
+from tokenizer.features import MelSettings, bandwidth_summary, log_mel_features
 from tokenizer.layout import DataLayout
 from runtime.files import atomic_write_text
 from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, fingerprint, publish, staging
+from tokenizer.records import stage_settings
 from tokenizer.shards import ShardWriter, iter_rows, shard_paths
 from tokenizer.split import SPLITS, assign_splits
 
@@ -94,7 +95,7 @@ def _listed(conf: Mapping[str, Any]) -> tuple[list[UtteranceSource], list[Skippe
 def _processed(conf: Mapping[str, Any], records: list[UtteranceSource], desc: str = "prepare") -> Iterator[Iterator[dict]]:
     """`process_utterance` of each record, in order, by `prepare_workers` processes."""
     plain_conf = dict(conf)
-    workers = max(1, int(conf["prepare_workers"]))
+    workers = max(1, conf["prepare_workers"])
     if workers > 1:
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(plain_conf,))
         results = pool.imap(_process, records, chunksize=4)
@@ -207,8 +208,6 @@ _MANIFEST_KEYS = ("source", "data_root", "min_split_speakers", "band_margin_db",
 
 
 def _made_with(conf: Mapping[str, Any], records: list[UtteranceSource], listing_skips: list[Skipped]) -> dict[str, Any]:
-    from tokenizer.stages import stage_settings
-
     corpus = fingerprint([[r.utterance_id, r.speaker, r.path] for r in records] + [[s.path, s.reason] for s in listing_skips])
     return {**stage_settings(conf, "prepare"), "seed": conf["seed"], "shard_frames": conf["shard_frames"],
             "corpus": f"{len(records)} utterances listed, {len(listing_skips)} skipped while listing, digest {corpus}"}
@@ -217,8 +216,6 @@ def _made_with(conf: Mapping[str, Any], records: list[UtteranceSource], listing_
 def prepare_part(conf: Mapping[str, Any], layout: DataLayout, share: Share, force: bool = False) -> dict | None:
     """This worker's share of the corpus -> `<data_dir>/parts/prepare/w{i}of{N}/` (mels, then part.json).
     Returns the part record, or None when the part was already complete (and not `force`)."""
-    from tokenizer.stages import stage_settings
-
     started = time.time()
     records, listing_skips, assignment, mode = _listed(conf)
     made_with = _made_with(conf, records, listing_skips)
@@ -305,32 +302,6 @@ def _part_stream(record: Mapping[str, Any], split: str) -> Iterator[tuple[int, d
         yield i, per_step, per_utterance
     if next(indices, None) is not None:
         raise damaged
-
-
-def bandwidth_summary(band_counts: list[int], settings: MelSettings, margin_db: float) -> dict[str, Any]:
-    """The corpus' effective bandwidth: the median utterance's count of mel bins carrying signal.
-
-    Train weighs the bins above it down and evaluate reports `lsd_db_band` over the bins below it.
-    """
-    import numpy as np
-
-    bins = int(np.median(band_counts)) if band_counts else settings.n_mels
-    bins = max(1, bins)
-    edges = mel_bin_hz(settings)
-    return {
-        "signal_mel_bins": bins,
-        "n_mels": settings.n_mels,
-        "effective_hz": round(float(edges[bins - 1]), 1),
-        "band_limited": bins < settings.n_mels,
-        "utterances_band_limited": round(float(np.mean(np.asarray(band_counts) < settings.n_mels)), 4) if band_counts else 0.0,
-        "rule": f"a mel bin carries signal when its 95th-percentile level is {margin_db:g} dB above the utterance's floor "
-                "(band_margin_db); the corpus value is the median over utterances",
-    }
-
-
-def signal_mel_bins(manifest: Mapping[str, Any], n_mels: int) -> int:
-    """The prepared corpus' signal bins (all of them for a manifest written before bandwidth was measured)."""
-    return int(manifest.get("bandwidth", {}).get("signal_mel_bins", n_mels))
 
 
 def _reason_kind(reason: str) -> str:

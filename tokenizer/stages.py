@@ -1,123 +1,27 @@
 """The tokenizer's stages in order, each skipped when its output exists (unless forced).
 
-Each stage records the settings it was made with (`<data_dir>/settings/<stage>.json`: its own
-and those of the stages before it) and refuses to reuse output made with others, so changing
-`--codebook_size` or `--split_fractions` and running again never trains on stale tokens without
-a word. `seed` is not compared: the world model shares it.
-
-All stages of one `data_dir` log into one MLflow run (its id kept in
-`<data_dir>/tokenizer/mlflow_run_id`), so prepare's counts, training curves and test
-metrics of a tokenizer sit side by side.
+Output made with other settings is refused, never reused (tokenizer/records.py). All stages of
+one `data_dir` log into one MLflow run (its id kept in `<data_dir>/tokenizer/mlflow_run_id`), so
+prepare's counts, training curves and test metrics of a tokenizer sit side by side.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
+import torch
 
-from runtime.files import atomic_write_text
+from runtime import distributed
+from runtime.distributed import Ranks
 from runtime.tracking import find_run, setup_mlflow, start_or_resume_run
+from tokenizer import encode, evaluate, prepare, train
 from tokenizer.layout import DataLayout
-
-if TYPE_CHECKING:
-    from tokenizer.parts import Share
-
-STAGES = ("prepare", "train", "encode", "evaluate")
-
-# The config keys that shape each stage's output (besides those of the stages before it).
-STAGE_KEYS = {
-    "prepare": ("source", "data_root", "speaker_rule", "speaker_regex", "synth_minutes", "synth_languages",
-                "synth_voices_per_language", "synth_noise_db", "max_seconds", "long_files", "max_files",
-                "split_fractions", "min_split_speakers", "silence_db", "sample_rate", "n_fft", "win_length",
-                "hop_length", "n_mels", "top_db", "vad_db", "band_margin_db"),
-    "train": ("codebook_size", "tokens_per_step", "time_downsample", "vq_channels", "vq_code_dim", "vq_res_blocks",
-              "vq_beta", "vq_ema", "vq_ema_decay", "vq_dead_threshold", "vq_restart_reservoir",
-              "vq_out_of_band_weight", "vq_batch_size", "vq_segment_frames", "vq_pack_crops", "vq_steps", "vq_lr"),
-    "encode": ("min_steps",),
-    "evaluate": (),
-}
-_ONLY_FOR_SOURCE = {"data_root": ("commonvoice", "folder"), "speaker_rule": ("folder",), "speaker_regex": ("folder",),
-                    "synth_minutes": ("synth",), "synth_languages": ("synth",), "synth_voices_per_language": ("synth",),
-                    "synth_noise_db": ("synth",)}
-
-
-def stage_output(layout: DataLayout, stage: str) -> Path:
-    """The file whose presence means the stage is done (each is written last, atomically)."""
-    return {"prepare": layout.manifest, "train": layout.vqvae, "encode": layout.token_meta, "evaluate": layout.metrics}[stage]
-
-
-def marks_done(rel: str) -> bool:
-    """Whether a file of `data_dir` (its path relative to it) marks finished output: a stage's output file,
-    the settings it records, a worker part's record. In a bucket these are sent last (runtime/sync.py)."""
-    from tokenizer.parts import RECORD
-
-    here = DataLayout(Path(""))
-    return (rel in {stage_output(here, s).as_posix() for s in STAGES} or rel.startswith("settings/")
-            or (rel.startswith("parts/") and rel.endswith(f"/{RECORD}")))
-
-
-class StaleOutput(ValueError):
-    """A stage's output exists but was made with other settings: reusing it would be wrong without a word."""
-
-    def __init__(self, stage: str, output: Path, changed: list[str]):
-        self.stage, self.output, self.changed = stage, output, changed
-        super().__init__(f"{stage}: {output} was made with other settings ({'; '.join(changed)}): "
-                         "use another --data_dir, or --force to redo it")
-
-
-def stage_settings(conf: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """The config values that shape `stage`'s own output (as JSON values)."""
-    keys = [k for k in STAGE_KEYS[stage] if k in conf and conf["source"] in _ONLY_FOR_SOURCE.get(k, (conf["source"],))]
-    return json.loads(json.dumps({k: conf[k] for k in keys}))
-
-
-def _recorded(layout: DataLayout, stage: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(layout.settings(stage).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {"settings file": "unreadable"}
-    return data if isinstance(data, dict) else {"settings file": "not a JSON object"}
-
-
-def record_settings(conf: Mapping[str, Any], layout: DataLayout, stage: str) -> None:
-    """What the stage's output was made with: its own settings and those recorded by the stage it read."""
-    i = STAGES.index(stage)
-    upstream = (_recorded(layout, STAGES[i - 1]) or {}) if i else {}
-    atomic_write_text(layout.settings(stage), json.dumps({**upstream, **stage_settings(conf, stage)}, indent=2))
-
-
-def changed_settings(conf: Mapping[str, Any], layout: DataLayout, stage: str) -> list[str]:
-    """`key then -> now` for each setting the stage's output was made with that differs from this config
-    (its own keys) or from the output of the stage before it, since remade. [] when they agree or when
-    the output predates recorded settings."""
-    then = _recorded(layout, stage)
-    if then is None:
-        return []
-    now = stage_settings(conf, stage)
-    own = set(STAGE_KEYS[stage])
-    changed = [f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | (set(then) & own))
-               if then.get(k) != now.get(k)]
-    i = STAGES.index(stage)
-    before = _recorded(layout, STAGES[i - 1]) if i else None
-    if before is not None:
-        upstream = {k: v for k, v in then.items() if k not in own}
-        changed += [f"{k} {upstream.get(k)!r} -> {before.get(k)!r} ({STAGES[i - 1]} was redone since)"
-                    for k in sorted(set(upstream) | set(before)) if upstream.get(k) != before.get(k)]
-    return changed
-
-
-def check_stages(conf: Mapping[str, Any], layout: DataLayout, stages=STAGES) -> None:
-    """Refuse (StaleOutput, one line) when an existing output of `stages` was made with other settings."""
-    for stage in stages:
-        out = stage_output(layout, stage)
-        changed = changed_settings(conf, layout, stage) if out.exists() else []
-        if changed:
-            raise StaleOutput(stage, out, changed)
+from tokenizer.parts import PART_STAGES, PartError, Share, status
+from tokenizer.records import check_stages, pending, record_settings, stage_output
 
 
 @contextmanager
@@ -138,14 +42,10 @@ def tokenizer_run(conf: Mapping[str, Any], layout: DataLayout) -> Iterator[str]:
 
 
 def _run_prepare(conf: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.prepare import prepare
-
-    return _prepare_report(prepare(conf, layout), layout)
+    return _prepare_report(prepare.prepare(conf, layout), layout)
 
 
 def _prepare_report(manifest: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.prepare import summary_line
-
     if mlflow.active_run():
         mlflow.log_metrics({
             "tokenizer/prepare_utterances": manifest["utterances_kept"],
@@ -153,19 +53,15 @@ def _prepare_report(manifest: Mapping[str, Any], layout: DataLayout) -> str:
             "tokenizer/prepare_hours": sum(v["seconds"] for v in manifest["splits"].values()) / 3600,
         })
         mlflow.log_artifact(str(layout.manifest), "tokenizer")
-    return summary_line(manifest, str(layout.manifest))
+    return prepare.summary_line(manifest, str(layout.manifest))
 
 
 def _run_train(conf: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.train import train
-
-    return f"train: saved {train(conf, layout)}"
+    return f"train: saved {train.train(conf, layout)}"
 
 
 def _run_encode(conf: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.encode import encode
-
-    return _encode_report(encode(conf, layout), layout)
+    return _encode_report(encode.encode(conf, layout), layout)
 
 
 def _encode_report(meta: Mapping[str, Any], layout: DataLayout) -> str:
@@ -182,9 +78,7 @@ def _encode_report(meta: Mapping[str, Any], layout: DataLayout) -> str:
 
 
 def _run_evaluate(conf: Mapping[str, Any], layout: DataLayout) -> str:
-    from tokenizer.evaluate import evaluate
-
-    m = evaluate(conf, layout)
+    m = evaluate.evaluate(conf, layout)
     keys = ("mse", "psnr", "pearson", "lsd_db", "lsd_db_band", "codebook_usage", "perplexity", "dead_codes", "bits_per_second")
     return "evaluate: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys) + f" -> {layout.metrics}"
 
@@ -208,14 +102,11 @@ def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bo
     return True
 
 
-def run_train_ranks(conf: Mapping[str, Any], layout: DataLayout, ranks, device, force: bool = False,
-                    echo: Callable[[str], None] = print) -> bool:
+def run_train_ranks(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks, device: torch.device,
+                    force: bool = False, echo: Callable[[str], None] = print) -> bool:
     """`run_stage(..., "train")` on every rank of a torchrun group (process group joined): rank 0 decides
     whether to train, and alone opens the MLflow run, writes the checkpoint and the settings record and
     echoes; the other ranks only train beside it."""
-    from runtime import distributed
-    from tokenizer.train import train
-
     out = stage_output(layout, "train")
     skip = distributed.broadcast(bool(out.exists() and not force) if ranks.is_main else None, device)
     if skip:
@@ -224,13 +115,13 @@ def run_train_ranks(conf: Mapping[str, Any], layout: DataLayout, ranks, device, 
             echo(f"train: {out} exists; skipping (--force redoes it)")
         return False
     if not ranks.is_main:
-        train(conf, layout, ranks, device)
+        train.train(conf, layout, ranks, device)
         return True
     with tokenizer_run(conf, layout):
         if mlflow.active_run():
             mlflow.set_tag("tokenizer.train_ranks", str(ranks.world_size))
-        echo(f"train: saved {train(conf, layout, ranks, device)} ({ranks.world_size} ranks: effective batch "
-             f"{ranks.world_size * int(conf['vq_batch_size'])} crops)")
+        echo(f"train: saved {train.train(conf, layout, ranks, device)} ({ranks.world_size} ranks: effective batch "
+             f"{ranks.world_size * conf['vq_batch_size']} crops)")
     record_settings(conf, layout, "train")
     return True
 
@@ -239,8 +130,6 @@ def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[s
     """Run whichever of prepare, train, encode are missing for `data_dir`; returns the tokens folder.
     Output made with other settings is refused (StaleOutput), never used; so are worker parts not
     merged yet (PartError)."""
-    from tokenizer.parts import pending
-
     check_stages(conf, layout, ("prepare", "train", "encode"))
     pending(layout, ("prepare", "train", "encode"))
     if not layout.has_tokens():
@@ -251,13 +140,11 @@ def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[s
 
 # ---- on several hosts: `--worker i --n_workers N`, then `merge` (see tokenizer/parts.py) ----------------
 
-def run_part(conf: Mapping[str, Any], layout: DataLayout, stage: str, share: "Share", force: bool = False,
+def run_part(conf: Mapping[str, Any], layout: DataLayout, stage: str, share: Share, force: bool = False,
              echo: Callable[[str], None] = print) -> bool:
     """This worker's share of prepare or encode, into `<data_dir>/parts/<stage>/w{i}of{N}/`; returns whether
     it ran. Skipped when the stage's output exists (unless forced) or this part is complete already.
     Workers log nothing to MLflow: `merge` does."""
-    from tokenizer import encode, parts, prepare
-
     out = stage_output(layout, stage)
     if out.exists() and not force:
         check_stages(conf, layout, (stage,))
@@ -271,7 +158,7 @@ def run_part(conf: Mapping[str, Any], layout: DataLayout, stage: str, share: "Sh
         echo(f"{stage}: part {folder} is complete; skipping (--force redoes it)")
     else:
         echo(module.part_summary_line(record, folder))
-    state = parts.status(layout, stage)
+    state = status(layout, stage)
     then = (f"merge with `python -m tokenizer merge --data_dir {layout.data_dir_arg}`" if state.startswith("all")
             else "merge once every worker is done")
     echo(f"{stage}: {state}; {then}")
@@ -282,14 +169,10 @@ def merge_parts(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[str
     """Assemble the worker parts of prepare, then of encode (whichever are there) into the stage's output,
     as one process writes it, log the stage to the data folder's MLflow run, and remove the parts.
     Returns the stages merged; PartError when there is nothing to merge or the parts do not fit."""
-    import shutil
-
-    from tokenizer import encode, parts, prepare
-
-    stages = [s for s in parts.PART_STAGES if layout.parts(s).is_dir() and any(layout.parts(s).iterdir())]
+    stages = [s for s in PART_STAGES if layout.parts(s).is_dir() and any(layout.parts(s).iterdir())]
     if not stages:
-        raise parts.PartError(f"merge: nothing to merge: no worker parts in {layout.show(layout.root / 'parts')} "
-                              "(`prepare` or `encode` with --worker i --n_workers N makes them)")
+        raise PartError(f"merge: nothing to merge: no worker parts in {layout.show(layout.root / 'parts')} "
+                        "(`prepare` or `encode` with --worker i --n_workers N makes them)")
     # The run's params: the settings the parts were made with, not this command's config (which need
     # not repeat the workers' --configs); the later stages add theirs.
     tracking = {k: conf[k] for k in ("data_dir", "mlflow_dir", "experiment", "run_name") if k in conf}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -30,8 +29,9 @@ from tqdm import tqdm
 from runtime import distributed
 from runtime.device import resolve_device
 from runtime.distributed import SINGLE, Ranks, weights_digest
+from tokenizer.examples import log_examples
+from tokenizer.features import signal_mel_bins
 from tokenizer.layout import DataLayout
-from tokenizer.prepare import signal_mel_bins
 from tokenizer.shards import iter_utterances, shard_paths
 from tokenizer.vqvae import VQVAE, save_vqvae
 
@@ -142,7 +142,7 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
     device = resolve_device(conf["device"]) if device is None else device
     main = ranks.is_main
     torch.manual_seed(conf["seed"])
-    seg = int(conf["vq_segment_frames"])
+    seg = conf["vq_segment_frames"]
     if seg % conf["time_downsample"]:
         raise ValueError(f"vq_segment_frames ({seg}) must be a multiple of time_downsample ({conf['time_downsample']})")
     sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], _rank_seed(conf["seed"], ranks),
@@ -158,7 +158,7 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync())
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=conf["vq_lr"])
-    steps = int(conf["vq_steps"])
+    steps = conf["vq_steps"]
     restarts_before, t0 = 0, time.time()
     bar = tqdm(range(steps), desc="train vq-vae", unit="step", mininterval=2.0, disable=not main)
     for step in bar:
@@ -222,64 +222,3 @@ def validation_loss(model: VQVAE, crops: torch.Tensor, device: torch.device) -> 
     recon, _, losses = model(crops.to(device))
     return float(losses["reconstruction"])
 
-
-@torch.no_grad()
-def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, split: str, device: torch.device,
-                 n: int = 3, artifact_dir: str = "tokenizer/examples", out_dir: Path | None = None) -> list[Path]:
-    """Real-vs-reconstructed spectrogram PNGs and Griffin-Lim wavs for a few utterances, and a codebook histogram.
-
-    Without `out_dir` they are only for MLflow: written to a temporary folder that is removed once they are
-    logged (the returned paths are gone by then), so no `tokenizer-examples-*` folder outlives the call."""
-    if out_dir is None:
-        with tempfile.TemporaryDirectory(prefix="tokenizer-examples-") as tmp:
-            return log_examples(model, conf, layout, split, device, n, artifact_dir, Path(tmp))
-    from tokenizer.audio_io import write_wav
-    from tokenizer.features import MelSettings, mel_db_to_audio, save_spectrogram_png
-
-    settings = MelSettings.from_conf(conf)
-    model.eval()
-    out = Path(out_dir)
-    written: list[Path] = []
-    counts = np.zeros(conf["codebook_size"], np.int64)
-    for i, utt in enumerate(iter_utterances(layout.mels(split))):
-        mel = torch.from_numpy(utt["mel"].astype(np.float32))[None].to(device)
-        tokens = model.encode(mel)
-        counts += np.bincount(tokens.cpu().numpy().ravel(), minlength=len(counts))
-        if i >= n:
-            continue
-        recon = model.decode(tokens)[0, : mel.shape[1]].cpu().numpy()
-        real_db = utt["mel"].astype(np.float32) * utt["std"] + utt["mean"]
-        recon_db = recon * utt["std"] + utt["mean"]
-        name = utt["utterance_id"]
-        png = out / f"{name}.png"
-        save_spectrogram_png(png, {"real": real_db, "reconstructed": recon_db}, settings.frames_per_second,
-                             title=f"{name} ({utt['speaker']})")
-        written.append(png)
-        for label, db in (("real", real_db), ("reconstructed", recon_db)):
-            wav = out / f"{name}.{label}.wav"
-            write_wav(wav, mel_db_to_audio(db, settings, conf["griffin_lim_iters"]), settings.sample_rate)
-            written.append(wav)
-    hist = out / "codebook_usage.png"
-    _codebook_histogram(hist, counts, split)
-    written.append(hist)
-    if mlflow.active_run():
-        for path in written:
-            mlflow.log_artifact(str(path), artifact_dir)
-    return written
-
-
-def _codebook_histogram(path: Path, counts: np.ndarray, split: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3))
-    axes[0].bar(np.arange(len(counts)), counts, width=1.0)
-    axes[0].set(xlabel="code", ylabel="uses", title=f"codebook usage ({split})")
-    axes[1].plot(np.sort(counts)[::-1])
-    axes[1].set(xlabel="rank", ylabel="uses", yscale="symlog", title=f"{int((counts > 0).sum())} of {len(counts)} codes used")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

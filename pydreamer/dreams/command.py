@@ -1,8 +1,12 @@
 """Hear what a world model imagines: dreams, completions and mixtures as wavs, pictures and an acoustic table.
 
     python -m pydreamer.dream --run RUN_ID --out DIR [--prompt A.wav ...] [--prompt2 B.wav]
-                              [--prompt_seconds 1.0] [--seconds 4] [--samples 4] [--temperature 1.0]
-                              [--seed 0] [--split test] [--unconditional 8] [--warm 4] [--real_clips 16]
+                              [--prompt_seconds 1.0] [--seconds S] [--samples N] [--temperature 1.0]
+                              [--seed 0] [--split test] [--unconditional N] [--warm N] [--real_clips N]
+
+The sizes not given (--seconds, --samples, --unconditional, --warm, --test_prompts, --real_clips,
+--griffin_lim_iters) are the run's own config keys (dream_seconds, dream_samples, ...): one source of
+defaults, which launch.py's dreams at the end of a run use too.
 
 From the run id alone (its config, checkpoint and the tokenizer artifact it was trained with, see
 runs.py), for either world model:
@@ -28,22 +32,23 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from pydreamer.dreams.acoustics import comparison_markdown, write_comparison_csv
-from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, completion_png, dream_metrics, grid_png,
-                                    horizon_markdown, horizon_summary, strip_png)
+from pydreamer.dreams.report import WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary
+from pydreamer.dreams.results import ALPHAS, DreamResults
+from pydreamer.replay_layout import DREAMS
 from pydreamer.runs import RunError
 
 log = logging.getLogger("pydreamer.dream")
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Options whose default is the run's config key (launch.py passes none of them).
+CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unconditional": "dream_unconditional",
+                   "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
+                   "griffin_lim_iters": "dream_griffin_lim_iters", "seed": "seed"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,21 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", nargs="+", action="extend", default=[], help="audio files to complete (any rate/channels)")
     p.add_argument("--prompt2", default="", help="interpolate between the first prompt and this one")
     p.add_argument("--prompt_seconds", type=float, default=1.0, help="seconds of each prompt filtered through the posterior")
-    p.add_argument("--seconds", type=float, default=4.0, help="seconds imagined per dream")
-    p.add_argument("--samples", type=int, default=4, help="dreams per prompt")
+    p.add_argument("--seconds", type=float, help="seconds imagined per dream (default: the run's dream_seconds)")
+    p.add_argument("--samples", type=int, help="dreams per prompt (default: the run's dream_samples)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default: the run's seed")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="real utterances from this split")
-    p.add_argument("--unconditional", type=int, default=8, help="dreams from the initial state")
-    p.add_argument("--warm", type=int, default=4, help="dreams after a warm-up on real utterances (0 = none)")
+    p.add_argument("--unconditional", type=int, help="dreams from the initial state (the run's dream_unconditional)")
+    p.add_argument("--warm", type=int, help="dreams after a warm-up on real utterances, 0 = none (the run's dream_warm)")
     p.add_argument("--warmup_seconds", type=float, default=0.4)
-    p.add_argument("--test_prompts", type=int, default=4, help="without --prompt: utterances of the split to complete")
-    p.add_argument("--real_clips", type=int, default=16, help="real utterances measured for the acoustic table")
+    p.add_argument("--test_prompts", type=int,
+                   help="without --prompt: utterances of the split to complete (the run's dream_test_prompts)")
+    p.add_argument("--real_clips", type=int,
+                   help="real utterances measured for the acoustic table (the run's dream_real_clips)")
     p.add_argument("--interp_seconds", type=float, default=1.0, help="seconds dreamt from each mixture")
-    p.add_argument("--griffin_lim_iters", type=int, default=0, help="0 = the run's dream_griffin_lim_iters")
+    p.add_argument("--griffin_lim_iters", type=int, help="Griffin-Lim iterations (0 or default: the run's "
+                   "dream_griffin_lim_iters)")
     p.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     p.add_argument("--no_log", action="store_true", help="write --out only; log nothing into the run")
     return p
+
+
+def fill_from_config(a: argparse.Namespace, conf) -> argparse.Namespace:
+    """Options not given on the command line take the run's config (its dream_* keys): one source of defaults."""
+    for option, key in CONFIG_DEFAULTS.items():
+        if getattr(a, option) is None or (option == "griffin_lim_iters" and getattr(a, option) == 0):
+            setattr(a, option, conf[key])
+    return a
 
 
 def check_args(a: argparse.Namespace) -> None:
@@ -100,26 +116,58 @@ def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float)
     return clips
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem if "." in name else name)[:60] or "prompt"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        check_args(args)
         return run_dreams(args)
     except RunError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
+@dataclass
+class Setup:
+    """What a dream command reads before it computes: the run, its model and tokenizer, the prompts."""
+
+    run: Any
+    conf: dict
+    model: Any
+    step: int
+    codec: Any
+    meta: dict
+    tokenizer_where: str
+    prompts: list
+
+
 def run_dreams(args: argparse.Namespace) -> int:
-    from pydreamer.dreams.audio import AudioDreamer, split_utterances
-    from pydreamer.runs import load_model, log_to_run, open_run, run_checkpoint, run_tokenizer
-    from runtime.device import resolve_device
+    """Read (bad input: RunError, nothing written), dream and measure, then write all at once and log."""
+    from pydreamer.runs import log_to_run
     from runtime.processes import set_torch_threads
+
+    set_torch_threads()
+    setup = load_setup(args)
+    results = dream_and_measure(args, setup)
+    out = write_all(results, Path(args.out))
+    print((out / "acoustics.md").read_text(), end="")
+    logged = ""
+    if not args.no_log:
+        log_to_run(setup.run, results.metrics, setup.step, out, DREAMS)
+        logged = f"; logged dream/* metrics and artifacts dreams/ to run {args.run}"
+    timer, kind = results.timer, setup.model.world_model
+    written = list(results.files)
+    wavs, pngs = sum(r.endswith(".wav") for r in written), sum(r.endswith(".png") for r in written)
+    print(f"dream: real-time factor {timer.realtime_factor:.3f} ({timer.generation_s:.1f} s generation + "
+          f"{timer.griffin_lim_s:.1f} s Griffin-Lim for {timer.audio_s:.1f} s of audio, {results.griffin_lim_iters} "
+          "iterations)")
+    print(f"dream: {kind} run {args.run} at step {setup.step}: {wavs} wavs, {pngs} PNGs -> {out.resolve()}{logged}")
+    return 0
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """The run (its config filling the options not given), checkpoint, tokenizer and prompts; RunError if not."""
+    from pydreamer.runs import load_model, open_run, run_checkpoint, run_tokenizer
+    from runtime.device import resolve_device
     from runtime.tracking import local_replay_dir
     from tokenizer.bucket import local_data_dir
     from tokenizer.codec import TokenCodec
@@ -127,17 +175,16 @@ def run_dreams(args: argparse.Namespace) -> int:
     from tokenizer.layout import DataLayout
     from tokenizer.tokens import read_token_meta
 
-    set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
+    check_args(fill_from_config(args, conf))
     # of a bucket data_dir: what dreams read (token meta, the tokenizer, the split's log-mels), fetched here
     conf["data_dir"] = str(local_data_dir(conf["data_dir"], parts=(
         "tokens/meta.json", "tokenizer/vqvae.pt", f"mels/{args.split}"), required=False))
     _, ckpt_path = run_checkpoint(run, conf, fetch_to=local_replay_dir(args.mlflow_dir, args.run))
     tok = run_tokenizer(run, conf)
     device = resolve_device(conf["device"])
-    iters = args.griffin_lim_iters or int(conf["dream_griffin_lim_iters"])
     try:
-        codec = TokenCodec.load(tok.vqvae, device, MelSettings.from_conf(conf), iters)
+        codec = TokenCodec.load(tok.vqvae, device, MelSettings.from_conf(conf), args.griffin_lim_iters)
     except Exception as e:
         raise RunError(f"tokenizer {tok.vqvae}: cannot be loaded ({type(e).__name__}: {e})") from None
     meta = json.loads(tok.meta.read_text()) if tok.meta else read_token_meta(DataLayout.of(conf["data_dir"]))
@@ -146,42 +193,54 @@ def run_dreams(args: argparse.Namespace) -> int:
     model, step = load_model(ckpt_path, conf, codec.model.quantizer.codebook_size, codec.model.G, device)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds)
-    # ---- everything below only computes; files are written at the end, all at once ----------
+    return Setup(run, conf, model, step, codec, meta, tok.where, prompts)
+
+
+def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
+    """Every dream of the command, and how far they are from real speech; computes only, writes nothing."""
+    from pydreamer.dreams.audio import AudioDreamer, split_utterances
+    from tokenizer.layout import DataLayout
+
     t_start = time.time()
-    dreamer = AudioDreamer(model, codec, args.seconds, args.temperature, args.seed, meta["mel_mean"], meta["mel_std"])
-    fps, sr, ds = codec.settings.frames_per_second, codec.settings.sample_rate, codec.frames_per_step
-    layout = DataLayout.of(conf["data_dir"])
+    codec, prompts = setup.codec, setup.prompts
+    dreamer = AudioDreamer(setup.model, codec, args.seconds, args.temperature, args.seed, setup.meta["mel_mean"],
+                           setup.meta["mel_std"])
+    layout = DataLayout.of(setup.conf["data_dir"])
     need = max(args.real_clips, args.warm, 0 if args.prompt else args.test_prompts)
-    min_frames = int(round((args.prompt_seconds + WINDOW_S) * fps)) + ds  # a first horizon window to score
+    fps = codec.settings.frames_per_second
+    min_frames = int(round((args.prompt_seconds + WINDOW_S) * fps)) + codec.frames_per_step  # a first window to score
     real = split_utterances(layout, args.split, need, min_frames, args.seed)
-    notes = [f"tokenizer: {tok.where}"]
+    r = DreamResults(args, setup.model.world_model, setup.step, codec.settings.sample_rate, fps, codec.griffin_lim_iters,
+                     codec.model.G, notes=[f"tokenizer: {setup.tokenizer_where}"], timer=dreamer.timer)
     if not real:
-        notes.append(f"no {args.split}-split log-mels in {layout.mels(args.split)}: no real clips, warm-up dreams, "
-                     f"test completions or acoustic table")
+        r.notes.append(f"no {args.split}-split log-mels in {layout.mels(args.split)}: no real clips, warm-up dreams, "
+                       f"test completions or acoustic table")
     for c in prompts:
-        notes += [f"prompt {c.name}: {n}" for n in c.notes]
-    uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
-    warm_clips = [codec.encode_prompt(name, db, args.warmup_seconds) for name, db in real[:args.warm]]
-    warm = dreamer.warm(warm_clips)
+        r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
+    r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
+    r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds) for name, db in real[:args.warm]])
     user = prompts[:len(args.prompt)]
     test = [codec.encode_prompt(name, db, args.prompt_seconds) for name, db in real[:args.test_prompts]] \
         if not args.prompt else []
-    completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
+    r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
     pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
-    mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
-    timer = dreamer.timer
-    # ---- how far from real speech --------------------------------------------------------
-    real_dbs = [db for _, db in real[:args.real_clips]]
+    r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
+    measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user))
+    r.seconds = time.time() - t_start
+    return r
+
+
+def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int) -> None:
+    """The acoustic tables (real clips vs each group of dreams) and the completion distances by horizon."""
+    sr = r.sample_rate
     real_waves = dreamer.real(real_dbs)
     groups = {"tokenizer": dreamer.real(real_dbs, roundtrip=True),
-              "unconditional": [d.wave for d in uncond], "warm": [d.wave for d in warm],
-              "completion": [d.wave[c.prompt_samples:] for c in completions for d in c.dreams]}
-    tables, per_clip = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {})
-    tested = [c for c in completions[len(user):] if c.true_wave is not None]  # the test prompts
+              "unconditional": [d.wave for d in r.uncond], "warm": [d.wave for d in r.warm],
+              "completion": [d.wave[c.prompt_samples:] for c in r.completions for d in c.dreams]}
+    r.tables, r.per_clip = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {})
+    tested = [c for c in r.completions[n_user:] if c.true_wave is not None]  # the test prompts
     per_prompt = []
-    for i, c in enumerate(tested):
-        if len(tested) < 2:
-            break
+    for i, c in enumerate(tested if len(tested) >= 2 else []):
         other = tested[(i + 1) % len(tested)]  # the prompts are a seeded draw: the next one is a random other
         true_cont = c.true_wave[c.prompt_samples:]
         per_prompt.append({
@@ -191,117 +250,23 @@ def run_dreams(args: argparse.Namespace) -> int:
             "real_other": completion_distances(true_cont, [other.true_wave[other.prompt_samples:]], sr),
             "tokenizer": completion_distances(true_cont, [dreamer.true_roundtrip(c)], sr),
         })
-    horizons = horizon_summary(per_prompt)
-    metrics = dream_metrics(tables, horizons, timer.realtime_factor)
-    # ---- write: into a folder beside --out, then moved in, so nothing half-written is left --
-    out = Path(args.out)
+    r.n_tested, r.horizons = len(tested), horizon_summary(per_prompt)
+    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor)
+
+
+def write_all(results: DreamResults, out: Path) -> Path:
+    """Into a folder beside `out`, then moved in, so nothing half-written is left."""
     stage = out.parent / f".{out.name}.dream-{os.getpid()}.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        results = dict(uncond=uncond, warm=warm, completions=completions, mix=mix, tables=tables, per_clip=per_clip,
-                       horizons=horizons, n_tested=len(tested), timer=timer, notes=notes, metrics=metrics,
-                       seconds=time.time() - t_start)
-        written = _write(stage, args, conf["world_model"], step, codec, **results)
+        results.files = results.write(stage)
         out.mkdir(parents=True, exist_ok=True)
-        for rel in written:
+        for rel in results.files:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / rel, out / rel)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    print((out / "acoustics.md").read_text(), end="")
-    logged = ""
-    if not args.no_log:
-        log_to_run(run, metrics, step, out, "dreams")
-        logged = f"; logged dream/* metrics and artifacts dreams/ to run {args.run}"
-    wavs, pngs = sum(r.endswith(".wav") for r in written), sum(r.endswith(".png") for r in written)
-    print(f"dream: real-time factor {timer.realtime_factor:.3f} ({timer.generation_s:.1f} s generation + "
-          f"{timer.griffin_lim_s:.1f} s Griffin-Lim for {timer.audio_s:.1f} s of audio, {iters} iterations)")
-    print(f"dream: {conf['world_model']} run {args.run} at step {step}: {wavs} wavs, {pngs} PNGs -> {out.resolve()}{logged}")
-    return 0
-
-
-def _write(stage: Path, args: argparse.Namespace, kind: str, step: int, codec, uncond, warm, completions, mix, tables,
-           per_clip, horizons, n_tested, timer, notes, metrics, seconds) -> list[str]:
-    """Every output file under `stage`; returns their paths relative to it."""
-    from tokenizer.audio_io import write_wav
-
-    sr, fps = codec.settings.sample_rate, codec.settings.frames_per_second
-    files: list[str] = []
-
-    def wav(rel: str, wave: np.ndarray) -> None:
-        write_wav(stage / rel, wave, sr)
-        files.append(rel)
-
-    for d in uncond:
-        wav(f"unconditional/{d.name}.wav", d.wave)
-    if uncond:
-        grid_png(stage / "unconditional.png", f"{kind}: {len(uncond)} dreams from the initial state (corpus level)",
-                 [d.db for d in uncond], fps)
-        files.append("unconditional.png")
-    for d in warm:
-        wav(f"warm/{d.name}.wav", d.wave)
-    arrays = {"unconditional": np.stack([d.tokens for d in uncond]) if uncond else np.zeros((0, 0, codec.model.G)),
-              "warm_names": np.array([d.name for d in warm], dtype=str)}
-    for i, d in enumerate(warm):
-        arrays[f"warm_{i:02d}"] = d.tokens
-    for i, c in enumerate(completions):
-        folder = f"completions/{i:02d}-{_slug(c.clip.name)}"
-        arrays[f"completion_{i:02d}"] = np.stack([d.tokens for d in c.dreams])
-        arrays[f"completion_{i:02d}_prompt"] = c.clip.tokens
-        if c.true_wave is not None:
-            wav(f"{folder}/prompt+true.wav", c.true_wave)
-        for k, d in enumerate(c.dreams):
-            wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
-        completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt, "
-                       f"{args.seconds:g} s dreamt (T={args.temperature:g})", c.true_db, [d.db for d in c.dreams],
-                       c.dreams[0].prompt_s, fps)
-        files.append(f"{folder}.png")
-    arrays["completion_names"] = np.array([c.clip.name for c in completions], dtype=str)
-    if mix:
-        wav("interpolation.wav", np.concatenate([d.wave for d in mix]))
-        labels = [f"alpha {a:g}" for a in ALPHAS]
-        strip_png(stage / "interpolation.png", f"{kind}: dreams from mixtures of two prompts' states", [d.db for d in mix],
-                  labels, fps)
-        files.append("interpolation.png")
-        arrays["interpolation"] = np.stack([d.tokens for d in mix])
-    np.savez(stage / "tokens.npz", **arrays)
-    files.append("tokens.npz")
-    md = [f"# Dreams of {kind} run {args.run} (step {step})", ""]
-    what = {"tokenizer": "the same clips through the tokenizer (encoded and decoded: the floor for any dream)",
-            "unconditional": "dreams from the initial state (corpus level)",
-            "warm": f"dreams after a {args.warmup_seconds:g} s warm-up on {args.split} utterances (corpus level)",
-            "completion": "completions (the imagined part, at the prompt's level)"}
-    for group, rows in tables.items():
-        md += [f"Real {args.split}-split clips vs {what[group]}; all through the same Griffin-Lim:", "",
-               comparison_markdown(rows)]
-        write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
-        files.append(f"acoustics_{group}.csv")
-    if not tables:
-        md += ["No real clips: no acoustic table.", ""]
-    md.append(horizon_markdown(horizons, n_tested) or
-              f"No completion distances: they need 2 or more {args.split}-split prompts with a true continuation "
-              f"(test prompts are completed only without --prompt; had {n_tested}).\n")
-    if not mix:
-        md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
-    md.append(f"Real-time factor {timer.realtime_factor:.3f}: {timer.generation_s:.2f} s generation + "
-              f"{timer.griffin_lim_s:.2f} s Griffin-Lim for {timer.audio_s:.2f} s of audio.\n")
-    (stage / "acoustics.md").write_text("\n".join(md))
-    files.append("acoustics.md")
-    summary = {
-        "run": args.run, "world_model": kind, "step": step, "seconds": seconds, "notes": notes,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("run", "out")},
-        "griffin_lim_iters": codec.griffin_lim_iters, "realtime_factor": timer.realtime_factor,
-        "generation_s": timer.generation_s, "griffin_lim_s": timer.griffin_lim_s, "audio_s": timer.audio_s,
-        "unconditional": {"from_initial_state": len(uncond), "after_warmup": [d.name for d in warm],
-                          "warmup_seconds": args.warmup_seconds, "level": "corpus mel_mean/mel_std"},
-        "completions": [{"name": c.clip.name, "prompt_s": c.dreams[0].prompt_s, "notes": c.clip.notes,
-                         "true_continuation": c.true_wave is not None} for c in completions],
-        "acoustics": {g: [asdict(r) for r in rows] for g, rows in tables.items()},
-        "per_clip": per_clip, "completion_distance_by_horizon": horizons, "metrics": metrics, "files": files,
-    }
-    (stage / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    files.append("summary.json")
-    return files
+    return out
 
 
 if __name__ == "__main__":

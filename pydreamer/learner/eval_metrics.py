@@ -72,7 +72,7 @@ def evaluate_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[str, A
     if not episodes:
         return {}
     model.eval()
-    gamma, max_steps = float(conf["gamma"]), int(conf["eval_max_steps"])
+    gamma, max_steps = conf["gamma"], conf["eval_max_steps"]
     sums: dict[str, list[float]] = {}
     values, returns, all_tokens = [], [], []
     steps = 0

@@ -14,7 +14,8 @@ import torch
 
 from pydreamer.learner.eval_metrics import evaluate_episodes
 from pydreamer.models import Dreamer
-from pydreamer.models.checkpoint import args_differ, build_model, checkpoint_path, load_checkpoint, restore, save_checkpoint
+from pydreamer.models.checkpoint import args_differ, build_model, load_checkpoint, restore, save_checkpoint
+from pydreamer.replay_layout import CHECKPOINTS, checkpoint_path
 from runtime import distributed
 from runtime.distributed import SINGLE, Ranks
 from runtime.storage import store_path
@@ -50,10 +51,10 @@ class Learner:
         self.device = torch.device(device)
         self.ranks = ranks  # this process among the learner ranks (one, unless started by torchrun)
         self.amp = bool(conf["amp"]) and self.device.type == "cuda"
-        torch.manual_seed(int(conf["seed"]))  # the same initial weights on every rank
+        torch.manual_seed(conf["seed"])  # the same initial weights on every rank
         self.model = Dreamer(conf, **dims).to(self.device)
         if ranks.rank:  # ... and each rank its own random draws (latents, imagination starts, dropout)
-            torch.manual_seed(int(conf["seed"]) * 100_003 + ranks.rank)
+            torch.manual_seed(conf["seed"] * 100_003 + ranks.rank)
         self.optimizers = self.model.make_optimizers(conf)
         self.step = 0
         self.states: dict[int, Any] = {}  # one carried state per replay-reader worker
@@ -117,7 +118,7 @@ class Learner:
         if self.log_artifacts:
             import mlflow
 
-            mlflow.log_artifact(str(self.ckpt_path), "checkpoints")
+            mlflow.log_artifact(str(self.ckpt_path), CHECKPOINTS)
 
     def save_agreed(self) -> None:
         """`save`, then (several ranks) tell every rank whether rank 0 could: all stop when it could not."""
@@ -143,7 +144,7 @@ class Learner:
         if self.log_artifacts:
             import mlflow
 
-            mlflow.log_artifact(str(self.best_path), "checkpoints")
+            mlflow.log_artifact(str(self.best_path), CHECKPOINTS)
         return True
 
     # training

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from pydreamer.learner.eval_metrics import load_eval_episodes
 from pydreamer.learner.loop import Learner
+from pydreamer.replay_layout import ReplayLayout
 
 
 def learner_tracking(conf: Mapping[str, Any], learner: Learner, replay_dir: Path):
@@ -15,7 +16,7 @@ def learner_tracking(conf: Mapping[str, Any], learner: Learner, replay_dir: Path
     import mlflow
 
     n_tokens = learner.model.dims["n_tokens"]
-    eval_folder = replay_dir / "episodes_eval"
+    eval_folder = ReplayLayout.of(replay_dir).episodes("val")
     eval_cache: dict[str, list] = {"episodes": []}
     run_id = mlflow.active_run().info.run_id
     client = mlflow.MlflowClient()
@@ -28,7 +29,7 @@ def learner_tracking(conf: Mapping[str, Any], learner: Learner, replay_dir: Path
             mlflow.log_text("\n".join(named) + "\n", "replay/skipped_episodes.txt")
 
     def eval_episodes() -> list[dict]:
-        want = int(conf["eval_episodes"])
+        want = conf["eval_episodes"]
         if len(eval_cache["episodes"]) < want:  # the eval set grows until it is full, then stays fixed
             skipped: list[str] = []
             eval_cache["episodes"] = load_eval_episodes(eval_folder, want, n_tokens=n_tokens, skipped=skipped)

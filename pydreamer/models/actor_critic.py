@@ -21,13 +21,13 @@ from .functions import lambda_returns, map_state, mlp, sample_one_hot
 class ActorCritic(nn.Module):
     def __init__(self, conf: Mapping[str, Any], feature_dim: int, action_dim: int):
         super().__init__()
-        hidden = int(conf["hidden_dim"])
+        hidden = conf["hidden_dim"]
         self.action_dim = action_dim
-        self.horizon = int(conf["imag_horizon"])
-        self.gamma = float(conf["gamma"])
-        self.lambda_ = float(conf["lambda_gae"])
-        self.entropy_weight = float(conf["actor_ent"])
-        self.grad_mix = float(conf["actor_grad_mix"])  # 1 = reinforce, 0 = dynamics gradients
+        self.horizon = conf["imag_horizon"]
+        self.gamma = conf["gamma"]
+        self.lambda_ = conf["lambda_gae"]
+        self.entropy_weight = conf["actor_ent"]
+        self.grad_mix = conf["actor_grad_mix"]  # 1 = reinforce, 0 = dynamics gradients
         self.actor = mlp(feature_dim, hidden, action_dim, layers=2)
         self.critic = ScalarHead(feature_dim, hidden)
         self.critic_target = copy.deepcopy(self.critic)

@@ -20,18 +20,6 @@ from runtime.files import atomic_path
 from runtime.s3 import RemotePath
 from runtime.storage import store_path
 
-CHECKPOINT_NAME = "latest.pt"
-BEST_NAME = "best.pt"
-
-
-def checkpoint_path(replay_dir: Path | str, which: str = "latest") -> Path | RemotePath:
-    """The run's artifact `checkpoints/latest.pt` (the learner's latest weights, which the network policy
-    follows) or `checkpoints/best.pt` (the weights with the lowest val `eval/nll_h1` so far: model selection)."""
-    if which not in ("latest", "best"):
-        raise ValueError(f"checkpoint must be 'latest' or 'best', not {which!r}")
-    return store_path(replay_dir) / "checkpoints" / (CHECKPOINT_NAME if which == "latest" else BEST_NAME)
-
-
 def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mapping[str, Any] | None, step: int,
                     extra: Mapping[str, Any] | None = None) -> None:
     """Write to a temporary name and rename (on S3: one PUT), so a reader (or a crash) never sees half a checkpoint."""

@@ -40,10 +40,10 @@ class Dreamer(nn.Module):
         self.ac = ActorCritic(conf, self.wm.latent_dim, action_dim) if self.wm.has_latent else None
         # What a checkpoint carries to rebuild this very model (nanoGPT's model_args): see model_args().
         self.arch = {k: conf[k] for k in self.wm.arch_keys + (ACTOR_CRITIC_KEYS if self.ac is not None else ())}
-        self.grad_clip = float(conf["grad_clip"])
-        self.target_interval = int(conf["target_interval"])
-        self.eval_samples = int(conf["eval_samples"])
-        self.imag_starts = int(conf["imag_starts"])
+        self.grad_clip = conf["grad_clip"]
+        self.target_interval = conf["target_interval"]
+        self.eval_samples = conf["eval_samples"]
+        self.imag_starts = conf["imag_starts"]
         # Several learner ranks (`distribute`): the DDP wrappers of the trained parts, and the agreement
         # on a non-finite loss. A plain dict, not submodules: state_dict (and so every checkpoint) stays
         # the unwrapped model's, which any number of ranks can load.
@@ -51,7 +51,8 @@ class Dreamer(nn.Module):
         self.agree: Callable[[int], int] | None = None
 
     @property
-    def kind(self) -> str:
+    def world_model(self) -> str:
+        """Which world model this is (the config's `world_model` value), for labels and records."""
         return self.wm.kind
 
     def model_args(self) -> dict:
@@ -67,11 +68,11 @@ class Dreamer(nn.Module):
     def make_optimizers(self, conf: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Separate Adam optimizers (and learning rates) for the world model, actor and critic."""
         if self.ac is None:
-            return {"model": torch.optim.Adam(self.wm.parameters(), lr=float(conf["adam_lr"]), eps=1e-5)}
+            return {"model": torch.optim.Adam(self.wm.parameters(), lr=conf["adam_lr"], eps=1e-5)}
         return {
-            "model": torch.optim.Adam(self.wm.parameters(), lr=float(conf["adam_lr"]), eps=1e-5),
-            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=float(conf["adam_lr_actor"]), eps=1e-5),
-            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=float(conf["adam_lr_critic"]), eps=1e-5),
+            "model": torch.optim.Adam(self.wm.parameters(), lr=conf["adam_lr"], eps=1e-5),
+            "actor": torch.optim.Adam(self.ac.actor.parameters(), lr=conf["adam_lr_actor"], eps=1e-5),
+            "critic": torch.optim.Adam(self.ac.critic.parameters(), lr=conf["adam_lr_critic"], eps=1e-5),
         }
 
     def distribute(self, agree: Callable[[int], int], **ddp_kwargs) -> None:

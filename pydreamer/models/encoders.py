@@ -40,9 +40,9 @@ class TokenEncoder(nn.Module):
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int) -> "TokenEncoder":
         """The encoder both world models use, sized by the config (so their inputs are the same)."""
-        return cls(n_tokens, tokens_per_step, token_embed_dim=int(conf["token_embed_dim"]),
-                   conv_channels=int(conf["token_embed_dim"]) * 2, hidden_dim=int(conf["hidden_dim"]),
-                   embed_dim=int(conf["embed_dim"]))
+        return cls(n_tokens, tokens_per_step, token_embed_dim=conf["token_embed_dim"],
+                   conv_channels=conf["token_embed_dim"] * 2, hidden_dim=conf["hidden_dim"],
+                   embed_dim=conf["embed_dim"])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens int64 [*B, G] -> embedding [*B, embed_dim]."""

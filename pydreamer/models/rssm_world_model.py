@@ -43,19 +43,19 @@ class RSSMWorldModel(WorldModel):
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__(conf, n_tokens, tokens_per_step, action_dim)
-        self.kl_balance = float(conf["kl_balance"])
-        self.kl_weight = float(conf["kl_weight"])
-        self.free_nats = float(conf["free_nats"])
-        self.reward_weight = float(conf["reward_weight"])
-        self.terminal_weight = float(conf["terminal_weight"])
-        hidden = int(conf["hidden_dim"])
+        self.kl_balance = conf["kl_balance"]
+        self.kl_weight = conf["kl_weight"]
+        self.free_nats = conf["free_nats"]
+        self.reward_weight = conf["reward_weight"]
+        self.terminal_weight = conf["terminal_weight"]
+        hidden = conf["hidden_dim"]
         self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)
         self.rssm = RSSM(
             self.encoder.out_dim,
             action_dim,
-            deter_dim=int(conf["deter_dim"]),
-            stoch_dim=int(conf["stoch_dim"]),
-            stoch_discrete=int(conf["stoch_discrete"]),
+            deter_dim=conf["deter_dim"],
+            stoch_dim=conf["stoch_dim"],
+            stoch_discrete=conf["stoch_discrete"],
             hidden_dim=hidden,
         )
         feat = self.rssm.feature_dim
@@ -64,17 +64,17 @@ class RSSMWorldModel(WorldModel):
         # stochastic state is drawn), so a forecast need not average over that draw: with a KL of ~8 nats per
         # step the decoder given one prior draw is sharp and often wrong, and a Monte-Carlo mean over a few
         # draws scores far worse than the model's actual predictive distribution.
-        self.forecast_weight = float(conf["forecast_weight"])
+        self.forecast_weight = conf["forecast_weight"]
         self.forecast_head = TokenDecoder(self.rssm.deter_dim, n_tokens, tokens_per_step, hidden_dim=hidden,
                                      head=conf["token_head"]) if conf["forecast_head"] else None
-        self.overshoot_steps = int(conf["overshoot_steps"]) if self.forecast_head is not None else 0
-        self.overshoot_starts = int(conf["overshoot_starts"])
+        self.overshoot_steps = conf["overshoot_steps"] if self.forecast_head is not None else 0
+        self.overshoot_starts = conf["overshoot_starts"]
         self.objective = conf["wm_objective"]
-        self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, int(conf["contrastive_dim"]),
-                                           float(conf["contrastive_temperature"])) \
+        self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, conf["contrastive_dim"],
+                                           conf["contrastive_temperature"]) \
             if self.objective == "contrastive" else None
-        self.contrastive_steps = int(conf["contrastive_steps"]) if self.contrastive is not None else 0
-        self.contrastive_weight = float(conf["contrastive_weight"])
+        self.contrastive_steps = conf["contrastive_steps"] if self.contrastive is not None else 0
+        self.contrastive_weight = conf["contrastive_weight"]
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
 

@@ -62,19 +62,19 @@ class TransformerWorldModel(WorldModel):
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__(conf, n_tokens, tokens_per_step, action_dim)
-        self.context_steps = int(conf["context_steps"])
-        self.reward_weight = float(conf["reward_weight"])
-        dim, heads = int(conf["transformer_dim"]), int(conf["transformer_heads"])
+        self.context_steps = conf["context_steps"]
+        self.reward_weight = conf["reward_weight"]
+        dim, heads = conf["transformer_dim"], conf["transformer_heads"]
         if self.context_steps < 1:
             raise ValueError(f"context_steps must be at least 1, not {self.context_steps}")
         if dim % heads:
             raise ValueError(f"transformer_dim ({dim}) must be a multiple of transformer_heads ({heads})")
         self.dim, self.heads = dim, heads
-        layers = int(conf["transformer_layers"])
+        layers = conf["transformer_layers"]
         # Each layer attends `span` steps back (itself included), so the stack's receptive field,
         # layers * (span - 1) + 1 steps, stays within context_steps: see attention.blocked.
         self.span = (self.context_steps - 1) // max(1, layers) + 1
-        hidden = int(conf["hidden_dim"])
+        hidden = conf["hidden_dim"]
         self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)  # the RSSM's, same sizes
         self.embed_in = nn.Linear(self.encoder.out_dim, dim)
         self.position = nn.Embedding(self.context_steps, dim)
@@ -84,7 +84,7 @@ class TransformerWorldModel(WorldModel):
             dim,
             heads,
             dim_feedforward=4 * dim,
-            dropout=float(conf["transformer_dropout"]),
+            dropout=conf["transformer_dropout"],
             activation="gelu",
             batch_first=True,
             norm_first=True,

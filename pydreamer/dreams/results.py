@@ -1,0 +1,148 @@
+"""What one `python -m pydreamer.dream` made (`DreamResults`) and its files: wavs, PNGs, tokens.npz,
+acoustics.md and CSVs, summary.json. The one writer of a dreams folder's layout."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pydreamer.dreams.acoustics import MetricComparison, comparison_markdown, write_comparison_csv
+from pydreamer.dreams.audio import Completion, Dream, Timer
+from pydreamer.dreams.report import completion_png, grid_png, horizon_markdown, strip_png
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class DreamResults:
+    """Everything dreamt and measured, before anything is written."""
+
+    args: argparse.Namespace  # the command's settings (the run's config filled in)
+    world_model: str  # which world model dreamt (its config value), for titles
+    step: int  # the checkpoint's step
+    sample_rate: int
+    frames_per_second: float
+    griffin_lim_iters: int
+    tokens_per_step: int
+    uncond: list[Dream] = field(default_factory=list)
+    warm: list[Dream] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+    mix: list[Dream] = field(default_factory=list)
+    tables: dict[str, list[MetricComparison]] = field(default_factory=dict)
+    per_clip: dict = field(default_factory=dict)
+    horizons: dict = field(default_factory=dict)
+    n_tested: int = 0
+    timer: Timer = field(default_factory=Timer)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)  # written, relative to the dreams folder
+
+    def write(self, stage: Path) -> list[str]:
+        """Every output file under `stage`; returns their paths relative to it."""
+        files = self._write_audio(stage)
+        np.savez(stage / "tokens.npz", **self._token_arrays())
+        files.append("tokens.npz")
+        (stage / "acoustics.md").write_text(self._markdown(stage, files))
+        files.append("acoustics.md")
+        (stage / "summary.json").write_text(json.dumps(self._summary(files), indent=1, default=float))
+        files.append("summary.json")
+        return files
+
+    def _write_audio(self, stage: Path) -> list[str]:
+        """The wavs and their pictures."""
+        from tokenizer.audio_io import write_wav
+
+        a, kind, fps = self.args, self.world_model, self.frames_per_second
+        files: list[str] = []
+
+        def wav(rel: str, wave: np.ndarray) -> None:
+            write_wav(stage / rel, wave, self.sample_rate)
+            files.append(rel)
+
+        for d in self.uncond:
+            wav(f"unconditional/{d.name}.wav", d.wave)
+        if self.uncond:
+            grid_png(stage / "unconditional.png", f"{kind}: {len(self.uncond)} dreams from the initial state (corpus "
+                     "level)", [d.db for d in self.uncond], fps)
+            files.append("unconditional.png")
+        for d in self.warm:
+            wav(f"warm/{d.name}.wav", d.wave)
+        for i, c in enumerate(self.completions):
+            folder = f"completions/{i:02d}-{_slug(c.clip.name)}"
+            if c.true_wave is not None:
+                wav(f"{folder}/prompt+true.wav", c.true_wave)
+            for k, d in enumerate(c.dreams):
+                wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
+            completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt, "
+                           f"{a.seconds:g} s dreamt (T={a.temperature:g})", c.true_db, [d.db for d in c.dreams],
+                           c.dreams[0].prompt_s, fps)
+            files.append(f"{folder}.png")
+        if self.mix:
+            wav("interpolation.wav", np.concatenate([d.wave for d in self.mix]))
+            strip_png(stage / "interpolation.png", f"{kind}: dreams from mixtures of two prompts' states",
+                      [d.db for d in self.mix], [f"alpha {al:g}" for al in ALPHAS], fps)
+            files.append("interpolation.png")
+        return files
+
+    def _token_arrays(self) -> dict[str, np.ndarray]:
+        G = self.tokens_per_step
+        arrays = {"unconditional": np.stack([d.tokens for d in self.uncond]) if self.uncond else np.zeros((0, 0, G)),
+                  "warm_names": np.array([d.name for d in self.warm], dtype=str)}
+        for i, d in enumerate(self.warm):
+            arrays[f"warm_{i:02d}"] = d.tokens
+        for i, c in enumerate(self.completions):
+            arrays[f"completion_{i:02d}"] = np.stack([d.tokens for d in c.dreams])
+            arrays[f"completion_{i:02d}_prompt"] = c.clip.tokens
+        arrays["completion_names"] = np.array([c.clip.name for c in self.completions], dtype=str)
+        if self.mix:
+            arrays["interpolation"] = np.stack([d.tokens for d in self.mix])
+        return arrays
+
+    def _markdown(self, stage: Path, files: list[str]) -> str:
+        """acoustics.md (and the acoustic CSVs beside it)."""
+        a, t = self.args, self.timer
+        md = [f"# Dreams of {self.world_model} run {a.run} (step {self.step})", ""]
+        what = {"tokenizer": "the same clips through the tokenizer (encoded and decoded: the floor for any dream)",
+                "unconditional": "dreams from the initial state (corpus level)",
+                "warm": f"dreams after a {a.warmup_seconds:g} s warm-up on {a.split} utterances (corpus level)",
+                "completion": "completions (the imagined part, at the prompt's level)"}
+        for group, rows in self.tables.items():
+            md += [f"Real {a.split}-split clips vs {what[group]}; all through the same Griffin-Lim:", "",
+                   comparison_markdown(rows)]
+            write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
+            files.append(f"acoustics_{group}.csv")
+        if not self.tables:
+            md += ["No real clips: no acoustic table.", ""]
+        md.append(horizon_markdown(self.horizons, self.n_tested) or
+                  f"No completion distances: they need 2 or more {a.split}-split prompts with a true continuation "
+                  f"(test prompts are completed only without --prompt; had {self.n_tested}).\n")
+        if not self.mix:
+            md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
+        md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "
+                  f"{t.griffin_lim_s:.2f} s Griffin-Lim for {t.audio_s:.2f} s of audio.\n")
+        return "\n".join(md)
+
+    def _summary(self, files: list[str]) -> dict:
+        a, t = self.args, self.timer
+        return {
+            "run": a.run, "world_model": self.world_model, "step": self.step, "seconds": self.seconds, "notes": self.notes,
+            "settings": {k: v for k, v in vars(a).items() if k not in ("run", "out")},
+            "griffin_lim_iters": self.griffin_lim_iters, "realtime_factor": t.realtime_factor,
+            "generation_s": t.generation_s, "griffin_lim_s": t.griffin_lim_s, "audio_s": t.audio_s,
+            "unconditional": {"from_initial_state": len(self.uncond), "after_warmup": [d.name for d in self.warm],
+                              "warmup_seconds": a.warmup_seconds, "level": "corpus mel_mean/mel_std"},
+            "completions": [{"name": c.clip.name, "prompt_s": c.dreams[0].prompt_s, "notes": c.clip.notes,
+                             "true_continuation": c.true_wave is not None} for c in self.completions],
+            "acoustics": {g: [asdict(r) for r in rows] for g, rows in self.tables.items()},
+            "per_clip": self.per_clip, "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
+            "files": files,
+        }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem if "." in name else name)[:60] or "prompt"
