@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydreamer.runs import RunError, run_config
+from pydreamer.runs import RunError, run_command, run_config
 
 SHOW_HORIZONS = (1, 5, 15)
 # Bookkeeping that differs between any two runs and says nothing about what was trained.
@@ -187,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--experiment", help="every run of this MLflow experiment")
     parser.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: ./comparison)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
-    args = parser.parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    try:
-        return _main(args)
-    except RunError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return run_command(parser, _main, argv, log_steps=False)
 
 
 def _main(args) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
-from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint
+from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint, run_command
 
 log = logging.getLogger("pydreamer.evaluate")
 
@@ -77,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return _main(args)
-    except RunError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return run_command(parser, _main, argv)
 
 
 def _main(args) -> int:

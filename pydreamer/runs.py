@@ -8,13 +8,14 @@ with the very tokenizer whose tokens the model learned, also when `data_dir` has
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pydreamer.replay_layout import CHECKPOINTS, checkpoint_path
 from runtime.files import file_sha256
@@ -33,6 +34,18 @@ PATH_TAG = "tokenizer.vqvae_path"
 
 class RunError(ValueError):
     """What stops a command before it computes anything (unknown run, no checkpoint, ...): one line, exit 2."""
+
+
+def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
+                argv: list[str] | None = None, log_steps: bool = True) -> int:
+    """Parse, then run `body`; a RunError ends the command as a bad command line does (one line, exit 2)."""
+    args = parser.parse_args(argv)
+    if log_steps:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return body(args)
+    except RunError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def run_config(run) -> dict:

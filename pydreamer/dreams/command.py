@@ -42,7 +42,7 @@ from typing import Any
 from pydreamer.dreams.report import WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary
 from pydreamer.dreams.results import ALPHAS, DreamResults
 from pydreamer.replay_layout import DREAMS
-from pydreamer.runs import RunError
+from pydreamer.runs import RunError, run_command
 
 log = logging.getLogger("pydreamer.dream")
 # Options whose default is the run's config key (launch.py passes none of them).
@@ -118,12 +118,7 @@ def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return run_dreams(args)
-    except RunError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return run_command(parser, run_dreams, argv)
 
 
 @dataclass
