@@ -126,3 +126,18 @@ def test_main_logs_to_mlflow_and_resumes_the_same_run(replay, monkeypatch):
                 "train/grad_steps_per_sec", "train/data_wait_frac"):
         assert key in metrics, key
     assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 40
+
+
+@pytest.mark.parametrize("world_model, has_kl", [("rssm", True), ("transformer", False)])
+def test_the_progress_line_shows_only_the_models_own_metrics(replay, caplog, world_model, has_kl):
+    """A world model without a latent has no KL: its progress line says nothing of one (it said `kl nan`)."""
+    from pydreamer.data import make_replay_loader
+
+    conf = replay
+    conf.update(world_model=world_model, context_steps=8)
+    learner = Learner(conf, conf.replay_dir, {"n_tokens": 8, "tokens_per_step": 2, "action_dim": 3})
+    with caplog.at_level("INFO", logger="pydreamer.train"):
+        learner.run(make_replay_loader(conf, conf.replay_dir), 10, log_fn=lambda m, s: None)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 10/10")]
+    assert len(lines) == 1 and "loss_tokens" in lines[0] and "nan" not in lines[0]
+    assert (" kl " in lines[0]) == has_kl

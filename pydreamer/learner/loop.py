@@ -235,8 +235,9 @@ class Learner:
         out["replay/skipped_episodes"] = len(self.skipped_episodes)
         if self.ranks.distributed:  # the mean over the effective batch; skipped files of every rank's share
             out = distributed.mean_over_ranks(out, self.device, sums=("replay/skipped_episodes",))
-        log.info("step %d/%d  loss_tokens %.3f bits  kl %.2f  %.2f steps/s  data wait %.1f%%",
-                 self.step, n_steps, out.get("train/loss_tokens", math.nan), out.get("train/kl", math.nan),
+        kl = f"  kl {out['train/kl']:.2f}" if "train/kl" in out else ""  # only a model with a latent has one
+        log.info("step %d/%d  loss_tokens %.3f bits%s  %.2f steps/s  data wait %.1f%%",
+                 self.step, n_steps, out.get("train/loss_tokens", math.nan), kl,
                  out["train/grad_steps_per_sec"], 100 * out["train/data_wait_frac"])
         return out
 
