@@ -63,6 +63,21 @@ def best_baseline(metrics: dict[str, float], h: int, split: str = "test") -> tup
     return min(found, key=lambda x: x[1]) if found else None
 
 
+def margin_cell(metrics: dict[str, float], h: int, split: str = "test") -> str | None:
+    """The margin to the best baseline with its 95% interval, e.g. '+0.39 [+0.30, +0.48]'; None without one."""
+    keys = [f"{split}/margin_h{h}", f"{split}/margin_lo_h{h}", f"{split}/margin_hi_h{h}"]
+    if not all(k in metrics for k in keys):
+        return None
+    mid, lo, hi = (metrics[k] for k in keys)
+    return f"{mid:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def probe_summary(metrics: dict[str, float]) -> dict[str, float]:
+    """Every linear probe's test accuracy (`test/probe/<label>/<what>`): latent, token counts, chance."""
+    return {f"probe {k.split('/')[2]} {k.split('/')[3]}": v for k, v in sorted(metrics.items())
+            if re.match(r"^test/probe/[^/]+/[^/]+$", k)}
+
+
 def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
     """A few numbers for the dreams: the mean KS statistic of the acoustic metrics per dream group (0 = the
     dreams' distribution matches real speech), the completion's LSD at its first window, the real-time factor."""
@@ -106,9 +121,12 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
             row[f"acc h={h}"] = m.get(f"test/acc_h{h}")
             base = best_baseline(m, h)
             row[f"best baseline h={h}"] = f"{base[0]} {base[1]:.3f}" if base else None
-        dreams = dream_summary(m)
-        dream_cols += [k for k in dreams if k not in dream_cols]
-        row.update(dreams)
+            row[f"margin h={h}"] = margin_cell(m, h)
+            row[f"voiced nll h={h}"] = m.get(f"test/voiced/nll_h{h}")
+            row[f"voiced margin h={h}"] = margin_cell(m, h, "test/voiced")
+        extra = {**probe_summary(m), **dream_summary(m)}
+        dream_cols += [k for k in extra if k not in dream_cols]
+        row.update(extra)
         history = client.get_metric_history(rid, "train/grad_steps_per_sec")
         row["grad steps/s"] = statistics.fmean(x.value for x in history) if history else None
         row["parameters"] = int(m["train/model_params"]) if "train/model_params" in m else None
@@ -119,7 +137,8 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
         if not baselines:  # the first run's: runs on the same data share them
             baselines = baseline_curves(m)
     columns = (["run", "name", "objective", *differ]
-               + [f"{q} h={h}" for h in SHOW_HORIZONS for q in ("nll", "acc", "best baseline")]
+               + [f"{q} h={h}" for h in SHOW_HORIZONS
+                  for q in ("nll", "acc", "best baseline", "margin", "voiced nll", "voiced margin")]
                + dream_cols + ["grad steps/s", "parameters", "wall-clock min"])
     return columns, rows, curves, baselines
 
@@ -205,7 +224,9 @@ def _main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(columns, rows)
     note = ("NLL in bits per token (lower is better), accuracy top-1, on the test split; 'best baseline' is the "
-            "lowest-NLL per-position baseline on the same cells. A dash: the run has no such metric "
+            "lowest-NLL baseline on the same cells, 'margin' its NLL minus the model's with a 95% bootstrap interval "
+            "over utterances (positive: the model wins); 'voiced': only the cells whose target step is voiced. "
+            "A dash: the run has no such metric "
             "(run python -m pydreamer.evaluate / pydreamer.dream on it).")
     (out / "comparison.md").write_text(table + "\n\n" + note + "\n")
     write_csv(out / "comparison.csv", columns, rows)

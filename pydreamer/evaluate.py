@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
 from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint, run_command
 
@@ -40,27 +38,6 @@ log = logging.getLogger("pydreamer.evaluate")
 
 class EvaluationError(RunError):
     """What stops `python -m pydreamer.evaluate` before it computes anything: one line, exit code 2."""
-
-
-def _plot(path: Path, results: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        h = np.arange(1, len(r["nll"]) + 1)
-        style = dict(lw=2.5, color="k") if name == "model" else dict(lw=1.2, ls="--")
-        axes[0].plot(h, r["nll"], label=name, **style)
-        axes[1].plot(h, r["acc"], label=name, **style)
-    axes[0].set(xlabel="horizon (steps)", ylabel="NLL (bits per token)", title="predictive NLL")
-    axes[1].set(xlabel="horizon (steps)", ylabel="top-1 accuracy", title="accuracy")
-    axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     from pydreamer.baselines import Baselines
+    from pydreamer.evaluation_report import Scores
     from pydreamer.forecast import evaluate_split
-    from pydreamer.latents import latent_points, tsne_png
     from runtime.device import resolve_device
     from runtime.processes import set_torch_threads
     from runtime.tracking import local_replay_dir
@@ -118,53 +95,46 @@ def _main(args) -> int:
     val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
     baselines = Baselines.fit(fit_on, val, spec.codebook_size, args.horizons)
     tokens = [u["tokens"] for u in utterances]
-    results = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
-                             args.seed, device)
+    sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
+                          args.seed, device, voices=[u.get("voice") for u in utterances])
+    scores = Scores(sums, seed=args.seed)
     seconds = time.time() - t0
     cells = "every start step" if args.starts_per_utterance <= 0 else \
         f"{args.starts_per_utterance} seeded start steps per utterance (seed {args.seed})"
     out = Path(ReplayLayout.of(replay_dir).evaluation(args.split))
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["horizon," + ",".join(f"{n}_nll,{n}_acc" for n in results)]
-    for h in range(args.horizons):
-        rows.append(f"{h + 1}," + ",".join(f"{r['nll'][h]:.4f},{r['acc'][h]:.4f}" for r in results.values()))
-    (out / "horizons.csv").write_text("\n".join(rows) + "\n")
+    (out / "horizons.csv").write_text(scores.csv())
     title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.split} split, {len(tokens)} utterances"
-    _plot(out / "horizons.png", results, title)
+    scores.plot(out / "horizons.png", title)
+    rate = (spec.tokens_per_step, spec.steps_per_second)
     summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
-               "split": args.split,
-               "utterances": len(tokens), "cells": cells, "samples": args.samples, "seconds": seconds,
-               "baseline_smoothing": baselines.choices(),
-               "results": {n: {k: [float(x) for x in v] for k, v in r.items()} for n, r in results.items()}}
+               "split": args.split, "utterances": len(tokens), "cells": cells, "samples": args.samples,
+               "seconds": seconds, "tokens_per_step": spec.tokens_per_step, "steps_per_second": spec.steps_per_second,
+               "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
+    summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look
+    metrics = scores.metrics(args.split, *rate)
+    _latent_picture(out, model, utterances, device, args)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics = {}
-    for h in range(args.horizons):
-        metrics[f"{args.split}/nll_h{h + 1}"] = results["model"]["nll"][h]
-        metrics[f"{args.split}/acc_h{h + 1}"] = results["model"]["acc"][h]
-        for name in baselines.names:
-            metrics[f"{args.split}/baseline/{name}/nll_h{h + 1}"] = results[name]["nll"][h]
-            metrics[f"{args.split}/baseline/{name}/acc_h{h + 1}"] = results[name]["acc"][h]
-    try:
-        points = latent_points(model, tokens, device, seed=args.seed)
-        if len(points) >= 10:
-            labels = [u["speaker"] for u in utterances for _ in range(min(20, len(u["tokens"])))]
-            tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
-    except Exception as e:  # a picture must not cost the numbers
-        log.warning("t-SNE skipped: %s", e)
     log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
-    print(_table(results, [1, 5, 15], args.horizons))
+    bps = spec.tokens_per_step * spec.steps_per_second
+    print(f"All cells (bits per token; margin = best baseline's NLL - the model's, 95% bootstrap CI over utterances):\n"
+          f"{scores.table(rate=bps)}\n\nCells whose target step is voiced:\n{scores.table(voiced=True)}")
     print(f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, {len(tokens)} "
           f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
     return 0
 
 
-def _table(results: dict, show: list[int], horizons: int) -> str:
-    hs = [h for h in show if h <= horizons] or [horizons]
-    lines = ["| predictor | " + " | ".join(f"NLL h={h} | acc h={h}" for h in hs) + " |",
-             "|---|" + "---|---|" * len(hs)]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['nll'][h - 1]:.3f} | {r['acc'][h - 1]:.3f}" for h in hs) + " |")
-    return "\n".join(lines)
+def _latent_picture(out: Path, model, utterances: list[dict], device, args) -> None:
+    """The t-SNE of the split's step features, coloured by speaker; a picture must not cost the numbers."""
+    from pydreamer.latents import latent_points, tsne_png
+
+    try:
+        points = latent_points(model, [u["tokens"] for u in utterances], device, seed=args.seed)
+        if len(points) >= 10:
+            labels = [u["speaker"] for u in utterances for _ in range(min(20, len(u["tokens"])))]
+            tsne_png(out / "latent_tsne.png", points, labels, f"latent features, {args.split} split")
+    except Exception as e:
+        log.warning("t-SNE skipped: %s", e)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ accuracy is the argmax of that mean against the true token.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -35,29 +37,58 @@ def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
 
 
+VOICED = 0.5  # a step is voiced when at least half its frames are (the token corpus' per-step voice activity)
+
+
+@dataclass
+class CellSums:
+    """Summed bits and hits per predictor, utterance and horizon, over all cells and over voiced cells.
+
+    Kept per utterance (not only in total) so that intervals can resample utterances: cells of one
+    utterance are not independent draws.
+    """
+
+    names: list[str]  # "model", then the baselines
+    bits: np.ndarray  # [P, U, H]
+    hits: np.ndarray  # [P, U, H]
+    cells: np.ndarray  # [U, H] tokens scored (cells x G)
+    voiced_bits: np.ndarray  # [P, U, H]: the cells whose target step is voiced
+    voiced_hits: np.ndarray
+    voiced_cells: np.ndarray  # [U, H]
+
+    def of(self, voiced: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (self.voiced_bits, self.voiced_hits, self.voiced_cells) if voiced else (self.bits, self.hits, self.cells)
+
+
 @torch.no_grad()
 def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
-                   starts_per_utterance: int, seed: int, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Mean bits per token and accuracy per horizon, for the model and each baseline, on the same cells."""
+                   starts_per_utterance: int, seed: int, device: torch.device,
+                   voices: list[np.ndarray] | None = None) -> CellSums:
+    """Bits and hits of the model and each baseline on the same cells, per utterance and horizon.
+
+    `voices[i]` is utterance i's per-step voice activity (0..1); without it no cell counts as voiced.
+    """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    sums = {"model": np.zeros((2, horizons))}
-    sums.update({name: np.zeros((2, horizons)) for name in baselines.names})
-    cells = np.zeros(horizons)
+    names = ["model", *baselines.names]
+    U = len(utterances)
+    bits, hits = np.zeros((2, len(names), U, horizons)), np.zeros((2, len(names), U, horizons))
+    cells = np.zeros((2, U, horizons))
     model.eval()
-    for tokens in utterances:
+    for u, tokens in enumerate(utterances):
         starts = _starts(len(tokens), starts_per_utterance, rng)
         probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
                                   torch.from_numpy(starts).to(device), gen)
-        bits, hits, valid = score(probs, tokens, starts)
+        m_bits, m_hits, valid = score(probs, tokens, starts)
+        voice = voices[u] if voices is not None and voices[u] is not None else np.zeros(len(tokens))
         for h in range(horizons):
             v = valid[:, h]
-            sums["model"][0, h] += bits[v, h].sum()
-            sums["model"][1, h] += hits[v, h].sum()
-            cells[h] += v.sum() * tokens.shape[1]
-            for name in baselines.names:
-                b_bits, b_hits = baselines.score(name, tokens, starts, h + 1)
-                sums[name][0, h] += b_bits.sum()
-                sums[name][1, h] += b_hits.sum()
-    denom = np.maximum(cells, 1)
-    return {name: {"nll": v[0] / denom, "acc": v[1] / denom, "cells": cells} for name, v in sums.items()}
+            t = starts[v] + h + 1
+            voiced = np.asarray(voice)[t] >= VOICED  # [n] of the valid cells
+            scored = [(m_bits[v, h], m_hits[v, h])] + [baselines.score(name, tokens, starts, h + 1)
+                                                      for name in baselines.names]
+            for p, (b, hit) in enumerate(scored):
+                bits[0, p, u, h], hits[0, p, u, h] = b.sum(), hit.sum()
+                bits[1, p, u, h], hits[1, p, u, h] = b[voiced].sum(), hit[voiced].sum()
+            cells[0, u, h], cells[1, u, h] = v.sum() * tokens.shape[1], voiced.sum() * tokens.shape[1]
+    return CellSums(names, bits[0], hits[0], cells[0], bits[1], hits[1], cells[1])

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pydreamer.compare import differing_keys, dream_summary, main
+from pydreamer.compare import differing_keys, dream_summary, main, margin_cell, probe_summary
 from runtime.config import load_config
 from runtime.tracking import params_of, setup_mlflow
 
@@ -93,3 +93,12 @@ def test_differing_keys_and_dream_summary():
     assert differing_keys([{"a": 1}, {"a": 1, "c": 0}]) == ["c"]
     assert dream_summary({}) == {}
     assert dream_summary({"dream/warm/pitch/ks_stat": 0.5}) == {"dream warm mean KS": 0.5}
+
+
+def test_margin_and_probe_cells():
+    m = {"test/margin_h1": 0.39, "test/margin_lo_h1": 0.3, "test/margin_hi_h1": 0.48, "test/voiced/margin_h1": 0.2,
+         "test/probe/speaker/acc": 0.9, "test/probe/speaker/chance": 0.25, "test/probe/x/y/z": 1.0}
+    assert margin_cell(m, 1) == "+0.390 [+0.300, +0.480]"
+    assert margin_cell(m, 1, "test/voiced") is None  # no interval logged: no cell rather than half a one
+    assert margin_cell(m, 5) is None
+    assert probe_summary(m) == {"probe speaker acc": 0.9, "probe speaker chance": 0.25}

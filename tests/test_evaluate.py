@@ -81,8 +81,15 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
 
     metrics = mlflow.get_run(run_id).data.metrics
     for key in ("test/nll_h1", "test/acc_h3", "test/baseline/bigram/nll_h2", "test/baseline/copy_last/acc_h1",
-                "test/baseline/unigram/nll_h3"):
+                "test/baseline/unigram/nll_h3", "test/best_baseline/nll_h1", "test/margin_h1", "test/margin_lo_h1",
+                "test/margin_hi_h3", "test/bits_per_second_h1"):
         assert key in metrics and np.isfinite(metrics[key])
+    assert metrics["test/margin_lo_h1"] <= metrics["test/margin_h1"] <= metrics["test/margin_hi_h1"]
+    best = min(metrics[f"test/baseline/{n}/nll_h1"] for n in ("unigram", "bigram", "copy_last"))
+    assert metrics["test/best_baseline/nll_h1"] <= best + 1e-9
+    assert metrics["test/margin_h1"] == pytest.approx(metrics["test/best_baseline/nll_h1"] - metrics["test/nll_h1"])
+    assert metrics["test/bits_per_second_h1"] == pytest.approx(metrics["test/nll_h1"] * 4 * 25, rel=1e-6)
+    assert "| best baseline |" in out and "| margin to best, 95% CI |" in out and "voiced" in out
     folder = tmp_path / "replay" / "evaluation" / "test"
     assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in folder.iterdir()}
     assert json.loads((folder / "summary.json").read_text())["checkpoint"] == "latest.pt"  # no best.pt: latest

@@ -13,6 +13,7 @@ from pydreamer.baselines import Baselines
 from pydreamer.dreams.imagination import dream_tokens, mix_tokens
 from pydreamer.episodes import EpisodeBuilder
 from pydreamer.forecast import evaluate_split
+from pydreamer.margins import curves
 from pydreamer.latents import latent_points
 from pydreamer.learner.eval_metrics import evaluate_episodes
 from pydreamer.models import WORLD_MODELS, Dreamer, WorldModel
@@ -104,7 +105,7 @@ def test_a_toy_world_model_is_evaluated_per_horizon_without_being_asked_what_it_
     conf, model = toy
     assert model.ac is None and model.world_model == "repeat"  # no latent: no actor-critic
     utts = _utterances()
-    results = evaluate_split(model, utts, Baselines.fit(utts, utts[:1], K, 2), 2, 1, 0, 0, torch.device("cpu"))
+    results = curves(evaluate_split(model, utts, Baselines.fit(utts, utts[:1], K, 2), 2, 1, 0, 0, torch.device("cpu")))
     # h = 1 and 2 alike, p = sigmoid(0) = 0.5 on the last token seen (1 bit), else 0.5/7 (log2 14 bits)
     for h in (1, 2):
         same = np.concatenate([(u[h:] == u[:-h]).ravel() for u in utts])
