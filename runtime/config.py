@@ -174,6 +174,7 @@ _CHOICES = {
     "world_model": ("rssm", "transformer"),
     "token_head": ("independent", "autoregressive"),
     "wm_objective": ("reconstruction", "contrastive"),
+    "mel_norm": ("auto", "utterance", "corpus"),
 }
 _NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
 _MAY_BE_A_BUCKET = ("data_dir", "replay_dir")  # these may also be s3://bucket/prefix (runtime/storage.py)
@@ -242,7 +243,10 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("wm_objective", "the Transformer world model has no latent to train contrastively (use world_model rssm)")
     if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
         raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")
-    for key in ("dream_at_end", "evaluate_at_end"):
+    if conf.get("vq_causal") is True and conf.get("mel_norm") == "utterance":
+        raise bad("mel_norm", "vq_causal true needs mel_norm corpus (or auto): an utterance's own mean and std "
+                              "carry its future into every token")
+    for key in ("dream_at_end", "evaluate_at_end", "vq_causal"):
         if key in conf and not isinstance(conf[key], bool):
             raise bad(key, "expected true or false")
     if "device" in conf:

@@ -143,3 +143,116 @@ def test_large_codebook_stays_sparse_and_fits_without_val_data():
         model.probs("bigram", train[0][:8], h=H + 1)
     with pytest.raises(ValueError):
         model.probs("bigram", np.full((1, G), K_big), h=1)
+
+
+# -- the n-gram mixture and the within-utterance cache ------------------------------------
+
+import json  # noqa: E402
+
+from pydreamer.baselines import counting  # noqa: E402
+from pydreamer.baselines.cache import pair_cache, prefix_counts, prefix_target_counts  # noqa: E402
+from pydreamer.baselines.ngram import NgramModel, ValCells  # noqa: E402
+
+NEW = ("ngram", "cache", "ngram_cache")
+
+
+def periodic_corpus(period: int, n_utt: int, T: int, rng) -> list[np.ndarray]:
+    """Each utterance cycles, at each of 2 positions, through its own order of ``period`` tokens from a random phase."""
+    out = []
+    for _ in range(n_utt):
+        cols = [rng.permutation(period)[(np.arange(T) + rng.integers(period)) % period] + 8 * g for g in range(2)]
+        out.append(np.stack(cols, 1))
+    return out
+
+
+@pytest.mark.parametrize("period", [3, 5])
+def test_periodic_sequences_are_learnt_by_ngram_and_cache_not_by_the_bigram(period):
+    rng = np.random.default_rng(period)
+    train, val, test = (periodic_corpus(period, n, 200, rng) for n in (150, 10, 10))  # every order seen
+    model = Baselines.fit(train, val, n_tokens=16, horizons=period)
+    for h in (1, period):
+        for name in NEW:
+            bits, hit = all_cells(model, name, test, h)
+            assert bits.mean() < 0.3 and hit.mean() > 0.9, (name, h, bits.mean(), hit.mean())
+    bits, hit = all_cells(model, "bigram", test, 1)  # the next token depends on the utterance's order
+    assert bits.mean() > 0.8 and hit.mean() < 0.75
+
+
+def test_the_new_predictors_see_only_the_prefix(markov):
+    """Changing steps after t changes no distribution of a cell at t (the scored target itself lies after t)."""
+    *_, test, model = markov
+    u = test[0][:300].copy()
+    starts = np.arange(0, 290, 7)
+    before = {h: model._utterance_dense(u, starts, h) for h in (1, 3)}
+    for t in (0, 50, 200):
+        changed = u.copy()
+        changed[t + 1:] = np.random.default_rng(t).permutation(changed[t + 1:])
+        keep = starts <= t
+        for h, dense in before.items():
+            after = model._utterance_dense(changed, starts, h)
+            for name in NEW:
+                np.testing.assert_array_equal(after[name][keep], dense[name][keep])
+                assert not np.array_equal(after[name][~keep], dense[name][~keep])
+
+
+def test_weights_sum_to_one_and_distributions_are_normalised(markov):
+    *_, test, model = markov
+    np.testing.assert_allclose(model.ngram.weights.sum(-1), 1.0)
+    assert ((0 <= model.cache.mix) & (model.cache.mix <= 1)).all()
+    u, t = test[1][:120], np.arange(0, 117)
+    for h in (1, 3):
+        dense = model._utterance_dense(u, t[t + h < len(u)], h)
+        for name in NEW:
+            p = dense[name]
+            assert (p > 0).all()
+            np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-10)
+            bits, hit = model.score(name, u, t, h)
+            y = u[t[t + h < len(u)] + h]
+            np.testing.assert_allclose(bits, -np.log2(np.take_along_axis(p, y[..., None], -1)[..., 0]))
+            np.testing.assert_array_equal(hit, p.argmax(-1) == y)
+    c = model.choices()
+    json.dumps(c, allow_nan=False)
+    assert list(model.names) == ["unigram", "bigram", "copy_last", *NEW] and set(NEW) <= set(c)
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_ngram_cache_is_never_much_worse_than_the_better_of_the_two(markov, h):
+    *_, test, model = markov
+    res = {name: all_cells(model, name, test[:10], h)[0].mean() for name in ("bigram", *NEW)}
+    assert res["ngram_cache"] <= min(res["ngram"], res["cache"]) + 0.01, res
+    assert res["ngram"] <= res["bigram"] + 0.01, res  # a first-order chain: longer contexts cannot help, must not hurt
+
+
+def test_val_counts_agree_with_the_scoring_counts_and_a_loop():
+    rng = np.random.default_rng(3)
+    K, h = 6, 2
+    utts = [rng.integers(0, K, size=(T, 2)) for T in (9, 1, 14)]
+    cells = ValCells.of(utts, 2, rng)
+    i, y = cells.at(h, 1)
+    counts = prefix_target_counts(cells, i, y, 1, K)
+    pairs = prefix_target_counts(cells, i, y, 1, K, h=h, lag=h)
+    step = cells.sample[i]
+    for n, j in enumerate(step):
+        u = utts[int(np.cumsum(cells.pos == 0)[j] - 1)]
+        t = cells.pos[j]
+        assert counts[n] == (u[: t + 1, 1] == y[n]).sum()
+        assert pairs[n] == sum(u[s, 1] == u[t, 1] and u[s + h, 1] == y[n] for s in range(t - h + 1))
+        c_dense = prefix_counts(u, np.array([t]), K)[0, 1]
+        b_dense, n_dense = pair_cache(u, np.array([t]), h, K)
+        assert c_dense[y[n]] == counts[n] and b_dense[0, 1, y[n]] == pairs[n]
+        assert n_dense[0, 1] == sum(u[s, 1] == u[t, 1] for s in range(t - h + 1))
+
+
+def test_sorted_and_dense_pair_counting_agree(markov, monkeypatch):
+    _, train, *_ = markov
+    unigram = np.full((2, K), 1.0 / K)
+    dense = NgramModel.count(train[:3], unigram, 2)
+    monkeypatch.setattr(counting, "DENSE_CODES", 0)
+    sorted_ = NgramModel.count(train[:3], unigram, 2)
+    for row_a, row_b in zip(dense.tables, sorted_.tables):
+        for cell_a, cell_b in zip(row_a, row_b):
+            for level, a in cell_a.items():
+                b = cell_b[level]
+                for field in ("ctx", "total", "spare", "keys", "counts", "indptr"):
+                    np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            assert (cell_a["p1"].spare == 0).all() and (cell_a["p3"].counts >= 2).all()

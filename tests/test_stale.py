@@ -42,6 +42,19 @@ def test_output_made_with_other_settings_is_refused_naming_the_keys(tmp_path):
     check_stages(dict(conf, data_root="/elsewhere", seed=7), layout)
 
 
+def test_a_tokenizer_recorded_before_vq_causal_existed_is_the_non_causal_one(tmp_path):
+    import json
+    conf, layout = _made(tmp_path)
+    for stage in ("train", "encode"):
+        record = json.loads(layout.settings(stage).read_text())
+        for key in ("vq_causal", "mel_norm"):
+            record.pop(key)
+        layout.settings(stage).write_text(json.dumps(record))
+    check_stages(conf, layout)  # what it was made with: reused
+    with pytest.raises(StaleOutput, match=r"^train: .*vq_causal False -> True"):
+        check_stages(dict(conf, vq_causal=True), layout)
+
+
 def test_a_stage_redone_upstream_makes_the_next_one_stale(tmp_path, monkeypatch):
     conf, layout = _made(tmp_path)
     monkeypatch.setitem(__import__("tokenizer.stages").stages.RUNNERS, "prepare", lambda c, lay: "prepare: faked")

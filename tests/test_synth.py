@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,43 @@ def test_audio_stays_deterministic_when_the_library_is_loaded_elsewhere_in_the_p
         assert synthesize(_utterance("es+f2", "ocho nueve diez once")).tobytes() == first
     finally:
         synth._dlclose(held._handle)
+
+
+def test_timbre_is_the_variant_whatever_the_language():
+    assert synth.timbre_of("en+f1") == synth.timbre_of("de+f1") == "f1"
+    assert synth.timbre_of("pt+Annie") == "Annie" and synth.timbre_of("m3") == "m3"
+    voices = synth_voices(["en", "es", "pt", "de"], len(synth.VARIANTS))
+    assert {synth.timbre_of(v) for v in voices} == set(synth.VARIANTS)
+    assert len(set(synth.VARIANTS)) == len(synth.VARIANTS)
+
+
+def _vocal_tract(variant: str) -> tuple:
+    """Formants 1-3 (frequency, height, width) as the variant file sets them."""
+    lines = (Path(synth.espeak_paths()[1]) / "voices" / "!v" / variant).read_text(errors="replace").splitlines()
+    settings = {}
+    for line in lines:
+        f = line.split("//")[0].split()
+        if len(f) >= 5 and f[0] == "formant" and f[1] in ("1", "2", "3"):
+            settings[f[1]] = tuple(f[2:5])
+    return tuple(settings.get(k) for k in ("1", "2", "3"))
+
+
+def test_no_two_variants_are_one_timbre_under_two_names():
+    """A variant copied from another (f5 from f2, aunty from f4) would put one timbre in train and test."""
+    tracts = {v: _vocal_tract(v) for v in synth.VARIANTS}
+    assert len(set(tracts.values())) == len(tracts), tracts
+    assert _vocal_tract("f5") == tracts["f2"]  # the check sees such a copy
+
+
+def test_small_corpus_holds_out_at_least_three_timbres_and_100_utterances():
+    """The plan and split of `small` (no synthesis): the timbres of test are never in train."""
+    from tokenizer.split import assign_splits
+
+    conf = load_config(["defaults", "audio", "small"])
+    plan = plan_synth_corpus(conf)
+    split, mode = assign_splits([(u.utterance_id, u.speaker) for u in plan], conf.split_fractions, conf.seed,
+                                conf.min_split_speakers, synth.timbre_of, "timbre")
+    assert mode == "timbre"
+    timbres = {s: {synth.timbre_of(u.speaker) for u in plan if split[u.utterance_id] == s} for s in ("train", "val", "test")}
+    assert len(timbres["test"]) >= 3 and sum(s == "test" for s in split.values()) >= 100
+    assert not timbres["test"] & timbres["train"] and not timbres["val"] & timbres["train"]

@@ -9,6 +9,14 @@ def _model(**kw):
     return VQVAE(**args)
 
 
+def _initialised(**kw):
+    """A model whose codebook was drawn from encoder outputs (one training forward), in eval mode."""
+    m = _model(**kw)
+    m.train()
+    m(torch.randn(4, 64, 80))
+    return m.eval()
+
+
 def test_shapes_and_padding():
     m = _model()
     mel = torch.randn(3, 50, 80)
@@ -66,3 +74,70 @@ def test_checkpoint_round_trip(tmp_path):
     mel = torch.randn(1, 40, 80)
     m.eval()
     assert torch.equal(m.encode(mel), loaded.encode(mel))
+
+
+def _future_swapped(mel, t, ds):
+    """The same clip with every frame after step t replaced by other audio."""
+    other = mel.clone()
+    other[:, (t + 1) * ds:] = torch.randn_like(other[:, (t + 1) * ds:]) * 3.0
+    return other
+
+
+def test_a_causal_encoder_ignores_the_frames_after_its_step_exactly():
+    torch.manual_seed(0)
+    causal, centred = _model(causal=True, res_blocks=2).eval(), _model(res_blocks=2).eval()
+    mel = torch.randn(1, 64, 80)
+    for t in (0, 5, 11):
+        swapped = torch.cat([mel, _future_swapped(mel, t, 4)])
+        h = causal._latents(swapped)
+        assert torch.equal(h[0, :t + 1], h[1, :t + 1])  # bit for bit: no future frame reaches steps <= t
+        tokens = causal.encode(swapped)
+        assert torch.equal(tokens[0, :t + 1], tokens[1, :t + 1])
+        h = centred._latents(swapped)
+        assert not torch.allclose(h[0, t], h[1, t])  # the default encoder looks ahead
+
+
+def test_lookahead_is_measured_3_steps_centred_and_0_causal():
+    import numpy as np
+
+    from tokenizer.codec import lookahead
+
+    rng = np.random.default_rng(0)
+    dbs = [rng.normal(-40, 10, (n, 80)).astype(np.float32) for n in (90, 120, 100)]
+    torch.manual_seed(0)
+    centred = lookahead(_initialised(), dbs, cuts=8)
+    causal = lookahead(_initialised(causal=True, norm_stats=(-40.0, 10.0)), dbs, cuts=8)
+    assert centred["receptive_steps"] == 3 and centred["changed"] > 0.2 and centred["pairs"] == 24
+    assert causal["receptive_steps"] == 0 and causal["receptive_frames"] == 0
+    assert causal["changed"] == 0.0 and causal["changed_with_norm"] == 0.0 and causal["changed_far"] == 0.0
+    assert causal["mel_norm"] == "corpus" and centred["mel_norm"] == "utterance"
+
+
+def test_causal_and_corpus_norm_checkpoints_round_trip_and_defaults_stay_as_before(tmp_path):
+    default, causal = _model(), _model(causal=True, norm_stats=(-42.5, 11.0))
+    assert "causal" not in default.hparams and "norm_stats" not in default.hparams  # the stored format is unchanged
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in causal.state_dict().items()}
+    save_vqvae(tmp_path / "c.pt", causal)
+    loaded, _ = load_vqvae(tmp_path / "c.pt")
+    assert loaded.causal and loaded.norm_stats == (-42.5, 11.0)
+    mel = torch.randn(1, 40, 80)
+    assert torch.equal(causal.eval().encode(mel), loaded.encode(mel))
+
+
+def test_a_corpus_normed_codec_keeps_a_prompts_tokens_when_its_future_changes():
+    import numpy as np
+
+    from tokenizer.codec import TokenCodec
+    from tokenizer.features import MelSettings
+
+    torch.manual_seed(0)
+    settings = MelSettings(16000, 1024, 640, 160, 80, 80.0)
+    rng = np.random.default_rng(1)
+    db = rng.normal(-40, 10, (80, 80)).astype(np.float32)
+    louder = np.concatenate([db[:40], db[40:] + 30.0])  # the same first 10 steps, then a much louder future
+    causal = TokenCodec(_initialised(causal=True, norm_stats=(-40.0, 10.0)), settings)
+    tokens, mean, std = causal.encode_db(db)
+    assert (mean, std) == (-40.0, 10.0)
+    assert np.array_equal(causal.encode_db(louder)[0][:10], tokens[:10])
+    own = TokenCodec(_initialised(causal=True), settings)  # causal, but z-scored with its own level: the future leaks
+    assert not np.array_equal(own.encode_db(louder)[0][:10], own.encode_db(db)[0][:10])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tokenizer.audio_io import write_wav
+from tokenizer.codec import model_input
 from tokenizer.features import MelSettings, mel_db_to_audio, save_spectrogram_png
 from tokenizer.layout import DataLayout
 from tokenizer.shards import iter_utterances
@@ -36,6 +37,7 @@ def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, spli
     written: list[Path] = []
     counts = np.zeros(conf["codebook_size"], np.int64)
     for i, utt in enumerate(iter_utterances(layout.mels(split))):
+        utt = model_input(model, utt)
         mel = torch.from_numpy(utt["mel"].astype(np.float32))[None].to(device)
         tokens = model.encode(mel)
         counts += np.bincount(tokens.cpu().numpy().ravel(), minlength=len(counts))

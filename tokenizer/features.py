@@ -2,7 +2,8 @@
 
 The log-mel is in dB (floored `top_db` below the utterance's peak), z-scored per utterance
 with its mean and std kept, so it can be undone exactly for listening (Griffin-Lim) and
-for metrics in dB (log-spectral distance).
+for metrics in dB (log-spectral distance). With `mel_norm: corpus` the tokenizer re-z-scores
+it with the train split's statistics (`renormalize`), so no utterance-wide level enters a token.
 """
 from __future__ import annotations
 
@@ -65,6 +66,35 @@ def zscore(db: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 def unzscore(z: np.ndarray, mean: float, std: float) -> np.ndarray:
     return z * std + mean
+
+
+def mel_norm_kind(conf: Mapping[str, Any]) -> str:
+    """'utterance' or 'corpus': `mel_norm: auto` is corpus for a causal tokenizer (an utterance's own
+    mean and std would carry its future into every token), else utterance (as before the key)."""
+    kind = conf.get("mel_norm", "auto")
+    if kind == "auto":
+        return "corpus" if conf.get("vq_causal", False) else "utterance"
+    return str(kind)
+
+
+def pooled_stats(lengths: np.ndarray, means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
+    """The mean and std (dB) of many utterances' frames together, from each one's frame count, mean and std:
+    a corpus' statistics without reading its log-mels again."""
+    n = np.asarray(lengths, np.float64)
+    m, s = np.asarray(means, np.float64), np.asarray(stds, np.float64)
+    if n.sum() <= 0:
+        raise ValueError("no frames to compute statistics from")
+    mean = float((n * m).sum() / n.sum())
+    var = float((n * (s ** 2 + m ** 2)).sum() / n.sum()) - mean ** 2
+    return mean, max(float(np.sqrt(max(var, 0.0))), 1e-3)
+
+
+def renormalize(z: np.ndarray, mean: np.ndarray | float, std: np.ndarray | float,
+                stats: tuple[float, float]) -> np.ndarray:
+    """A log-mel stored z-scored with its utterance's own `mean`, `std` (per row arrays [F, 1] allowed),
+    z-scored with fixed corpus `stats` instead: the same dB, no utterance-wide statistic in it."""
+    db = np.asarray(z, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return ((db - np.float32(stats[0])) / np.float32(stats[1])).astype(np.float32)
 
 
 def voice_activity(db: np.ndarray, vad_db: float) -> np.ndarray:

@@ -33,7 +33,8 @@ from runtime.files import atomic_write_text
 from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, fingerprint, publish, staging
 from tokenizer.records import stage_settings
 from tokenizer.shards import ShardWriter, iter_rows, shard_paths
-from tokenizer.split import SPLITS, assign_splits
+from tokenizer.split import SPLITS, Placed, assign_splits, disjointness, disjointness_line
+from tokenizer.synth import timbre_of
 
 
 class NothingUsable(Exception):
@@ -86,8 +87,10 @@ def _listed(conf: Mapping[str, Any]) -> tuple[list[UtteranceSource], list[Skippe
         records = records[: conf["max_files"]]
     if not records:
         raise NothingUsable(_nothing_message(conf, listing_skips))
+    # The built-in corpus deals out timbres (eSpeak variants), each with all its languages' voices.
+    group_of = timbre_of if conf["source"] == "synth" else None
     assignment, mode = assign_splits([(r.utterance_id, r.speaker) for r in records], conf["split_fractions"],
-                                     conf["seed"], conf["min_split_speakers"])
+                                     conf["seed"], conf["min_split_speakers"], group_of, "timbre")
     return records, listing_skips, assignment, mode
 
 
@@ -121,8 +124,11 @@ def _keep(index: int, res: dict, assignment: Mapping[str, str], writers: Mapping
         per_utterance={"utterance_id": rec.utterance_id, "speaker": rec.speaker, "source": _where(rec),
                        "mean": f["mean"], "std": f["std"]},
     )
-    return {"i": index, "path": _where(rec), "split": split, "speaker": rec.speaker, "seconds": res["seconds"],
-            "band_bins": int(f["band_bins"]), "notes": list(res["notes"])}
+    entry = {"i": index, "path": _where(rec), "split": split, "speaker": rec.speaker, "seconds": res["seconds"],
+             "band_bins": int(f["band_bins"]), "notes": list(res["notes"])}
+    if rec.synth is not None:  # what the disjointness count needs beyond the speaker
+        entry.update(timbre=timbre_of(rec.speaker), language=rec.synth.language, text=rec.synth.text)
+    return entry
 
 
 class _Tally:
@@ -133,6 +139,7 @@ class _Tally:
         self.skipped: list[Skipped] = list(listing_skips)
         self.notes: list[dict] = []
         self.band_counts: list[int] = []
+        self.placed: list[Placed] = []
 
     def add(self, entry: Mapping[str, Any]) -> None:
         if "reason" in entry:
@@ -143,6 +150,8 @@ class _Tally:
         st["utterances"] += 1
         st["seconds"] += entry["seconds"]
         st["speakers"].add(entry["speaker"])
+        self.placed.append(Placed(entry["split"], entry["speaker"], entry.get("timbre", ""), entry.get("language", ""),
+                                  entry.get("text", "")))
         self.notes += [{"path": entry["path"], "note": n} for n in entry["notes"]]
 
     @property
@@ -157,9 +166,8 @@ class _Tally:
             "source": conf["source"],
             "data_root": conf["data_root"],
             "split_mode": mode,
-            "split_note": ("no speaker is in two splits" if mode == "speaker" else
-                           f"utterance-level split: fewer than {max(conf['min_split_speakers'], 3)} speakers "
-                           f"({listing['speakers']}), so speakers can be shared between splits"),
+            "split_note": _split_note(conf, listing),
+            "disjoint": disjointness(self.placed),
             "splits": {s: {"utterances": st["utterances"], "seconds": round(st["seconds"], 2), "speakers": len(st["speakers"])}
                        for s, st in stats.items()},
             "speakers": {s: sorted(st["speakers"]) for s, st in stats.items()},
@@ -179,9 +187,24 @@ class _Tally:
         return manifest
 
 
+def _split_note(conf: Mapping[str, Any], listing: Mapping[str, Any]) -> str:
+    mode = listing["split_mode"]
+    if mode == "speaker":
+        return "no speaker is in two splits"
+    if mode == "timbre":
+        return ("no timbre (eSpeak variant) is in two splits under any language: all the voices of a variant "
+                "are in one split; languages and words are shared (see disjoint)")
+    units = "timbres" if conf["source"] == "synth" else "speakers"
+    return (f"utterance-level split: fewer than {max(conf['min_split_speakers'], 3)} {units} "
+            f"({listing.get('units', listing['speakers'])}), so speakers can be shared between splits")
+
+
 def _listing(records: list[UtteranceSource], listing_skips: list[Skipped], mode: str) -> dict[str, Any]:
-    return {"utterances": len(records), "speakers": len({r.speaker for r in records}), "split_mode": mode,
-            "skipped": [[s.path, s.reason] for s in listing_skips]}
+    listing = {"utterances": len(records), "speakers": len({r.speaker for r in records}), "split_mode": mode,
+               "skipped": [[s.path, s.reason] for s in listing_skips]}
+    if records and records[0].synth is not None:
+        listing["units"] = len({timbre_of(r.speaker) for r in records})
+    return listing
 
 
 def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
@@ -329,5 +352,6 @@ def summary_line(manifest: Mapping[str, Any], manifest_path: str) -> str:
     if bw:
         band_text = (f"; band {bw['signal_mel_bins']} of {bw['n_mels']} mel bins carry signal (up to {bw['effective_hz'] / 1000:.1f} kHz"
                      + (", band-limited" if bw["band_limited"] else "") + ")")
-    return (f"prepare: {manifest['utterances_kept']} utterances ({per_split}, {hours:.2f} h) from {manifest['source']}; "
+    line = (f"prepare: {manifest['utterances_kept']} utterances ({per_split}, {hours:.2f} h) from {manifest['source']}; "
             f"split by {manifest['split_mode']}; {skip_text}{band_text} -> {manifest_path}")
+    return line + ("\n" + disjointness_line(manifest["disjoint"]) if "disjoint" in manifest else "")

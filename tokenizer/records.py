@@ -26,13 +26,17 @@ STAGE_KEYS = {
                 "hop_length", "n_mels", "top_db", "vad_db", "band_margin_db"),
     "train": ("codebook_size", "tokens_per_step", "time_downsample", "vq_channels", "vq_code_dim", "vq_res_blocks",
               "vq_beta", "vq_ema", "vq_ema_decay", "vq_dead_threshold", "vq_restart_reservoir",
-              "vq_out_of_band_weight", "vq_batch_size", "vq_segment_frames", "vq_pack_crops", "vq_steps", "vq_lr"),
+              "vq_out_of_band_weight", "vq_batch_size", "vq_segment_frames", "vq_pack_crops", "vq_steps", "vq_lr",
+              "vq_causal", "mel_norm"),
     "encode": ("min_steps",),
     "evaluate": (),
 }
 _ONLY_FOR_SOURCE = {"data_root": ("commonvoice", "folder"), "speaker_rule": ("folder",), "speaker_regex": ("folder",),
                     "synth_minutes": ("synth",), "synth_languages": ("synth",), "synth_voices_per_language": ("synth",),
                     "synth_noise_db": ("synth",)}
+# Keys added after outputs were first recorded, with the value those older outputs were made with: a record
+# without the key and a config with that value agree (so no existing data_dir turns stale on upgrade).
+_IMPLIED_BEFORE = {"vq_causal": False, "mel_norm": "auto"}
 
 
 def stage_output(layout: DataLayout, stage: str) -> Path:
@@ -92,6 +96,7 @@ def changed_settings(conf: Mapping[str, Any], layout: DataLayout, stage: str) ->
     then = _recorded(layout, stage)
     if then is None:
         return []
+    then = {**{k: v for k, v in _IMPLIED_BEFORE.items() if k in STAGE_KEYS[stage]}, **then}
     now = stage_settings(conf, stage)
     own = set(STAGE_KEYS[stage])
     changed = [f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | (set(then) & own))

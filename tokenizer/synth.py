@@ -3,7 +3,8 @@
 It exists so that the whole pipeline runs with no download: counting runs, repeating
 syllable patterns and short sentences built from small word lists, spoken by several
 voices (speaker = voice, e.g. "en+f3": a language plus an eSpeak variant) at varied rate
-and pitch.
+and pitch. Every variant speaks every language; the variant is the voice's timbre
+(`timbre_of`), and the split keeps each timbre in one split.
 
 Two stages, so the planning is cheap and the synthesis parallel:
 - `plan_synth_corpus(conf)` draws every utterance (text, voice, rate, pitch, seed) from
@@ -36,9 +37,13 @@ from tokenizer.lexicons import LEXICONS, Lexicon
 
 KINDS = ("counting", "syllables", "sentence")
 
-# eSpeak variants (voices/!v) that change the speaker, not the synthesizer: alternating
-# male and female so that a small `voices_per_language` still mixes both.
-VARIANTS = ("m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7", "m8")
+# eSpeak variants (voices/!v) that change the speaker, not the synthesizer, each its own
+# timbre (formant set): mostly alternating male and female so that a small
+# `voices_per_language` still mixes both. Variants that are a copy of another one's formants
+# are left out (m8 of m7, f5 of f2, quincy of robert, aunty of f4, ...): the split deals out
+# timbres, and two names for one timbre would let it into train and test at once.
+VARIANTS = ("m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "Annie", "m6", "steph", "m7", "shelby",
+            "robert", "paul", "Michael", "travis", "victor")
 
 RATE_RANGE = (130, 210)    # words per minute given to eSpeak (its default is 175)
 PITCH_RANGE = (25, 75)     # eSpeak pitch 0..100 (its default is 50)
@@ -98,6 +103,14 @@ def synth_voices(languages: list[str], voices_per_language: int) -> list[str]:
         raise ValueError(f"synth_voices_per_language={voices_per_language}: "
                          f"must be between 1 and {len(VARIANTS)} (the eSpeak variants used: {', '.join(VARIANTS)})")
     return [f"{lang}+{variant}" for lang in languages for variant in VARIANTS[:voices_per_language]]
+
+
+def timbre_of(voice: str) -> str:
+    """The timbre of a voice "<language>+<variant>": its variant, whatever the language.
+
+    The split groups voices by this, so no timbre of a test voice is heard in train.
+    """
+    return voice.partition("+")[2] or voice
 
 
 def _counting_text(lex: Lexicon, rng: np.random.Generator) -> str:

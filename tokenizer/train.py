@@ -30,7 +30,7 @@ from runtime import distributed
 from runtime.device import resolve_device
 from runtime.distributed import SINGLE, Ranks, weights_digest
 from tokenizer.examples import log_examples
-from tokenizer.features import signal_mel_bins
+from tokenizer.features import mel_norm_kind, pooled_stats, renormalize, signal_mel_bins
 from tokenizer.layout import DataLayout
 from tokenizer.shards import iter_utterances, shard_paths
 from tokenizer.vqvae import VQVAE, save_vqvae
@@ -44,23 +44,27 @@ class CropSampler:
     mostly padding, so the encoder learned padding and the codebook collapsed onto it.
     Without `pack`, a short utterance is padded with its own quietest value (silence).
     Holds at most `pool_shards` shards; one is swapped for another every `refresh` batches.
+    With `norm` (corpus mean, std in dB) the crops are re-z-scored with it (mel_norm corpus).
     """
 
     def __init__(self, folder: Path, segment: int, batch_size: int, seed: int, pool_shards: int = 6, refresh: int = 200,
-                 pack: bool = True):
+                 pack: bool = True, norm: tuple[float, float] | None = None):
         self.paths = shard_paths(folder)
         if not self.paths:
             raise FileNotFoundError(f"no log-mel shards in {folder}: run `python -m tokenizer prepare` first")
         self.segment, self.batch_size, self.refresh, self.pack = segment, batch_size, refresh, pack
+        self.norm = norm
         self.rng = np.random.default_rng(seed)
         order = self.rng.permutation(len(self.paths))
         self.pool = [self._load(self.paths[i]) for i in order[:pool_shards]]
         self.batches = 0
 
-    @staticmethod
-    def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
-            return z["mel"], z["offsets"]
+            if self.norm is None:
+                return z["mel"], z["offsets"]
+            row = np.repeat(np.arange(len(z["offsets"]) - 1), np.diff(z["offsets"]))  # each frame's utterance
+            return renormalize(z["mel"], z["mean"][row, None], z["std"][row, None], self.norm), z["offsets"]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
@@ -93,11 +97,13 @@ class CropSampler:
         return torch.from_numpy(np.stack([self._crop() for _ in range(self.batch_size)]).astype(np.float32))
 
 
-def _val_crops(folder: Path, segment: int, max_crops: int = 64) -> torch.Tensor | None:
+def _val_crops(folder: Path, segment: int, max_crops: int = 64, norm: tuple[float, float] | None = None
+               ) -> torch.Tensor | None:
     """Validation crops cut from the split's utterances laid back to back (short clips give crops too)."""
     parts, frames = [], 0
     for utt in iter_utterances(folder):
-        parts.append(utt["mel"].astype(np.float32))
+        mel = utt["mel"] if norm is None else renormalize(utt["mel"], utt["mean"], utt["std"], norm)
+        parts.append(mel.astype(np.float32))
         frames += len(parts[-1])
         if frames >= segment * max_crops:
             break
@@ -105,6 +111,20 @@ def _val_crops(folder: Path, segment: int, max_crops: int = 64) -> torch.Tensor 
     if n == 0:
         return None
     return torch.from_numpy(np.concatenate(parts)[: n * segment].reshape(n, segment, -1))
+
+
+def train_norm_stats(layout: DataLayout) -> tuple[float, float]:
+    """The train split's log-mel mean and std (dB), for mel_norm corpus: pooled from each utterance's stored
+    frame count, mean and std (no log-mel is read); val and test never enter them. Kept in the checkpoint."""
+    lengths, means, stds = [], [], []
+    for path in shard_paths(layout.mels("train")):
+        with np.load(path, allow_pickle=False) as z:
+            lengths.append(np.diff(z["offsets"]))
+            means.append(z["mean"])
+            stds.append(z["std"])
+    if not lengths:
+        raise FileNotFoundError(f"no log-mel shards in {layout.mels('train')}: run `python -m tokenizer prepare` first")
+    return pooled_stats(np.concatenate(lengths), np.concatenate(means), np.concatenate(stds))
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
@@ -145,11 +165,12 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
     seg = conf["vq_segment_frames"]
     if seg % conf["time_downsample"]:
         raise ValueError(f"vq_segment_frames ({seg}) must be a multiple of time_downsample ({conf['time_downsample']})")
+    norm = train_norm_stats(layout) if mel_norm_kind(conf) == "corpus" else None
     sampler = CropSampler(layout.mels("train"), seg, conf["vq_batch_size"], _rank_seed(conf["seed"], ranks),
-                          pack=conf["vq_pack_crops"])
-    val = _val_crops(layout.mels("val"), seg) if main else None
+                          pack=conf["vq_pack_crops"], norm=norm)
+    val = _val_crops(layout.mels("val"), seg, norm=norm) if main else None
     band = signal_mel_bins(json.loads(layout.manifest.read_text()), conf["n_mels"]) if layout.manifest.is_file() else 0
-    net = VQVAE.from_conf(conf, band_bins=band).to(device)
+    net = VQVAE.from_conf(conf, band_bins=band, norm_stats=norm).to(device)
     model: torch.nn.Module = net
     if ranks.distributed:
         torch.manual_seed(_rank_seed(conf["seed"], ranks))  # own draws (codebook restarts pick on rank 0 only)

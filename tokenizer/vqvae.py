@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -204,11 +204,34 @@ class VectorQuantizer(nn.Module):
         return q_st.reshape(shape), idx.reshape(shape[:-1]), losses
 
 
+class CausalConv1d(nn.Conv1d):
+    """A convolution padded on the left only: output i sees inputs up to the end of its own stride block.
+
+    Kernel k, stride s, dilation d: pad d(k-1) - (s-1) on the left, so output i's last input is
+    i*s + s-1. Chained, step t of the encoder depends on frames < (t+1)*ds and on none after
+    (a token holds no lookahead); the parameters are those of an nn.Conv1d of the same shape.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation)
+        self.left = dilation * (kernel_size - 1) - (stride - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.left, 0)))
+
+
+def _conv(causal: bool, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> nn.Conv1d:
+    """The encoder's convolution: centred (`padding` both sides) or causal (left padding only)."""
+    if causal:
+        return CausalConv1d(cin, cout, kernel, stride=stride, dilation=dilation)
+    return nn.Conv1d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, channels: int, dilation: int = 1):
+    def __init__(self, channels: int, dilation: int = 1, causal: bool = False):
         super().__init__()
         self.net = nn.Sequential(
-            nn.GELU(), nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation),
+            nn.GELU(), _conv(causal, channels, channels, 3, padding=dilation, dilation=dilation),
             nn.GELU(), nn.Conv1d(channels, channels, 1),
         )
 
@@ -239,19 +262,27 @@ def _masked(layers: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -
     return x if mask is None else x * mask
 
 
-def _res_stack(channels: int, n: int) -> list[nn.Module]:
-    return [ResBlock(channels, dilation=3 ** (i % 3)) for i in range(n)]
+def _res_stack(channels: int, n: int, causal: bool = False) -> list[nn.Module]:
+    return [ResBlock(channels, dilation=3 ** (i % 3), causal=causal) for i in range(n)]
 
 
 class VQVAE(nn.Module):
     """Log-mel <-> token steps. `band_bins`: the mel bins below the source's bandwidth; the
     empty ones above it weigh `out_of_band_weight` in the reconstruction loss (a constant
-    floor must not crowd out the bins that carry speech)."""
+    floor must not crowd out the bins that carry speech).
+
+    `causal`: the encoder sees frames up to the end of each step only (CausalConv1d), so a world
+    model's 1-step forecast is a forecast, not partly a lookahead; the decoder stays centred (it
+    renders tokens, it is not used to forecast). `norm_stats` (mean, std in dB): the corpus
+    statistics the input is z-scored with (mel_norm corpus); None = each utterance's own.
+    Both are kept in `hparams` only when set, so a default checkpoint is as before.
+    """
 
     def __init__(self, n_mels: int = 80, channels: int = 192, code_dim: int = 64, codebook_size: int = 1024,
                  tokens_per_step: int = 4, time_downsample: int = 4, res_blocks: int = 2, beta: float = 0.25,
                  ema: bool = True, ema_decay: float = 0.99, dead_threshold: float = 0.1,
-                 band_bins: int = 0, out_of_band_weight: float = 1.0, reservoir_size: int = 16384):
+                 band_bins: int = 0, out_of_band_weight: float = 1.0, reservoir_size: int = 16384,
+                 causal: bool = False, norm_stats: Sequence[float] | None = None):
         super().__init__()
         if time_downsample < 1 or time_downsample & (time_downsample - 1):
             raise ValueError(f"time_downsample must be a power of two (1, 2, 4, 8, ...), got {time_downsample}")
@@ -260,14 +291,21 @@ class VQVAE(nn.Module):
                             tokens_per_step=tokens_per_step, time_downsample=time_downsample, res_blocks=res_blocks,
                             beta=beta, ema=ema, ema_decay=ema_decay, dead_threshold=dead_threshold,
                             band_bins=band_bins, out_of_band_weight=out_of_band_weight, reservoir_size=reservoir_size)
+        self.causal = bool(causal)
+        self.norm_stats = None if norm_stats is None else (float(norm_stats[0]), float(norm_stats[1]))
+        if self.causal:
+            self.hparams["causal"] = True
+        if self.norm_stats is not None:
+            self.hparams["norm_stats"] = list(self.norm_stats)
         self.n_mels, self.G, self.D, self.ds = n_mels, tokens_per_step, code_dim, time_downsample
         weight = torch.full((n_mels,), float(out_of_band_weight))
         weight[:band_bins] = 1.0
         self.register_buffer("bin_weight", weight / weight.mean(), persistent=False)
         n_down = int(math.log2(time_downsample))
-        enc: list[nn.Module] = [nn.Conv1d(n_mels, channels, 3, padding=1), *_res_stack(channels, res_blocks)]
+        c = self.causal
+        enc: list[nn.Module] = [_conv(c, n_mels, channels, 3, padding=1), *_res_stack(channels, res_blocks, c)]
         for _ in range(n_down):
-            enc += [nn.GELU(), nn.Conv1d(channels, channels, 4, stride=2, padding=1), *_res_stack(channels, res_blocks)]
+            enc += [nn.GELU(), _conv(c, channels, channels, 4, stride=2, padding=1), *_res_stack(channels, res_blocks, c)]
         enc += [nn.GELU(), nn.Conv1d(channels, tokens_per_step * code_dim, 1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv1d(tokens_per_step * code_dim, channels, 3, padding=1), *_res_stack(channels, res_blocks)]
@@ -279,13 +317,14 @@ class VQVAE(nn.Module):
                                          reservoir_size=reservoir_size)
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, Any], band_bins: int = 0) -> "VQVAE":
+    def from_conf(cls, conf: Mapping[str, Any], band_bins: int = 0, norm_stats: Sequence[float] | None = None) -> "VQVAE":
         return cls(n_mels=conf["n_mels"], channels=conf["vq_channels"], code_dim=conf["vq_code_dim"],
                    codebook_size=conf["codebook_size"], tokens_per_step=conf["tokens_per_step"],
                    time_downsample=conf["time_downsample"], res_blocks=conf["vq_res_blocks"], beta=conf["vq_beta"],
                    ema=conf["vq_ema"], ema_decay=conf["vq_ema_decay"], dead_threshold=conf["vq_dead_threshold"],
                    band_bins=band_bins, out_of_band_weight=conf["vq_out_of_band_weight"],
-                   reservoir_size=conf["vq_restart_reservoir"])
+                   reservoir_size=conf["vq_restart_reservoir"], causal=bool(conf.get("vq_causal", False)),
+                   norm_stats=norm_stats)
 
     def pad_frames(self, mel: torch.Tensor) -> torch.Tensor:
         """Repeat the last frame so the length is a whole number of steps."""

@@ -42,7 +42,7 @@ from scipy.optimize import minimize_scalar
 
 log = logging.getLogger(__name__)
 
-NAMES: tuple[str, ...] = ("unigram", "bigram", "copy_last")
+SIMPLE_NAMES: tuple[str, ...] = ("unigram", "bigram", "copy_last")
 UNIGRAM_ALPHAS = np.geomspace(1e-3, 1.0, 7)  # add-alpha per token, half-decade steps
 BIGRAM_BETAS = np.geomspace(1e-2, 1e4, 13)  # Dirichlet prior strength in pseudo-counts
 _EPS_BOUNDS = (1e-6, 1.0 - 1e-6)
@@ -74,10 +74,10 @@ def _grid_pick(nll: np.ndarray, has_data: bool) -> int:
     return int(np.argmin(nll)) if has_data else len(nll) - 1
 
 
-class Baselines:
+class SimpleBaselines:
     """Unigram, h-step bigram and copy-last predictors per token position, smoothed on val."""
 
-    names: tuple[str, ...] = NAMES
+    names: tuple[str, ...] = SIMPLE_NAMES
 
     def __init__(
         self,
@@ -108,7 +108,7 @@ class Baselines:
         ).astype(np.int32)  # [H, G, K]: argmax_b p(b | a), computed once (one K x K at a time)
 
     @classmethod
-    def fit(cls, train: Sequence[np.ndarray], val: Sequence[np.ndarray], n_tokens: int, horizons: int) -> "Baselines":
+    def fit(cls, train: Sequence[np.ndarray], val: Sequence[np.ndarray], n_tokens: int, horizons: int) -> "SimpleBaselines":
         """Count on ``train`` utterances, choose every smoothing on ``val``, for h = 1..horizons."""
         if not train:
             raise ValueError("no train utterances")
