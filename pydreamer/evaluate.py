@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
+    parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     return run_command(parser, _main, argv)
 
@@ -91,7 +92,8 @@ def _main(args) -> int:
     device = resolve_device(conf["device"])
     model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
     t0 = time.time()
-    fit_on = [u["tokens"] for u in TokenSplit(layout, "train", spec)]
+    train = list(TokenSplit(layout, "train", spec))
+    fit_on = [u["tokens"] for u in train]
     val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
     baselines = Baselines.fit(fit_on, val, spec.codebook_size, args.horizons)
     tokens = [u["tokens"] for u in utterances]
@@ -113,15 +115,42 @@ def _main(args) -> int:
                "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
     summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look
     metrics = scores.metrics(args.split, *rate)
+    summary["probes"], probe_metrics = _probes(model, layout, train, utterances, device, args)
+    metrics.update(probe_metrics)
     _latent_picture(out, model, utterances, device, args)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
+    _print(scores, summary, spec, f"{conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), "
+           f"{args.split} split, {len(tokens)} utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
+    return 0
+
+
+def _print(scores, summary: dict, spec, what: str) -> None:
+    from pydreamer.probes import probe_table
+
     bps = spec.tokens_per_step * spec.steps_per_second
     print(f"All cells (bits per token; margin = best baseline's NLL - the model's, 95% bootstrap CI over utterances):\n"
           f"{scores.table(rate=bps)}\n\nCells whose target step is voiced:\n{scores.table(voiced=True)}")
-    print(f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, {len(tokens)} "
-          f"utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
-    return 0
+    if summary["probes"]:
+        print(f"\nLinear probes of the latent features (one vector per utterance; token counts alone beside):\n"
+              f"{probe_table(summary['probes'])}")
+    print(f"evaluate: {what}")
+
+
+def _probes(model, layout, train: list[dict], utterances: list[dict], device, args) -> tuple[dict, dict]:
+    """(probe_report, its metrics): what the latent tells of speaker, language, kind, fitted on train utterances.
+    Like the t-SNE, a probe that fails is a warning, not a lost evaluation."""
+    from pydreamer.probes import corpus_labels, probe_metrics, probe_report
+
+    if args.no_probes:
+        return {}, {}
+    try:
+        train = [u for u in train if len(u["tokens"]) >= 2]
+        report = probe_report(model, train, utterances, corpus_labels(layout.root), device, seed=args.seed)
+        return report, probe_metrics(report, args.split)
+    except Exception as e:
+        log.warning("probes skipped: %s", e)
+        return {"every label": {"skipped": f"probes failed: {e}"}}, {}
 
 
 def _latent_picture(out: Path, model, utterances: list[dict], device, args) -> None:

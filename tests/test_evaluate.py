@@ -76,7 +76,9 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
     run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
     assert _evaluate(tmp_path, "--run", run_id) == 0
     out = capsys.readouterr().out
-    assert "| bigram |" in out and "every start step" in out
+    assert "every start step" in out
+    for name in ("unigram", "bigram", "copy_last", "ngram", "cache", "ngram_cache"):
+        assert f"| {name} |" in out
     import mlflow
 
     metrics = mlflow.get_run(run_id).data.metrics
@@ -85,14 +87,21 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
                 "test/margin_hi_h3", "test/bits_per_second_h1"):
         assert key in metrics and np.isfinite(metrics[key])
     assert metrics["test/margin_lo_h1"] <= metrics["test/margin_h1"] <= metrics["test/margin_hi_h1"]
-    best = min(metrics[f"test/baseline/{n}/nll_h1"] for n in ("unigram", "bigram", "copy_last"))
+    best = min(metrics[f"test/baseline/{n}/nll_h1"]
+               for n in ("unigram", "bigram", "copy_last", "ngram", "cache", "ngram_cache"))
     assert metrics["test/best_baseline/nll_h1"] <= best + 1e-9
     assert metrics["test/margin_h1"] == pytest.approx(metrics["test/best_baseline/nll_h1"] - metrics["test/nll_h1"])
     assert metrics["test/bits_per_second_h1"] == pytest.approx(metrics["test/nll_h1"] * 4 * 25, rel=1e-6)
     assert "| best baseline |" in out and "| margin to best, 95% CI |" in out and "voiced" in out
     folder = tmp_path / "replay" / "evaluation" / "test"
     assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in folder.iterdir()}
-    assert json.loads((folder / "summary.json").read_text())["checkpoint"] == "latest.pt"  # no best.pt: latest
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["checkpoint"] == "latest.pt"  # no best.pt: latest
+    # probes: every label the corpus has is probed (or says why not), printed and in summary.json
+    assert "Linear probes" in out and set(summary["probes"]) >= {"speaker", "language"}
+    for label, report in summary["probes"].items():
+        if "skipped" not in report:
+            assert 0 <= report["latent"]["acc"] <= 1 and metrics[f"test/probe/{label}/acc"] == report["latent"]["acc"]
 
 
 def test_evaluate_prefers_the_best_checkpoint_unless_told(tmp_path, capsys):
