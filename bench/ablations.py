@@ -6,7 +6,8 @@ each evaluated on one split, summed up as the markdown table the README carries.
 
 Every variant and seed is `launch.py --configs defaults audio small --run_name ablation-<name>-s<seed>
 --seed <seed> <its overrides>` followed by `python -m pydreamer.evaluate --split <split>` of its
-best-on-val checkpoint. Decide on `--split val` (defaults, ablation winners); report `--split test`
+best-on-val checkpoint (seed 0 for its draws and start steps, so every run is scored on the same cells;
+`--samples 0`: each world model's fair number of samples). Decide on `--split val` (defaults, ablation winners); report `--split test`
 once, at the end. Per variant and horizon the table gives the mean NLL over seeds with a 95%
 t-interval, and the difference to the first variant with a Welch 95% interval: where it covers 0 the
 two are "not distinguishable". A run that already exists (same run name, finished) is not trained
@@ -55,10 +56,13 @@ def run_variant(name: str, overrides: list[str], seed: int, args) -> dict:
             raise SystemExit(f"ablations: run {run_name} did not finish")
     path = Path(run.data.tags["replay_dir"]) / "evaluation" / args.split / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
+    cells = "every start step" if args.starts_per_utterance <= 0 else \
+        f"{args.starts_per_utterance} seeded start steps per utterance (seed 0)"
     if (summary.get("samples"), summary.get("checkpoint"), summary.get("cells"), "all" in summary) != \
-            (args.samples, f"{args.checkpoint}.pt", "every start step", True):  # not evaluated this way yet
+            (args.samples or summary.get("fair_samples"), f"{args.checkpoint}.pt", cells, True):  # not evaluated so yet
         cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run.info.run_id, "--mlflow_dir", args.mlflow_dir,
-               "--samples", str(args.samples), "--checkpoint", args.checkpoint, "--split", args.split]
+               "--samples", str(args.samples), "--checkpoint", args.checkpoint, "--split", args.split,
+               "--starts_per_utterance", str(args.starts_per_utterance), "--seed", "0", "--no_probes"]
         print("+", shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
         summary = json.loads(path.read_text())
@@ -131,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=["defaults", "audio", "small"])
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES, e.g. 'ar=--token_head autoregressive'")
     parser.add_argument("--n_steps", type=int, default=4000)
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=0, help="0 = each world model's fair_samples")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--starts_per_utterance", type=int, default=0,
+                        help="0 = every start step; else that many seeded ones per utterance (the same cells for all)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0..N-1")
     parser.add_argument("--split", default="val", choices=("val", "test"),
                         help="val to decide; test once, at the end")

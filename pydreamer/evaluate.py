@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--horizons", type=int, help="score h = 1..H steps ahead (default: the run's evaluate_horizons)")
     parser.add_argument("--samples", type=int,
-                        help="imagined futures averaged per start step (default: the run's evaluate_samples)")
+                        help="imagined futures averaged per start step (default: the run's evaluate_samples; 0 = the "
+                             "world model's fair_samples: RSSM 8, Transformer 256)")
     parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
     parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"),
@@ -74,8 +75,9 @@ def _main(args) -> int:
     args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
     args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
     args.seed = conf["seed"] if args.seed is None else args.seed
-    if args.horizons < 1 or args.samples < 1:
-        raise EvaluationError(f"--horizons and --samples must be positive, not {args.horizons} and {args.samples}")
+    if args.horizons < 1 or args.samples < 0:
+        raise EvaluationError(f"--horizons must be positive and --samples at least 0, not {args.horizons} and "
+                              f"{args.samples}")
     replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint, local_replay_dir(args.mlflow_dir, args.run))
     try:
         layout = DataLayout.of(local_data_dir(conf["data_dir"]))  # of a bucket: its tokens, fetched here
@@ -91,6 +93,7 @@ def _main(args) -> int:
         utterances = utterances[:args.max_utterances]
     device = resolve_device(conf["device"])
     model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
+    args.samples = args.samples or model.wm.fair_samples  # 0: as many as make this world model's forecast converge
     t0 = time.time()
     train = list(TokenSplit(layout, "train", spec))
     fit_on = [u["tokens"] for u in train]
@@ -111,6 +114,7 @@ def _main(args) -> int:
     rate = (spec.tokens_per_step, spec.steps_per_second)
     summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
                "split": args.split, "utterances": len(tokens), "cells": cells, "samples": args.samples,
+               "fair_samples": model.wm.fair_samples,
                "seconds": seconds, "tokens_per_step": spec.tokens_per_step, "steps_per_second": spec.steps_per_second,
                "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
     summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look

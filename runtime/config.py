@@ -159,10 +159,10 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     overshoot_starts deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
-    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_samples evaluate_horizons learners""".split()
+    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_horizons learners""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips
-    contrastive_steps""".split()
+    contrastive_steps evaluate_samples""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()

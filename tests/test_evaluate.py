@@ -117,6 +117,17 @@ def test_evaluate_prefers_the_best_checkpoint_unless_told(tmp_path, capsys):
     assert json.loads(summary.read_text())["step"] == 7
 
 
+def test_samples_0_scores_with_the_world_models_fair_number(tmp_path):
+    from pydreamer.models.rssm_world_model import RSSMWorldModel
+    from pydreamer.models.transformer import TransformerWorldModel
+
+    assert TransformerWorldModel.fair_samples > RSSMWorldModel.fair_samples >= 8  # measured, see bench/samples.py
+    run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
+    assert _evaluate(tmp_path, "--run", run_id, "--samples", "0", "--no_probes") == 0
+    summary = json.loads((tmp_path / "replay" / "evaluation" / "test" / "summary.json").read_text())
+    assert summary["samples"] == summary["fair_samples"] == RSSMWorldModel.fair_samples and "probes" in summary
+
+
 @pytest.mark.parametrize("case, message", [
     ("unknown run", "no MLflow run 'nosuchrun'"),
     ("no checkpoint", "has no checkpoint"),
