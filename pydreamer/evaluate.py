@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizons", type=int, help="score h = 1..H steps ahead (default: the run's evaluate_horizons)")
     parser.add_argument("--samples", type=int,
                         help="imagined futures averaged per start step (default: the run's evaluate_samples; 0 = the "
-                             "world model's fair_samples: RSSM 8, Transformer 256)")
+                             "world model's fair_samples: RSSM 8, Transformer 128)")
     parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
     parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"),
