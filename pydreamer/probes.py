@@ -107,6 +107,7 @@ def run_probes(train_feats: np.ndarray, train_labels: Sequence, test_feats: np.n
     # one BLAS thread: these fits are small, and a thread per core on a shared machine made them 100x slower
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "The number of unique classes is greater than 50%")  # speakers, few clips
         if folds >= 2:
             cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
             fit = GridSearchCV(pipe, {"logisticregression__C": list(C_GRID)}, cv=cv, n_jobs=1).fit(train_feats, ytr)
