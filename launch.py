@@ -149,7 +149,7 @@ def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
     if "small" in configs or "tiny" in configs:
         return configs, "no GPU: training the size the sections give on the CPU"
     return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 30-minute corpus, "
-                                 "4000 steps, about 25 minutes on 2 cores); on a GPU host the same command trains the "
+                                 "4000 steps, about 15 minutes on 2 cores); on a GPU host the same command trains the "
                                  "`audio` size")
 
 
@@ -333,9 +333,9 @@ def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], o
         for child in reversed(children):  # the generators: evaluation and dreams get every core
             child.stop()
     if outcome == "done" and conf["evaluate_at_end"] and needs_tokens(conf):
-        print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, "
-              f"{conf['evaluate_samples'] or 'the world model' + chr(39) + 's fair number of'} samples, beside the baselines)",
-              flush=True)
+        samples = conf["evaluate_samples"] or "the world model's fair number of"
+        print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, {samples} samples, "
+              "beside the baselines)", flush=True)
         rc = evaluate_at_end(conf, run_id)
         if rc == 0:
             end.evaluation_out = replay_dir / "evaluation" / "test"

@@ -52,7 +52,7 @@ def iter_hashes(x: np.ndarray, pos: np.ndarray) -> Iterator[tuple[str, int | Non
 
 
 def cell_hashes(x: np.ndarray, pos: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-    """Context hashes ``[N, G]`` per level at the cells ``t`` of a short array (an utterance)."""
+    """Context hashes ``[N, G]`` per level at the cells ``t`` of ``x`` (an utterance, or the concatenated val split)."""
     G = x.shape[1]
     out = {lv: np.zeros((len(t), G), np.uint64) for lv in LEVELS}
     for level, g, h in iter_hashes(x, pos):
@@ -180,13 +180,7 @@ class ValCells:
         x, pos, remaining = concat(val, G)
         M = len(x)
         sample = np.sort(rng.choice(M, MAX_VAL_CELLS, replace=False)) if M > MAX_VAL_CELLS else np.arange(M)
-        hashes = {lv: np.zeros((len(sample), G), np.uint64) for lv in LEVELS}
-        for level, g, h in iter_hashes(x, pos):
-            if g is None:
-                hashes[level][:] = h[sample][:, None]
-            else:
-                hashes[level][:, g] = h[sample]
-        return cls(x, pos, remaining, sample, hashes)
+        return cls(x, pos, remaining, sample, cell_hashes(x, pos, sample))
 
     def at(self, h: int, g: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices into the sample of the cells with a target h steps on, and those targets at position g."""
