@@ -9,6 +9,11 @@ import pytest
 from pydreamer.dreams.acoustics import (
     METRICS,
     N_FFT,
+    STRUCTURE,
+    envelope_period,
+    keeps_period,
+    speech_span,
+    structure_metrics,
     clip_metrics,
     compare_real_generated,
     comparison_markdown,
@@ -125,3 +130,70 @@ def test_compare_clip_sets_end_to_end():
     assert rows["spectral_entropy"].ks_statistic == 1.0 and rows["spectral_centroid"].relative_difference > 5
     with pytest.raises(ValueError):
         compare_real_generated(real, [{"rms": np.nan}], metrics=["rms"])
+
+
+# -- the structure of speech: known answers ---------------------------------------------
+
+def voiced_tone(seconds: float, f0: float = 150.0) -> np.ndarray:
+    """A harmonic tone (five partials) at pitch f0: a sung vowel."""
+    t = np.arange(int(seconds * SR)) / SR
+    return sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 6))
+
+
+def syllables(on_s: float = 0.3, off_s: float = 0.2, n: int = 8, floor: float = 1e-4) -> np.ndarray:
+    """`n` tone bursts of `on_s` seconds with `off_s` pauses: a syllable every on_s + off_s seconds."""
+    burst = np.concatenate([voiced_tone(on_s), np.zeros(int(off_s * SR))])
+    return np.tile(burst, n) + floor * np.random.default_rng(0).standard_normal(len(burst) * n)
+
+
+def test_structure_of_tone_bursts_is_their_known_rhythm_pitch_and_pauses():
+    m = structure_metrics(syllables(), SR)
+    assert m["voiced_fraction"] == pytest.approx(0.6, abs=0.12)  # 0.3 s voiced of every 0.5 s
+    assert m["harmonicity"] > 0.85
+    assert m["syllable_rate_hz"] == pytest.approx(2.0, abs=0.1)  # one burst every 0.5 s
+    assert m["syllable_strength"] > 0.4
+    assert m["speech_median_s"] == pytest.approx(0.3, abs=0.04)
+    assert m["pause_median_s"] == pytest.approx(0.2, abs=0.04)
+    assert envelope_period(syllables(), SR) == pytest.approx(0.5, abs=0.02)
+
+
+def test_noise_has_no_pitch_no_harmonics_no_pauses_and_no_period():
+    m = structure_metrics(white_noise(3.0), SR)
+    assert m["voiced_fraction"] < 0.2
+    assert m["harmonicity"] < 0.3
+    assert m["pause_median_s"] == 0.0
+    assert m["speech_median_s"] == pytest.approx(3.0, abs=0.05)
+    assert np.isnan(envelope_period(white_noise(3.0), SR))
+
+
+def test_a_steady_tone_is_voiced_and_harmonic_without_a_syllable_rhythm():
+    m = structure_metrics(voiced_tone(3.0), SR)
+    assert m["voiced_fraction"] > 0.95 and m["harmonicity"] > 0.95
+    assert m["syllable_strength"] < 0.1  # no modulation: the 2-8 Hz band holds next to none of it
+
+
+def test_silence_has_zero_structure_and_no_speech_span():
+    m = structure_metrics(np.zeros(SR), SR)
+    assert (m["voiced_fraction"], m["harmonicity"], m["pause_median_s"], m["speech_median_s"]) == (0, 0, 0, 0)
+    assert np.isnan(m["syllable_rate_hz"])
+    assert speech_span(np.zeros(SR), SR) == (0, 0)
+
+
+def test_speech_span_cuts_leading_and_trailing_silence():
+    y = np.concatenate([np.zeros(SR), voiced_tone(1.0), np.zeros(SR // 2)])
+    start, end = speech_span(y, SR)
+    assert start == pytest.approx(SR, abs=0.02 * SR)
+    assert end == pytest.approx(2 * SR, abs=0.03 * SR)
+
+
+@pytest.mark.parametrize("reference,generated,kept", [(0.5, 0.52, True), (0.5, 0.25, True), (0.5, 1.0, True),
+                                                      (0.5, 0.7, False), (0.5, float("nan"), False)])
+def test_keeps_period_allows_the_same_rhythm_counted_over_one_or_two_syllables(reference, generated, kept):
+    assert keeps_period(reference, generated) is kept
+
+
+def test_comparison_lists_structure_after_the_six_acoustic_metrics():
+    real = [{**clip_metrics(syllables(n=4), SR), **structure_metrics(syllables(n=4), SR)} for _ in range(3)]
+    rows = compare_real_generated(real, real)
+    assert [r.metric for r in rows] == list(METRICS) + list(STRUCTURE)
+    assert all(r.relative_difference == 0 for r in rows if np.isfinite(r.real_median))

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from tokenizer.audio_io import load_audio
-from tokenizer.features import MelSettings, mel_db_to_audio, mel_power, power_to_db, renormalize, unzscore, zscore
+from tokenizer.features import (MelSettings, mel_db_to_audio, mel_power, power_to_db, renormalize, unzscore,
+                                voice_activity, zscore)
 from tokenizer.vqvae import VQVAE, load_vqvae
 
 
@@ -38,6 +39,7 @@ class EncodedClip:
     mean: float  # the prompt's own z-score statistics (dB)
     std: float
     notes: list[str]
+    start_s: float = 0.0  # where in the file or utterance the prompt starts (its leading silence left out)
 
 
 class TokenCodec:
@@ -89,10 +91,19 @@ class TokenCodec:
         return tokens.cpu().numpy().astype(np.int64), mean, std
 
     def encode_prompt(self, name: str, db: np.ndarray, prompt_seconds: float,
-                      notes: list[str] | None = None) -> EncodedClip:
-        """The first `prompt_seconds` (whole steps) of a log-mel as a prompt; the rest is its true continuation."""
+                      notes: list[str] | None = None, vad_db: float | None = None) -> EncodedClip:
+        """The first `prompt_seconds` (whole steps) of a log-mel as a prompt; the rest is its true continuation.
+
+        With `vad_db` (the corpus' voice-activity threshold), the prompt starts at the step holding the
+        first voiced frame: a prompt of leading silence would ask the model to continue silence.
+        """
         notes = list(notes or [])
         ds = self.frames_per_step
+        start = first_voiced_step(db, vad_db, ds) * ds if vad_db is not None else 0
+        start_s = start / self.settings.frames_per_second
+        if start:
+            notes.append(f"leading silence trimmed: the prompt starts at {start_s:.2f} s")
+            db = db[start:]
         available = len(db) // ds
         if available < 1:
             raise ValueError(f"{name}: shorter than one token step ({ds / self.settings.frames_per_second:.2f} s)")
@@ -102,13 +113,14 @@ class TokenCodec:
             steps = available
         prompt_db = np.asarray(db[:steps * ds], np.float32)
         tokens, mean, std = self.encode_db(prompt_db)
-        return EncodedClip(name, tokens, prompt_db, np.asarray(db[steps * ds:], np.float32), mean, std, notes)
+        return EncodedClip(name, tokens, prompt_db, np.asarray(db[steps * ds:], np.float32), mean, std, notes, start_s)
 
     def load_prompt(self, path: Path | str, prompt_seconds: float, max_seconds: float = 60.0,
-                    silence_db: float = -60.0) -> EncodedClip:
-        """Any audio file (wav/flac/ogg/mp3, any rate and channels) as a prompt; raises UnusableAudio."""
+                    silence_db: float = -60.0, vad_db: float | None = None) -> EncodedClip:
+        """Any audio file (wav/flac/ogg/mp3, any rate and channels) as a prompt (from its first voiced step with
+        `vad_db`); raises UnusableAudio."""
         wave, notes = load_audio(path, self.settings.sample_rate, max_seconds, "cut", silence_db)
-        return self.encode_prompt(Path(path).name, self.wave_to_db(wave), prompt_seconds, notes)
+        return self.encode_prompt(Path(path).name, self.wave_to_db(wave), prompt_seconds, notes, vad_db)
 
     # ---- tokens -> audio ----------------------------------------------------------------
     @torch.no_grad()
@@ -134,6 +146,13 @@ class TokenCodec:
         if samples is not None:
             wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
         return wave
+
+
+def first_voiced_step(db: np.ndarray, vad_db: float, frames_per_step: int) -> int:
+    """The token step holding the first frame within `vad_db` dB of the loudest (the corpus' voice activity);
+    0 when no frame is (nothing to trim)."""
+    voiced = np.flatnonzero(voice_activity(np.asarray(db, np.float32), vad_db)) if len(db) else []
+    return int(voiced[0]) // frames_per_step if len(voiced) else 0
 
 
 def normalize_db(model: VQVAE, db: np.ndarray) -> tuple[np.ndarray, float, float]:

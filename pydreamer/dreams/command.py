@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydreamer.dreams.report import WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary
+from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary,
+                                     rhythm_of_completions)
 from pydreamer.dreams.results import ALPHAS, DreamResults
 from pydreamer.replay_layout import DREAMS
 from pydreamer.runs import RunError, run_command
@@ -101,8 +102,9 @@ def check_args(a: argparse.Namespace) -> None:
         raise RunError(f"--out {a.out} is a file; expected a folder")
 
 
-def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float) -> list:
-    """Every prompt file decoded and encoded, or a RunError naming the first one that cannot be."""
+def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float, vad_db: float | None = None) -> list:
+    """Every prompt file decoded and encoded (from its first voiced step with `vad_db`), or a RunError naming the
+    first one that cannot be."""
     from tokenizer.audio_io import UnusableAudio
 
     clips = []
@@ -110,7 +112,8 @@ def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float)
         if not Path(path).is_file():
             raise RunError(f"prompt {path}: no such file")
         try:
-            clips.append(codec.load_prompt(path, prompt_seconds, max_seconds=prompt_seconds + seconds + 1.0))
+            clips.append(codec.load_prompt(path, prompt_seconds, max_seconds=prompt_seconds + seconds + 10.0,
+                                           vad_db=vad_db))
         except (UnusableAudio, ValueError) as e:
             raise RunError(f"prompt {path}: {str(e).removeprefix(Path(path).name + ': ')}") from None
     return clips
@@ -187,7 +190,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         raise RunError(f"run {args.run}: no token meta.json with the corpus' mel_mean/mel_std ({tok.where})")
     model, step = load_model(ckpt_path, conf, codec.model.quantizer.codebook_size, codec.model.G, device)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
-                           args.seconds)
+                           args.seconds, conf["vad_db"])
     return Setup(run, conf, model, step, codec, meta, tok.where, prompts)
 
 
@@ -213,27 +216,39 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     for c in prompts:
         r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
     r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
-    r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds) for name, db in real[:args.warm]])
+    vad_db = setup.conf["vad_db"]  # prompts start at their first voiced step, as the corpus' voice activity says
+    r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
+                           for name, db in real[:args.warm]])
     user = prompts[:len(args.prompt)]
-    test = [codec.encode_prompt(name, db, args.prompt_seconds) for name, db in real[:args.test_prompts]] \
+    test = [codec.encode_prompt(name, db, args.prompt_seconds, vad_db=vad_db) for name, db in real[:args.test_prompts]] \
         if not args.prompt else []
     r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
     pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
     r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
-    measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user))
+    measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
     r.seconds = time.time() - t_start
     return r
 
 
-def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int) -> None:
-    """The acoustic tables (real clips vs each group of dreams) and the completion distances by horizon."""
+def _kind_of(data_dir):
+    """The utterance kind (counting, syllables, sentence) of a built-in corpus' utterance id; None elsewhere."""
+    from pydreamer.probes import synth_kind, synth_voices_of
+
+    voices = synth_voices_of(data_dir)
+    return (lambda name: synth_kind(name, voices)) if voices else None
+
+
+def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int, kind_of=None) -> None:
+    """The acoustic and structure tables (real clips vs each group of dreams, on their speech), the completion
+    distances by horizon, and whether completions keep their prompt's rhythm."""
     sr = r.sample_rate
     real_waves = dreamer.real(real_dbs)
     groups = {"tokenizer": dreamer.real(real_dbs, roundtrip=True),
               "unconditional": [d.wave for d in r.uncond], "warm": [d.wave for d in r.warm],
               "completion": [d.wave[c.prompt_samples:] for c in r.completions for d in c.dreams]}
-    r.tables, r.per_clip = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {})
+    r.tables, r.per_clip, r.silent = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {}, {})
     tested = [c for c in r.completions[n_user:] if c.true_wave is not None]  # the test prompts
+    r.rhythm = rhythm_of_completions(tested, sr, kind_of) if len(tested) >= 2 else {}
     per_prompt = []
     for i, c in enumerate(tested if len(tested) >= 2 else []):
         other = tested[(i + 1) % len(tested)]  # the prompts are a seeded draw: the next one is a random other
@@ -246,7 +261,7 @@ def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int) -> None:
             "tokenizer": completion_distances(true_cont, [dreamer.true_roundtrip(c)], sr),
         })
     r.n_tested, r.horizons = len(tested), horizon_summary(per_prompt)
-    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor)
+    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor, r.silent, r.rhythm)
 
 
 def write_all(results: DreamResults, out: Path) -> Path:

@@ -15,18 +15,87 @@ from typing import Sequence
 
 import numpy as np
 
-from pydreamer.dreams.acoustics import MetricComparison, compare_real_generated, describe_clips, similarity_by_horizon
+from pydreamer.dreams.acoustics import (MetricComparison, clip_metrics, compare_real_generated,
+                                        envelope_period, keeps_period, similarity_by_horizon, speech_span,
+                                        structure_metrics)
 
 WINDOW_S = 0.5  # horizon windows of the completion distances: (0, 0.5], (0.5, 1.0], ...
 
 
-def acoustic_tables(real: Sequence[np.ndarray], groups: dict[str, Sequence[np.ndarray]],
-                    sr: int) -> tuple[dict[str, list[MetricComparison]], dict[str, list[dict]]]:
-    """(real-vs-group tables, per-clip metrics of 'real' and each group) for every non-empty group."""
-    clips = {"real": describe_clips(real, sr)}
-    clips.update({g: describe_clips(w, sr) for g, w in groups.items() if len(w)})
-    tables = {g: compare_real_generated(clips["real"], c) for g, c in clips.items() if g != "real"}
-    return tables, clips
+def speech_parts(clips: Sequence[np.ndarray], sr: int) -> tuple[list[np.ndarray], float]:
+    """Each clip without its leading and trailing silence, the silent ones left out; and the fraction left out."""
+    spans = [speech_span(y, sr) for y in clips]
+    parts = [np.asarray(y)[a:b] for y, (a, b) in zip(clips, spans) if b > a]
+    return parts, (1.0 - len(parts) / len(clips)) if len(clips) else 0.0
+
+
+def acoustic_tables(real: Sequence[np.ndarray], groups: dict[str, Sequence[np.ndarray]], sr: int
+                    ) -> tuple[dict[str, list[MetricComparison]], dict[str, list[dict]], dict[str, float]]:
+    """(real-vs-group tables, per-clip metrics of 'real' and each group, fraction of each group's clips that are
+    silent) for every non-empty group. Every measure is taken on a clip's speech (its leading and trailing silence
+    cut, as for the real clips), so a dream that stays silent counts once, in the silent fraction."""
+    clips, silent = {}, {}
+    for g, waves in {"real": real, **groups}.items():
+        if not len(waves):
+            continue
+        parts, silent[g] = speech_parts(waves, sr)
+        if parts:
+            clips[g] = [{**clip_metrics(y, sr), **structure_metrics(y, sr)} for y in parts]
+    tables = {g: compare_real_generated(clips["real"], c) for g, c in clips.items() if g != "real"} \
+        if "real" in clips else {}
+    return tables, clips, silent
+
+
+STRUCTURE_TOLERANCE = 0.2  # the target: a group's median within +-20% of the real clips
+
+
+def structure_verdict(rows: Sequence[MetricComparison], tolerance: float = STRUCTURE_TOLERANCE) -> str:
+    """How many medians are within `tolerance` of the real clips', RMS aside (the vocoder's and the tokenizer's
+    level, not the model's), naming those that are not."""
+    judged = [r for r in rows if r.metric != "rms"]
+    off = [f"{r.metric} {r.relative_difference:+.0%}" for r in judged if not abs(r.relative_difference) <= tolerance]
+    return (f"Within +-{tolerance:.0%} of the real medians (RMS aside): {len(judged) - len(off)} of {len(judged)}"
+            + (f"; not: {', '.join(off)}" if off else "") + ".\n")
+
+
+def rhythm_of_completions(completions: Sequence, sr: int, kind_of=None) -> dict:
+    """Do completions keep their prompt's rhythm? Per test prompt with a true continuation, the repetition
+    period of the real prompt + continuation (`envelope_period`); for those that have one (rhythmic), the
+    fraction of its dreams whose imagined part has the same period (`keeps_period`), beside the same test on
+    another prompt's dreams (what keeping a period by chance reads). `kind_of(name)`: the utterance's kind
+    (synthetic corpus), to say it per kind."""
+    rows = []
+    for i, c in enumerate(completions):
+        other = completions[(i + 1) % len(completions)]
+        true_period = envelope_period(c.true_wave, sr)
+        if not np.isfinite(true_period) or other is c:
+            continue
+        own = [envelope_period(d.wave[c.prompt_samples:], sr) for d in c.dreams]
+        chance = [envelope_period(d.wave[other.prompt_samples:], sr) for d in other.dreams]
+        rows.append({"name": c.clip.name, "kind": kind_of(c.clip.name) if kind_of else None,
+                     "true_period_s": true_period, "dream_periods_s": own,
+                     "kept": float(np.mean([keeps_period(true_period, p) for p in own])),
+                     "chance": float(np.mean([keeps_period(true_period, p) for p in chance]))})
+    out = {"prompts": len(completions), "rhythmic": len(rows), "per_prompt": rows}
+    if rows:
+        out["kept"] = float(np.mean([r["kept"] for r in rows]))
+        out["chance"] = float(np.mean([r["chance"] for r in rows]))
+        kinds = sorted({r["kind"] for r in rows if r["kind"]})
+        out["by_kind"] = {k: {"rhythmic": sum(r["kind"] == k for r in rows),
+                              "kept": float(np.mean([r["kept"] for r in rows if r["kind"] == k]))} for k in kinds}
+    return out
+
+
+def rhythm_markdown(rhythm: dict) -> str:
+    """One paragraph: how many test prompts have a steady rhythm and how often their completions keep it."""
+    if not rhythm or not rhythm.get("rhythmic"):
+        return (f"Rhythm: none of the {rhythm.get('prompts', 0)} test prompts has a steady repetition period "
+                "(envelope autocorrelation peak >= 0.3 between 0.12 and 1 s): nothing to keep.\n") if rhythm else ""
+    kinds = "".join(f"; {k}: {v['kept']:.0%} of {v['rhythmic']}" for k, v in rhythm.get("by_kind", {}).items())
+    periods = ", ".join(f"{r['true_period_s']:.2f}" for r in rhythm["per_prompt"])
+    return (f"Rhythm: {rhythm['rhythmic']} of {rhythm['prompts']} test prompts have a steady period (s: {periods}); "
+            f"**{rhythm['kept']:.0%} of their completions keep it** (same period within 15%, or twice or half it), "
+            f"against {rhythm['chance']:.0%} for another prompt's completions{kinds}.\n")
 
 
 def completion_distances(true_cont: np.ndarray, dream_conts: Sequence[np.ndarray], sr: int) -> dict[str, np.ndarray]:
@@ -74,10 +143,18 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
 
 
 def dream_metrics(tables: dict[str, list[MetricComparison]], summary: dict[str, dict[str, list[float]]],
-                  realtime_factor: float) -> dict[str, float]:
-    """The `dream/*` metrics: per group and acoustic metric, medians, relative difference and KS; per
-    horizon window, the completion distances; the real-time factor."""
+                  realtime_factor: float, silent: dict[str, float] | None = None,
+                  rhythm: dict | None = None) -> dict[str, float]:
+    """The `dream/*` metrics: per group and acoustic metric, medians, relative difference and KS; the fraction of
+    each group's clips that are silent; per horizon window, the completion distances; whether completions keep
+    their prompt's rhythm; the real-time factor."""
     m = {"dream/realtime_factor": realtime_factor}
+    for group, fraction in (silent or {}).items():
+        m[f"dream/{group}/silent_fraction"] = fraction
+    if rhythm and rhythm.get("rhythmic"):
+        m["dream/completion/period_kept"] = rhythm["kept"]
+        m["dream/completion/period_kept_chance"] = rhythm["chance"]
+        m["dream/completion/rhythmic_prompts"] = rhythm["rhythmic"]
     for group, rows in tables.items():
         for r in rows:
             m[f"dream/real/{r.metric}/median"] = r.real_median

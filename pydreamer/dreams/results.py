@@ -12,7 +12,8 @@ import numpy as np
 
 from pydreamer.dreams.acoustics import MetricComparison, comparison_markdown, write_comparison_csv
 from pydreamer.dreams.audio import Completion, Dream, Timer
-from pydreamer.dreams.report import completion_png, grid_png, horizon_markdown, strip_png
+from pydreamer.dreams.report import (completion_png, grid_png, horizon_markdown, rhythm_markdown, strip_png,
+                                     structure_verdict)
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -34,6 +35,8 @@ class DreamResults:
     mix: list[Dream] = field(default_factory=list)
     tables: dict[str, list[MetricComparison]] = field(default_factory=dict)
     per_clip: dict = field(default_factory=dict)
+    silent: dict[str, float] = field(default_factory=dict)  # per group, the fraction of clips with no speech
+    rhythm: dict = field(default_factory=dict)  # do completions keep their prompt's period (rhythm_of_completions)
     horizons: dict = field(default_factory=dict)
     n_tested: int = 0
     timer: Timer = field(default_factory=Timer)
@@ -78,7 +81,8 @@ class DreamResults:
                 wav(f"{folder}/prompt+true.wav", c.true_wave)
             for k, d in enumerate(c.dreams):
                 wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
-            completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt, "
+            start = f" from {c.clip.start_s:.2f} s (leading silence trimmed)" if c.clip.start_s else ""
+            completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt{start}, "
                            f"{a.seconds:g} s dreamt (T={a.temperature:g})", c.true_db, [d.db for d in c.dreams],
                            c.dreams[0].prompt_s, fps)
             files.append(f"{folder}.png")
@@ -111,9 +115,13 @@ class DreamResults:
                 "unconditional": "dreams from the initial state (corpus level)",
                 "warm": f"dreams after a {a.warmup_seconds:g} s warm-up on {a.split} utterances (corpus level)",
                 "completion": "completions (the imagined part, at the prompt's level)"}
+        if self.silent:
+            md += ["Silent clips (no frame above -50 dBFS; left out of the tables, every measure is taken on the "
+                   "speech of a clip, its leading and trailing silence cut): "
+                   + ", ".join(f"{g} {v:.0%}" for g, v in self.silent.items()), ""]
         for group, rows in self.tables.items():
             md += [f"Real {a.split}-split clips vs {what[group]}; all through the same Griffin-Lim:", "",
-                   comparison_markdown(rows)]
+                   comparison_markdown(rows), structure_verdict(rows)]
             write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
             files.append(f"acoustics_{group}.csv")
         if not self.tables:
@@ -121,6 +129,7 @@ class DreamResults:
         md.append(horizon_markdown(self.horizons, self.n_tested) or
                   f"No completion distances: they need 2 or more {a.split}-split prompts with a true continuation "
                   f"(test prompts are completed only without --prompt; had {self.n_tested}).\n")
+        md.append(rhythm_markdown(self.rhythm))
         if not self.mix:
             md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
         md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "
@@ -136,10 +145,12 @@ class DreamResults:
             "generation_s": t.generation_s, "griffin_lim_s": t.griffin_lim_s, "audio_s": t.audio_s,
             "unconditional": {"from_initial_state": len(self.uncond), "after_warmup": [d.name for d in self.warm],
                               "warmup_seconds": a.warmup_seconds, "level": "corpus mel_mean/mel_std"},
-            "completions": [{"name": c.clip.name, "prompt_s": c.dreams[0].prompt_s, "notes": c.clip.notes,
+            "completions": [{"name": c.clip.name, "prompt_s": c.dreams[0].prompt_s, "start_s": c.clip.start_s,
+                             "notes": c.clip.notes,
                              "true_continuation": c.true_wave is not None} for c in self.completions],
             "acoustics": {g: [asdict(r) for r in rows] for g, rows in self.tables.items()},
-            "per_clip": self.per_clip, "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
+            "per_clip": self.per_clip, "silent_fraction": self.silent, "rhythm": self.rhythm,
+            "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
             "files": files,
         }
 
