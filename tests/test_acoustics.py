@@ -197,3 +197,26 @@ def test_comparison_lists_structure_after_the_six_acoustic_metrics():
     rows = compare_real_generated(real, real)
     assert [r.metric for r in rows] == list(METRICS) + list(STRUCTURE)
     assert all(r.relative_difference == 0 for r in rows if np.isfinite(r.real_median))
+
+
+def test_completions_that_repeat_the_prompts_syllables_keep_its_period_and_noise_does_not():
+    from types import SimpleNamespace
+
+    from pydreamer.dreams.report import rhythm_of_completions, structure_verdict
+
+    def completion(name, true_wave, dream_waves):
+        dreams = [SimpleNamespace(wave=np.concatenate([true_wave[:SR], w])) for w in dream_waves]
+        return SimpleNamespace(clip=SimpleNamespace(name=name), true_wave=true_wave, dreams=dreams, prompt_samples=SR)
+
+    rhythmic = syllables(0.3, 0.2, 10)  # a period of 0.5 s
+    slower = syllables(0.5, 0.3, 8)  # 0.8 s
+    good = completion("a", rhythmic, [syllables(0.3, 0.2, 8), syllables(0.3, 0.2, 8)])
+    bad = completion("b", slower, [white_noise(4.0, seed=1), white_noise(4.0, seed=2)])
+    r = rhythm_of_completions([good, bad], SR, kind_of=lambda name: "syllables")
+    assert r["rhythmic"] == 2 and r["per_prompt"][0]["true_period_s"] == pytest.approx(0.5, abs=0.02)
+    assert r["per_prompt"][0]["kept"] == 1.0 and r["per_prompt"][1]["kept"] == 0.0
+    assert r["per_prompt"][1]["chance"] == 0.0  # the other prompt's dreams are at 0.5 s, not 0.8 (or 0.4, 1.6)
+    assert r["kept"] == 0.5 and r["by_kind"]["syllables"]["rhythmic"] == 2
+
+    rows = compare_real_generated([{"rms": 1.0, "harmonicity": 0.8}] * 3, [{"rms": 0.5, "harmonicity": 0.4}] * 3)
+    assert structure_verdict(rows) == "Within +-20% of the real medians (RMS aside): 0 of 1; not: harmonicity -50%.\n"

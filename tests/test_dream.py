@@ -137,6 +137,7 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
     assert proc.returncode == 0, out
     assert "recorded as artifact tokenizer/vqvae.pt" in out and "real-time factor" in out
     assert "| spectral_entropy |" in out and "LSD dB @0.5s" in out
+    assert "| harmonicity |" in out and "| pause_median_s |" in out and "Silent clips" in out  # speech's structure
     last = proc.stdout.strip().splitlines()[-3:]
     assert last[0].startswith("launch: metrics: ") and last[1].startswith("launch: dreams: wavs and PNGs in")
     assert "mlflow ui --backend-store-uri" in last[2]
@@ -158,10 +159,12 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
             "acoustics_unconditional.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
     summary = json.loads((folder / "summary.json").read_text())
     assert {"own", "swapped", "other", "real_other", "tokenizer"} == set(summary["completion_distance_by_horizon"])
+    assert 0.0 <= summary["silent_fraction"]["unconditional"] <= 1.0 and "prompts" in summary["rhythm"]
     mlflow.set_tracking_uri(tracking_uri({"mlflow_dir": str(root / "mlruns")}))  # the launch's store, whatever ran before
     run = mlflow.get_run(summary["run"])
     assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
     for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s",
+                "dream/unconditional/silent_fraction", "dream/unconditional/voiced_fraction/rel_diff",
                 "test/nll_h1", "test/nll_h15", "test/baseline/bigram/nll_h1"):
         assert key in run.data.metrics
 

@@ -141,3 +141,24 @@ def test_a_corpus_normed_codec_keeps_a_prompts_tokens_when_its_future_changes():
     assert np.array_equal(causal.encode_db(louder)[0][:10], tokens[:10])
     own = TokenCodec(_initialised(causal=True), settings)  # causal, but z-scored with its own level: the future leaks
     assert not np.array_equal(own.encode_db(louder)[0][:10], own.encode_db(db)[0][:10])
+
+
+def test_a_prompt_starts_at_its_first_voiced_step_not_at_the_files_leading_silence():
+    import numpy as np
+
+    from tokenizer.codec import TokenCodec, first_voiced_step
+    from tokenizer.features import MelSettings
+
+    settings = MelSettings(16000, 1024, 640, 160, 80, 80.0)
+    rng = np.random.default_rng(0)
+    silence, speech = rng.normal(-95, 1, (182, 80)), rng.normal(-30, 5, (200, 80))  # 1.82 s of silence first
+    db = np.concatenate([silence, speech]).astype(np.float32)
+    assert first_voiced_step(db, -35.0, 4) == 182 // 4
+    assert first_voiced_step(speech.astype(np.float32), -35.0, 4) == 0
+    codec = TokenCodec(_initialised(), settings)
+    clip = codec.encode_prompt("u", db, 1.0, vad_db=-35.0)
+    assert clip.start_s == 1.80 and any("leading silence trimmed" in n for n in clip.notes)
+    assert clip.prompt_db.mean() > -40  # the prompt is speech
+    assert len(clip.prompt_db) + len(clip.continuation_db) == len(db) - 180
+    untrimmed = codec.encode_prompt("u", db, 1.0)  # without vad_db: from the first sample, as before
+    assert untrimmed.start_s == 0.0 and untrimmed.prompt_db.mean() < -90
