@@ -220,3 +220,16 @@ def test_completions_that_repeat_the_prompts_syllables_keep_its_period_and_noise
 
     rows = compare_real_generated([{"rms": 1.0, "harmonicity": 0.8}] * 3, [{"rms": 0.5, "harmonicity": 0.4}] * 3)
     assert structure_verdict(rows) == "Within +-20% of the real medians (RMS aside): 0 of 1; not: harmonicity -50%.\n"
+
+
+def test_one_short_continuation_does_not_cut_every_prompts_horizon():
+    from pydreamer.dreams.report import horizon_summary
+
+    def prompt(lsd):
+        kinds = {k: {"end_s": np.arange(1, len(lsd) + 1) * 0.5, "lsd": np.array(lsd), "sc": np.zeros(len(lsd))}
+                 for k in ("own", "swapped")}
+        return kinds
+
+    s = horizon_summary([prompt([10, 11, 12, 13]), prompt([20, 21, 22, 23]), prompt([30])])
+    assert s["own"]["end_s"] == [0.5, 1.0, 1.5, 2.0]  # nominal ends: the same metric keys in every run
+    assert s["own"]["lsd"] == [20.0, 16.0, 17.0, 18.0] and s["own"]["prompts"] == [3, 2, 2, 2]

@@ -20,6 +20,7 @@ from pydreamer.dreams.acoustics import (MetricComparison, clip_metrics, compare_
                                         structure_metrics)
 
 WINDOW_S = 0.5  # horizon windows of the completion distances: (0, 0.5], (0.5, 1.0], ...
+COMPLETION_TARGET_DB = 1.5  # a completion should be this much closer to the truth than another prompt's dream
 
 
 def speech_parts(clips: Sequence[np.ndarray], sr: int) -> tuple[list[np.ndarray], float]:
@@ -108,14 +109,20 @@ def completion_distances(true_cont: np.ndarray, dream_conts: Sequence[np.ndarray
 
 
 def horizon_summary(per_prompt: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, list[float]]]:
-    """Mean over prompts, per horizon window, of each kind of completion ('own', 'swapped', 'other')."""
+    """Mean over prompts, per horizon window, of each kind of completion ('own', 'swapped', 'other'), and how
+    many prompts each window's mean is over."""
     out: dict[str, dict[str, list[float]]] = {}
     if not per_prompt:
         return out
-    n = min(len(p["own"]["end_s"]) for p in per_prompt)
+    # a window is averaged over the prompts whose true continuation reaches it, while 2 or more do (one short
+    # utterance must not cut every prompt's horizon to its own length)
+    lengths = sorted((min(len(p[kind]["end_s"]) for kind in p) for p in per_prompt), reverse=True)
+    n = lengths[min(1, len(lengths) - 1)]
     for kind in per_prompt[0]:
-        out[kind] = {k: [float(np.mean([p[kind][k][i] for p in per_prompt])) for i in range(n)]
-                     for k in ("end_s", "lsd", "sc")}
+        out[kind] = {k: [float(np.mean([p[kind][k][i] for p in per_prompt if len(p[kind][k]) > i]))
+                         for i in range(n)] for k in ("lsd", "sc")}
+        out[kind]["end_s"] = [(i + 1) * WINDOW_S for i in range(n)]  # the window's nominal end: a stable key
+        out[kind]["prompts"] = [sum(len(p[kind]["end_s"]) > i for p in per_prompt) for i in range(n)]
     return out
 
 
@@ -136,9 +143,16 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
     for kind, r in summary.items():
         lines.append(f"| {names.get(kind, kind)} | " + " | ".join(f"{v:.2f}" for v in r["lsd"]) + " | "
                      + " | ".join(f"{v:.3f}" for v in r["sc"]) + " |")
-    own, base = summary["own"]["lsd"][0], summary["swapped"]["lsd"][0]
-    lines += ["", f"Completion target (LSD at {ends[0]:g} s below that of another prompt's dream at this prompt's "
-              f"level): {'met' if own < base else 'NOT met'}, {own:.2f} vs {base:.2f} dB."]
+    if "prompts" in summary["own"]:
+        lines += ["", "Prompts per window (those whose true continuation reaches it): "
+                  + ", ".join(str(n) for n in summary["own"]["prompts"])]
+    verdicts = []
+    for i, e in enumerate(ends):
+        if e in (0.5, 1.0, 2.0):
+            own, base = summary["own"]["lsd"][i], summary["swapped"]["lsd"][i]
+            verdicts.append(f"{e:g} s: {own:.2f} vs {base:.2f} dB ({own - base:+.2f})")
+    lines += ["", "The model's completion against another prompt's dream at this prompt's level (target: "
+              f"{COMPLETION_TARGET_DB:g} dB closer to the truth): " + "; ".join(verdicts) + "."]
     return "\n".join(lines) + "\n"
 
 
