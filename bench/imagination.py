@@ -13,6 +13,7 @@ Per group of runs (one per seed, same recipe), four tables, each against its tar
    beside another prompt's dream heard at this prompt's level (target: 1.5 dB below it);
 3. structure: for dreams from nothing and for completions, the relative difference of each median from the
    real test clips' (target: within +-20%, RMS aside), the KS statistic, and the fraction of silent dreams;
+   first the real clips through the tokenizer (perfect tokens), the floor no world model can go below;
 4. rhythm: the fraction of completions of rhythmic test prompts that keep the prompt's period, beside
    another prompt's completions.
 
@@ -142,7 +143,7 @@ def completion_table(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def structure_table(groups: dict[str, list[dict]], group_names=("unconditional", "completion")) -> str:
+def structure_table(groups: dict[str, list[dict]], group_names=("tokenizer", "unconditional", "completion")) -> str:
     from pydreamer.dreams.acoustics import METRICS, STRUCTURE
 
     lines = []
