@@ -210,7 +210,7 @@ def ba_ta(mlflow_dir: str, run_id: str, out: Path, samples: int = 8) -> dict:
     """Synthesize the prompt, complete it `samples` times, and say which completions keep its period."""
     import soundfile
 
-    from pydreamer.dreams.acoustics import envelope_period, keeps_period
+    from pydreamer.dreams.structure import envelope_period, keeps_period
     from tokenizer.audio_io import write_wav
     from tokenizer.synth import SynthUtterance, synthesize
 

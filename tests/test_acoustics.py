@@ -10,10 +10,6 @@ from pydreamer.dreams.acoustics import (
     METRICS,
     N_FFT,
     STRUCTURE,
-    envelope_period,
-    keeps_period,
-    speech_span,
-    structure_metrics,
     clip_metrics,
     compare_real_generated,
     comparison_markdown,
@@ -25,6 +21,7 @@ from pydreamer.dreams.acoustics import (
     spectral_convergence,
     write_comparison_csv,
 )
+from pydreamer.dreams.structure import envelope_period, keeps_period, speech_span, structure_metrics
 
 SR = 16000
 BIN_HZ = SR / N_FFT
@@ -233,3 +230,12 @@ def test_one_short_continuation_does_not_cut_every_prompts_horizon():
     s = horizon_summary([prompt([10, 11, 12, 13]), prompt([20, 21, 22, 23]), prompt([30])])
     assert s["own"]["end_s"] == [0.5, 1.0, 1.5, 2.0]  # nominal ends: the same metric keys in every run
     assert s["own"]["lsd"] == [20.0, 16.0, 17.0, 18.0] and s["own"]["prompts"] == [3, 2, 2, 2]
+
+
+def test_clips_too_short_for_a_syllable_rate_leave_out_that_row_not_the_table():
+    """A bug: dreams of 0.5 s (no syllable rate: NaN) made the whole acoustic table raise."""
+    short = [{**clip_metrics(voiced_tone(0.3), SR), **structure_metrics(voiced_tone(0.3), SR)} for _ in range(2)]
+    rows = compare_real_generated(short, short)
+    assert "syllable_rate_hz" not in [r.metric for r in rows] and "harmonicity" in [r.metric for r in rows]
+    with pytest.raises(ValueError, match="syllable_rate_hz"):
+        compare_real_generated(short, short, metrics=["syllable_rate_hz"])

@@ -15,9 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pydreamer.dreams.acoustics import (MetricComparison, clip_metrics, compare_real_generated,
-                                        envelope_period, keeps_period, similarity_by_horizon, speech_span,
-                                        structure_metrics)
+from pydreamer.dreams.acoustics import MetricComparison, clip_metrics, compare_real_generated, similarity_by_horizon
+from pydreamer.dreams.structure import envelope_period, keeps_period, speech_span, structure_metrics
 
 WINDOW_S = 0.5  # horizon windows of the completion distances: (0, 0.5], (0.5, 1.0], ...
 COMPLETION_TARGET_DB = 1.5  # a completion should be this much closer to the truth than another prompt's dream
