@@ -42,7 +42,6 @@ HORIZONS = (1, 5, 15)
 FORECAST_TARGET = {1: 0.3, 5: 0.15, 15: 0.15}  # bits/token below the best baseline
 COMPLETION_WINDOWS_S = (0.5, 1.0, 2.0)  # the ends of the 0.5 s horizon windows the target names
 
-STRUCTURE_TOLERANCE = 0.2
 BA_TA = "ba ta ba ta ba ta ba ta ba ta ba ta ba ta ba ta"
 
 
@@ -145,6 +144,7 @@ def completion_table(groups: dict[str, list[dict]]) -> str:
 
 def structure_table(groups: dict[str, list[dict]], group_names=("tokenizer", "unconditional", "completion")) -> str:
     from pydreamer.dreams.acoustics import METRICS, STRUCTURE
+    from pydreamer.dreams.report import STRUCTURE_TOLERANCE
 
     lines = []
     for name, dreams in groups.items():
