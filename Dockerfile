@@ -5,7 +5,8 @@
 #   docker build -t audio-world-model .
 #   docker run --gpus all --init --shm-size 8g -v awm-work:/work audio-world-model --configs defaults audio small
 # PyPI's torch wheels carry their CUDA runtime, so a slim Python base is enough; the host gives the driver.
-# libsndfile (mp3 included) comes in the soundfile wheel and eSpeak NG in espeakng-loader's: apt adds only make.
+# libsndfile (mp3 included) comes in the soundfile wheel and eSpeak NG in espeakng-loader's: apt adds make, and a
+# C compiler for `pesq` (the `hear` extra), which PyPI has only as source.
 # Stages: `base` (the project installed by `make install`), `mlflow` (the tracking server compose.yaml
 # runs: base + the PostgreSQL driver) and `trainer` (the default target: launch.py).
 
@@ -15,7 +16,7 @@ FROM python:3.11-slim AS base
 # Debian revision would break the build at each point release of that release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
+ && apt-get install -y --no-install-recommends make gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 --user-group app \
  && mkdir -p /app /work /artifacts \

@@ -8,13 +8,13 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 
 # The project, editable, with its test tools. `deps` first: then this step only adds the project itself.
 install: deps
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,hear]'
 	touch $(VENV)/.installed
 
 # Only the dependencies pyproject.toml lists (and its `test` extra), read by docker/deps.py: no second
 # list, and no source needed, so the Docker image runs it in a layer cached until pyproject.toml changes.
 deps: $(BIN)/python
-	$(BIN)/python docker/deps.py --extra test > $(VENV)/deps.txt
+	$(BIN)/python docker/deps.py --extra test --extra hear > $(VENV)/deps.txt
 	$(PIP) -r $(VENV)/deps.txt
 
 # `make run` installs first only when the environment is missing or older than pyproject.toml.

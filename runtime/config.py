@@ -165,7 +165,7 @@ _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_worker
     contrastive_steps evaluate_samples""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
-_NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval".split()
+_NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()
 _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
@@ -175,6 +175,7 @@ _CHOICES = {
     "token_head": ("independent", "autoregressive"),
     "wm_objective": ("reconstruction", "contrastive"),
     "mel_norm": ("auto", "utterance", "corpus"),
+    "vocoder": ("griffinlim", "hifigan"),
 }
 _NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
 _MAY_BE_A_BUCKET = ("data_dir", "replay_dir")  # these may also be s3://bucket/prefix (runtime/storage.py)
@@ -246,7 +247,7 @@ def validate(conf: Mapping[str, Any]) -> None:
     if conf.get("vq_causal") is True and conf.get("mel_norm") == "utterance":
         raise bad("mel_norm", "vq_causal true needs mel_norm corpus (or auto): an utterance's own mean and std "
                               "carry its future into every token")
-    for key in ("dream_at_end", "evaluate_at_end", "vq_causal"):
+    for key in ("dream_at_end", "evaluate_at_end", "vq_causal", "dream_perceptual"):
         if key in conf and not isinstance(conf[key], bool):
             raise bad(key, "expected true or false")
     if "device" in conf:

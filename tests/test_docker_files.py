@@ -284,7 +284,7 @@ def test_make_install_is_deps_then_the_project(tmp_path):
     venv_at = next(i for i, line in enumerate(lines) if "-m venv" in line)
     deps_at = next(i for i, line in enumerate(lines) if "docker/deps.py" in line)
     req_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .* -r ", line))
-    own_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .*-e '\.\[test\]'", line))
+    own_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .*-e '\.\[test,hear\]'", line))
     assert venv_at < deps_at < req_at < own_at, lines
     assert make_dry_run("test", clone, venv)[-1].endswith("-m pytest tests")
 

@@ -6,7 +6,7 @@ at any rate or channel count goes through exactly what the tokens were made with
 resample, log-mel in dB, z-score with the prompt's own statistics (or, for a tokenizer trained with
 `mel_norm: corpus`, the train split's, kept in the checkpoint), VQ-VAE encode. Back: VQ-VAE
 decode (z-scored log-mel), z-score undone with statistics the caller chooses (a prompt's own,
-or the corpus' typical level for a dream without one), inverse mel + Griffin-Lim.
+or the corpus' typical level for a dream without one), the vocoder (tokenizer/vocoder.py).
 
 `tokenize` does the same for a corpus' prepared (z-scored) utterances, many at once in batches:
 the encode stage writes its tokens, the evaluate stage compares their way back with the real log-mel.
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from tokenizer.audio_io import load_audio
-from tokenizer.features import (MelSettings, mel_db_to_audio, mel_power, power_to_db, renormalize, unzscore,
-                                voice_activity, zscore)
+from tokenizer.features import MelSettings, mel_power, power_to_db, renormalize, unzscore, voice_activity, zscore
+from tokenizer.vocoder import Vocoder, make_vocoder
 from tokenizer.vqvae import VQVAE, load_vqvae
 
 
@@ -46,20 +46,20 @@ class TokenCodec:
     """A VQ-VAE checkpoint with its feature settings: waveform -> tokens -> log-mel -> waveform."""
 
     def __init__(self, model: VQVAE, settings: MelSettings, device: torch.device | str = "cpu",
-                 griffin_lim_iters: int = 32):
+                 vocoder: str = "griffinlim", griffin_lim_iters: int = 32):
         self.model, self.settings, self.device = model.eval(), settings, torch.device(device)
-        self.griffin_lim_iters = int(griffin_lim_iters)
+        self.vocoder: Vocoder = make_vocoder(vocoder, settings, griffin_lim_iters, self.device)
 
     @classmethod
     def load(cls, path: Path | str, device: torch.device | str = "cpu", fallback: MelSettings | None = None,
-             griffin_lim_iters: int = 32) -> "TokenCodec":
+             vocoder: str = "griffinlim", griffin_lim_iters: int = 32) -> "TokenCodec":
         """The checkpoint's own feature settings (`fallback`, e.g. the run's config, only when it has none)."""
         model, extra = load_vqvae(path, device)
         features = extra.get("features")
         settings = MelSettings(**features) if features else fallback
         if settings is None:
             raise ValueError(f"{path}: the tokenizer checkpoint records no feature settings")
-        return cls(model, settings, device, griffin_lim_iters)
+        return cls(model, settings, device, vocoder, griffin_lim_iters)
 
     @property
     def frames_per_step(self) -> int:
@@ -74,7 +74,7 @@ class TokenCodec:
         return self.model.ds * self.settings.hop_length
 
     def steps_for(self, seconds: float) -> int:
-        """Token steps whose Griffin-Lim audio covers `seconds` in full (one step more than the ceiling:
+        """Token steps whose audio covers `seconds` in full (one step more than the ceiling:
         the last frame's samples are only half made)."""
         return math.ceil(seconds * self.steps_per_second - 1e-9) + 1
 
@@ -141,11 +141,8 @@ class TokenCodec:
         return unzscore(z, mean, std).astype(np.float32)
 
     def to_wave(self, db: np.ndarray, samples: int | None = None) -> np.ndarray:
-        """Log-mel (dB) -> waveform (inverse mel + Griffin-Lim), cut or zero-padded to `samples`."""
-        wave = mel_db_to_audio(db, self.settings, self.griffin_lim_iters).astype(np.float32)
-        if samples is not None:
-            wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
-        return wave
+        """Log-mel (dB) -> waveform through the codec's vocoder, cut or zero-padded to `samples`."""
+        return self.vocoder(db, samples)
 
 
 def first_voiced_step(db: np.ndarray, vad_db: float, frames_per_step: int) -> int:

@@ -15,9 +15,10 @@ import torch
 
 from tokenizer.audio_io import write_wav
 from tokenizer.codec import model_input
-from tokenizer.features import MelSettings, mel_db_to_audio, save_spectrogram_png
+from tokenizer.features import MelSettings, save_spectrogram_png
 from tokenizer.layout import DataLayout
 from tokenizer.shards import iter_utterances
+from tokenizer.vocoder import make_vocoder
 from tokenizer.vqvae import VQVAE
 
 
@@ -32,6 +33,7 @@ def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, spli
         with tempfile.TemporaryDirectory(prefix="tokenizer-examples-") as tmp:
             return log_examples(model, conf, layout, split, device, n, artifact_dir, Path(tmp))
     settings = MelSettings.from_conf(conf)
+    vocoder = make_vocoder(conf["vocoder"], settings, conf["griffin_lim_iters"])
     model.eval()
     out = Path(out_dir)
     written: list[Path] = []
@@ -53,7 +55,7 @@ def log_examples(model: VQVAE, conf: Mapping[str, Any], layout: DataLayout, spli
         written.append(png)
         for label, db in (("real", real_db), ("reconstructed", recon_db)):
             wav = out / f"{name}.{label}.wav"
-            write_wav(wav, mel_db_to_audio(db, settings, conf["griffin_lim_iters"]), settings.sample_rate)
+            write_wav(wav, vocoder(db), settings.sample_rate)
             written.append(wav)
     hist = out / "codebook_usage.png"
     _codebook_histogram(hist, counts, split)

@@ -127,6 +127,20 @@ def train_norm_stats(layout: DataLayout) -> tuple[float, float]:
     return pooled_stats(np.concatenate(lengths), np.concatenate(means), np.concatenate(stds))
 
 
+def magnitude_scale(layout: DataLayout, norm: tuple[float, float] | None) -> float:
+    """ln-magnitude per unit of the tokenizer's z-scored input: its dB std (the corpus' with `norm`, else the
+    typical utterance's) times ln(10)/20 (dB of power -> ln of magnitude)."""
+    if norm is not None:
+        std = norm[1]
+    else:
+        stds = []
+        for path in shard_paths(layout.mels("train")):
+            with np.load(path, allow_pickle=False) as z:
+                stds.append(z["std"])
+        std = float(np.median(np.concatenate(stds))) if stds else 10.0
+    return float(std) * math.log(10.0) / 20.0
+
+
 def _lr_at(step: int, total: int, base: float, warmup: int = 200) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -170,7 +184,7 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
                           pack=conf["vq_pack_crops"], norm=norm)
     val = _val_crops(layout.mels("val"), seg, norm=norm) if main else None
     band = signal_mel_bins(json.loads(layout.manifest.read_text()), conf["n_mels"]) if layout.manifest.is_file() else 0
-    net = VQVAE.from_conf(conf, band_bins=band, norm_stats=norm).to(device)
+    net = VQVAE.from_conf(conf, band_bins=band, norm_stats=norm, magnitude_scale=magnitude_scale(layout, norm)).to(device)
     model: torch.nn.Module = net
     if ranks.distributed:
         torch.manual_seed(_rank_seed(conf["seed"], ranks))  # own draws (codebook restarts pick on rank 0 only)

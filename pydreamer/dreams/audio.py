@@ -7,7 +7,7 @@ A completion is decoded together with its prompt's tokens (the VQ-VAE decoder se
 across the boundary), then the prompt's frames are replaced by the real prompt, so a listener
 hears the real prompt and the model's continuation in one wave.
 
-Wall-clock time is kept apart for generation (imagination + VQ-VAE decode) and Griffin-Lim, and
+Wall-clock time is kept apart for generation (imagination + VQ-VAE decode) and the vocoder, and
 the seconds of audio dreamt, so the real-time factor means the cost of hearing a dream.
 """
 from __future__ import annotations
@@ -39,9 +39,10 @@ class Dream:
 class Completion:
     clip: EncodedClip
     dreams: list[Dream]
-    true_wave: np.ndarray | None  # the real prompt + true continuation, through the same Griffin-Lim
+    true_wave: np.ndarray | None  # the real prompt + true continuation, through the same vocoder
     true_db: np.ndarray
     sample_rate: int
+    roundtrip_wave: np.ndarray | None = None  # the same through the tokenizer first (perfect tokens)
 
     @property
     def prompt_samples(self) -> int:
@@ -51,13 +52,13 @@ class Completion:
 @dataclass
 class Timer:
     generation_s: float = 0.0
-    griffin_lim_s: float = 0.0
+    vocoder_s: float = 0.0
     audio_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @property
     def realtime_factor(self) -> float:
-        return (self.generation_s + self.griffin_lim_s) / max(self.audio_s, 1e-9)
+        return (self.generation_s + self.vocoder_s) / max(self.audio_s, 1e-9)
 
 
 class AudioDreamer:
@@ -88,11 +89,11 @@ class AudioDreamer:
         return z
 
     def hear(self, db: np.ndarray, samples: int, count: bool = True) -> np.ndarray:
-        """Griffin-Lim of a log-mel, timed (and its audio counted as dreamt when `count`)."""
+        """A log-mel through the vocoder, timed (and its audio counted as dreamt when `count`)."""
         t0 = time.perf_counter()
         wave = self.codec.to_wave(db, samples)
         if count:
-            self.timer.griffin_lim_s += time.perf_counter() - t0
+            self.timer.vocoder_s += time.perf_counter() - t0
             self.timer.audio_s += samples / self.sr
         return wave
 
@@ -128,11 +129,12 @@ class AudioDreamer:
             db = np.concatenate([clip.prompt_db, self.codec.to_db(z, clip.mean, clip.std)])
             dreams.append(Dream(f"{clip.name}-dream-{k:02d}", tokens[k], db, self.hear(db, total), prompt_s))
         true_db = np.concatenate([clip.prompt_db, clip.continuation_db[:steps * self.codec.frames_per_step]])
-        true_wave = None
+        true_wave = roundtrip_wave = None
         if len(clip.continuation_db):
             n = min(total, int(round(len(true_db) / self.codec.settings.frames_per_second * self.sr)))
             true_wave = self.hear(true_db, n, count=False)
-        return Completion(clip, dreams, true_wave, true_db, self.sr)
+            roundtrip_wave = self.hear(self.codec.roundtrip(true_db), n, count=False)
+        return Completion(clip, dreams, true_wave, true_db, self.sr, roundtrip_wave)
 
     def swapped(self, own: Completion, other: Completion) -> list[np.ndarray]:
         """`other`'s imagined tokens heard after `own`'s prompt at `own`'s level: a completion that did not
@@ -159,7 +161,7 @@ class AudioDreamer:
         return out
 
     def real(self, dbs: list[np.ndarray], roundtrip: bool = False) -> list[np.ndarray]:
-        """Real log-mels cut to `seconds`, through the same Griffin-Lim as the dreams (not counted as dreamt);
+        """Real log-mels cut to `seconds`, through the same vocoder as the dreams (not counted as dreamt);
         with `roundtrip`, through the tokenizer first (encoded and decoded: the best any token model can sound)."""
         fps = self.codec.settings.frames_per_second
         out = []
@@ -169,9 +171,6 @@ class AudioDreamer:
             out.append(self.hear(db, min(self.samples, int(round(len(db) / fps * self.sr))), count=False))
         return out
 
-    def true_roundtrip(self, c: Completion) -> np.ndarray:
-        """The true continuation heard through the tokenizer (perfect tokens), cut after the prompt."""
-        return self.hear(self.codec.roundtrip(c.true_db), len(c.true_wave), count=False)[c.prompt_samples:]
 
 
 def split_utterances(layout: DataLayout, split: str, n: int, min_frames: int, seed: int) -> list[tuple[str, np.ndarray]]:

@@ -5,7 +5,7 @@
                               [--seed 0] [--split test] [--unconditional N] [--warm N] [--real_clips N]
 
 The sizes not given (--seconds, --samples, --unconditional, --warm, --test_prompts, --real_clips,
---griffin_lim_iters) are the run's own config keys (dream_seconds, dream_samples, ...): one source of
+--vocoder, --griffin_lim_iters) are the run's own config keys (dream_seconds, dream_samples, ...): one source of
 defaults, which launch.py's dreams at the end of a run use too.
 
 From the run id alone (its config, checkpoint and the tokenizer artifact it was trained with, see
@@ -20,11 +20,12 @@ runs.py), for either world model:
   first two prompts).
 
 Tokens -> the run's VQ-VAE decoder -> log-mel (z-score undone with the prompt's statistics, or the
-corpus' average without a prompt) -> inverse mel + Griffin-Lim -> wav at the tokenizer's rate.
+corpus' average without a prompt) -> the vocoder (`--vocoder hifigan`: a pretrained HiFi-GAN behind a bridge
+from our log-mels; `griffinlim`: inverse mel + Griffin-Lim) -> wav at the tokenizer's rate.
 Writes wavs, PNGs, `acoustics.md` and CSVs, `tokens.npz` and `summary.json` to `--out` (all or
 nothing: built aside, then moved in), logs `dream/*` metrics and the folder as artifacts `dreams/`.
 Bad input (unknown run, missing or non-audio prompt, ...) is one line and exit code 2, before
-anything is written. Prints the real-time factor: (generation + Griffin-Lim seconds) / audio seconds.
+anything is written. Prints the real-time factor: (generation + vocoder seconds) / audio seconds.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary,
-                                     rhythm_of_completions)
+                                     perceptual_scores, rhythm_of_completions)
 from pydreamer.dreams.results import ALPHAS, DreamResults
 from pydreamer.replay_layout import DREAMS
 from pydreamer.runs import RunError, run_command
@@ -49,7 +50,11 @@ log = logging.getLogger("pydreamer.dream")
 # Options whose default is the run's config key (launch.py passes none of them).
 CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unconditional": "dream_unconditional",
                    "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
-                   "griffin_lim_iters": "dream_griffin_lim_iters", "seed": "seed"}
+                   "griffin_lim_iters": "dream_griffin_lim_iters", "vocoder": "vocoder", "seed": "seed",
+                   "perceptual": "dream_perceptual"}
+
+
+OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False}  # keys a run made before them does not have
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real_clips", type=int,
                    help="real utterances measured for the acoustic table (the run's dream_real_clips)")
     p.add_argument("--interp_seconds", type=float, default=1.0, help="seconds dreamt from each mixture")
-    p.add_argument("--griffin_lim_iters", type=int, help="Griffin-Lim iterations (0 or default: the run's "
-                   "dream_griffin_lim_iters)")
+    p.add_argument("--vocoder", choices=("griffinlim", "hifigan"), help="log-mel -> wave (default: the run's vocoder)")
+    p.add_argument("--griffin_lim_iters", type=int, help="Griffin-Lim iterations with --vocoder griffinlim (0 or "
+                   "default: the run's dream_griffin_lim_iters)")
+    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction,
+                   help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip (the run's dream_perceptual)")
     p.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     p.add_argument("--no_log", action="store_true", help="write --out only; log nothing into the run")
     return p
@@ -83,7 +91,7 @@ def fill_from_config(a: argparse.Namespace, conf) -> argparse.Namespace:
     """Options not given on the command line take the run's config (its dream_* keys): one source of defaults."""
     for option, key in CONFIG_DEFAULTS.items():
         if getattr(a, option) is None or (option == "griffin_lim_iters" and getattr(a, option) == 0):
-            setattr(a, option, conf[key])
+            setattr(a, option, conf.get(key, OLD_RUNS.get(key)) if key in OLD_RUNS else conf[key])
     return a
 
 
@@ -156,8 +164,7 @@ def run_dreams(args: argparse.Namespace) -> int:
     written = list(results.files)
     wavs, pngs = sum(r.endswith(".wav") for r in written), sum(r.endswith(".png") for r in written)
     print(f"dream: real-time factor {timer.realtime_factor:.3f} ({timer.generation_s:.1f} s generation + "
-          f"{timer.griffin_lim_s:.1f} s Griffin-Lim for {timer.audio_s:.1f} s of audio, {results.griffin_lim_iters} "
-          "iterations)")
+          f"{timer.vocoder_s:.1f} s vocoder, {results.vocoder}, for {timer.audio_s:.1f} s of audio)")
     print(f"dream: {kind} run {args.run} at step {setup.step}: {wavs} wavs, {pngs} PNGs -> {out.resolve()}{logged}")
     return 0
 
@@ -172,6 +179,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
     from tokenizer.features import MelSettings
     from tokenizer.layout import DataLayout
     from tokenizer.tokens import read_token_meta
+    from tokenizer.vocoder import hifigan_available
 
     run, conf = open_run(args.run, args.mlflow_dir)
     check_args(fill_from_config(args, conf))
@@ -182,8 +190,10 @@ def load_setup(args: argparse.Namespace) -> Setup:
     tok = run_tokenizer(run, conf)
     device = resolve_device(conf["device"])
     try:
-        codec = TokenCodec.load(tok.vqvae, device, MelSettings.from_conf(conf), args.griffin_lim_iters)
+        codec = TokenCodec.load(tok.vqvae, device, MelSettings.from_conf(conf), args.vocoder, args.griffin_lim_iters)
     except Exception as e:
+        if args.vocoder == "hifigan" and hifigan_available():
+            raise RunError(f"--vocoder hifigan: {hifigan_available()}; or use --vocoder griffinlim") from None
         raise RunError(f"tokenizer {tok.vqvae}: cannot be loaded ({type(e).__name__}: {e})") from None
     meta = json.loads(tok.meta.read_text()) if tok.meta else read_token_meta(DataLayout.of(conf["data_dir"]))
     if "mel_mean" not in meta:
@@ -208,7 +218,7 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     fps = codec.settings.frames_per_second
     min_frames = int(round((args.prompt_seconds + WINDOW_S) * fps)) + codec.frames_per_step  # a first window to score
     real = split_utterances(layout, args.split, need, min_frames, args.seed)
-    r = DreamResults(args, setup.model.world_model, setup.step, codec.settings.sample_rate, fps, codec.griffin_lim_iters,
+    r = DreamResults(args, setup.model.world_model, setup.step, codec.settings.sample_rate, fps, codec.vocoder.describe,
                      codec.model.G, notes=[f"tokenizer: {setup.tokenizer_where}"], timer=dreamer.timer)
     if not real:
         r.notes.append(f"no {args.split}-split log-mels in {layout.mels(args.split)}: no real clips, warm-up dreams, "
@@ -258,10 +268,12 @@ def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int, kind_of=None)
             "swapped": completion_distances(true_cont, dreamer.swapped(c, other), sr),
             "other": completion_distances(true_cont, [d.wave[other.prompt_samples:] for d in other.dreams], sr),
             "real_other": completion_distances(true_cont, [other.true_wave[other.prompt_samples:]], sr),
-            "tokenizer": completion_distances(true_cont, [dreamer.true_roundtrip(c)], sr),
+            "tokenizer": completion_distances(true_cont, [c.roundtrip_wave[c.prompt_samples:]], sr),
         })
     r.n_tested, r.horizons = len(tested), horizon_summary(per_prompt)
-    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor, r.silent, r.rhythm)
+    if getattr(r.args, "perceptual", False):
+        r.perceptual = perceptual_scores(real_waves, groups, sr)
+    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor, r.silent, r.rhythm, r.perceptual)
 
 
 def write_all(results: DreamResults, out: Path) -> Path:

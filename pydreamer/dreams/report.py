@@ -155,13 +155,60 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
     return "\n".join(lines) + "\n"
 
 
+PERCEPTUAL_CLIPS = 8  # clips per group scored by DNSMOS (about 1-2 s of CPU each)
+GROUP_WORDS = {"real": "real clips through the vocoder (copy synthesis)", "tokenizer": "tokenizer round trip",
+               "unconditional": "dreams from nothing", "warm": "dreams after a warm-up",
+               "completion": "completions (imagined part)"}
+
+
+def perceptual_scores(real: Sequence[np.ndarray], groups: dict[str, Sequence[np.ndarray]], sr: int,
+                      clips: int = PERCEPTUAL_CLIPS) -> dict:
+    """DNSMOS of the real clips and of each group (up to `clips` each), and the tokenizer's own loss: its round
+    trip against the same clips through the same vocoder (PESQ-WB, STOI, ESTOI, ViSQOL). A metric whose package
+    is missing is a note, not an error."""
+    from pydreamer.dreams import perceptual
+
+    out: dict = {"dnsmos": {}, "tokenizer": {}, "notes": perceptual.notes()}
+    for name, waves in (("real", real), *groups.items()):
+        scores = perceptual.dnsmos_summary(list(waves)[:clips], sr) if len(waves) else {}
+        if scores:
+            out["dnsmos"][name] = scores
+    if len(real) and len(groups.get("tokenizer", [])):
+        out["tokenizer"] = perceptual.copy_synthesis(list(real)[:clips], list(groups["tokenizer"])[:clips], sr)
+    return out
+
+
+def perceptual_markdown(p: dict, vocoder: str) -> str:
+    """The DNSMOS table per group and the tokenizer's intrusive scores, with any metric that could not run."""
+    if not p:
+        return ""
+    lines = []
+    if p.get("dnsmos"):
+        lines += [f"Perceived quality, DNSMOS P.835 (1-5, higher is better; median of up to {PERCEPTUAL_CLIPS} clips "
+                  f"per group; every clip through {vocoder}):", "", "| clips | SIG | BAK | OVRL |", "|---|---|---|---|"]
+        for group, s in p["dnsmos"].items():
+            lines.append(f"| {GROUP_WORDS.get(group, group)} | {s.get('dnsmos_sig', float('nan')):.2f} | "
+                         f"{s.get('dnsmos_bak', float('nan')):.2f} | {s.get('dnsmos_ovrl', float('nan')):.2f} |")
+        lines.append("")
+    t = {k: v for k, v in p.get("tokenizer", {}).items() if k != "n"}
+    if t:
+        lines += ["The tokenizer's own loss (its round trip against the same clips through the same vocoder, "
+                  f"{p['tokenizer'].get('n', 0)} clips): " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()), ""]
+    lines += [f"Not measured: {n}" for n in p.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
 def dream_metrics(tables: dict[str, list[MetricComparison]], summary: dict[str, dict[str, list[float]]],
                   realtime_factor: float, silent: dict[str, float] | None = None,
-                  rhythm: dict | None = None) -> dict[str, float]:
+                  rhythm: dict | None = None, perceptual: dict | None = None) -> dict[str, float]:
     """The `dream/*` metrics: per group and acoustic metric, medians, relative difference and KS; the fraction of
     each group's clips that are silent; per horizon window, the completion distances; whether completions keep
     their prompt's rhythm; the real-time factor."""
     m = {"dream/realtime_factor": realtime_factor}
+    for group, scores in (perceptual or {}).get("dnsmos", {}).items():
+        m.update({f"dream/{group}/{k}": v for k, v in scores.items() if np.isfinite(v)})
+    m.update({f"tokenizer/roundtrip/{k}": v for k, v in (perceptual or {}).get("tokenizer", {}).items()
+              if k != "n" and np.isfinite(v)})
     for group, fraction in (silent or {}).items():
         m[f"dream/{group}/silent_fraction"] = fraction
     if rhythm and rhythm.get("rhythmic"):

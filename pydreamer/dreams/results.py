@@ -12,8 +12,10 @@ import numpy as np
 
 from pydreamer.dreams.acoustics import MetricComparison, comparison_markdown, write_comparison_csv
 from pydreamer.dreams.audio import Completion, Dream, Timer
-from pydreamer.dreams.report import (completion_png, grid_png, horizon_markdown, rhythm_markdown, strip_png,
-                                     structure_verdict)
+from pydreamer.dreams.page import listening_page
+from pydreamer.dreams.report import (completion_png, grid_png, horizon_markdown, perceptual_markdown,
+                                     rhythm_markdown, strip_png, structure_verdict)
+from pydreamer.replay_layout import DREAMS
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -27,7 +29,7 @@ class DreamResults:
     step: int  # the checkpoint's step
     sample_rate: int
     frames_per_second: float
-    griffin_lim_iters: int
+    vocoder: str  # which vocoder made every wav, in words
     tokens_per_step: int
     uncond: list[Dream] = field(default_factory=list)
     warm: list[Dream] = field(default_factory=list)
@@ -37,6 +39,7 @@ class DreamResults:
     per_clip: dict = field(default_factory=dict)
     silent: dict[str, float] = field(default_factory=dict)  # per group, the fraction of clips with no speech
     rhythm: dict = field(default_factory=dict)  # do completions keep their prompt's period (rhythm_of_completions)
+    perceptual: dict = field(default_factory=dict)  # DNSMOS per group, the tokenizer's PESQ/STOI (perceptual_scores)
     horizons: dict = field(default_factory=dict)
     n_tested: int = 0
     timer: Timer = field(default_factory=Timer)
@@ -50,8 +53,14 @@ class DreamResults:
         files = self._write_audio(stage)
         np.savez(stage / "tokens.npz", **self._token_arrays())
         files.append("tokens.npz")
-        (stage / "acoustics.md").write_text(self._markdown(stage, files))
+        markdown = self._markdown(stage, files)
+        (stage / "acoustics.md").write_text(markdown)
         files.append("acoustics.md")
+        # the listening page: every wav beside its picture and the tables, linking summary.json (written next)
+        title = f"Dreams of {self.world_model} run {self.args.run} (step {self.step})"
+        page = listening_page(title, [*files, "summary.json"], markdown, self.notes, (self.args.run, DREAMS))
+        (stage / "index.html").write_text(page, encoding="utf-8")
+        files.append("index.html")
         (stage / "summary.json").write_text(json.dumps(self._summary(files), indent=1, default=float))
         files.append("summary.json")
         return files
@@ -79,6 +88,8 @@ class DreamResults:
             folder = f"completions/{i:02d}-{_slug(c.clip.name)}"
             if c.true_wave is not None:
                 wav(f"{folder}/prompt+true.wav", c.true_wave)
+            if c.roundtrip_wave is not None:
+                wav(f"{folder}/prompt+roundtrip.wav", c.roundtrip_wave)
             for k, d in enumerate(c.dreams):
                 wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
             start = f" from {c.clip.start_s:.2f} s (leading silence trimmed)" if c.clip.start_s else ""
@@ -120,7 +131,7 @@ class DreamResults:
                    "speech of a clip, its leading and trailing silence cut): "
                    + ", ".join(f"{g} {v:.0%}" for g, v in self.silent.items()), ""]
         for group, rows in self.tables.items():
-            md += [f"Real {a.split}-split clips vs {what[group]}; all through the same Griffin-Lim:", "",
+            md += [f"Real {a.split}-split clips vs {what[group]}; all through the same vocoder ({self.vocoder}):", "",
                    comparison_markdown(rows), structure_verdict(rows)]
             write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
             files.append(f"acoustics_{group}.csv")
@@ -130,10 +141,11 @@ class DreamResults:
                   f"No completion distances: they need 2 or more {a.split}-split prompts with a true continuation "
                   f"(test prompts are completed only without --prompt; had {self.n_tested}).\n")
         md.append(rhythm_markdown(self.rhythm))
+        md.append(perceptual_markdown(self.perceptual, self.vocoder))
         if not self.mix:
             md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
         md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "
-                  f"{t.griffin_lim_s:.2f} s Griffin-Lim for {t.audio_s:.2f} s of audio.\n")
+                  f"{t.vocoder_s:.2f} s vocoder ({self.vocoder}) for {t.audio_s:.2f} s of audio.\n")
         return "\n".join(md)
 
     def _summary(self, files: list[str]) -> dict:
@@ -141,8 +153,8 @@ class DreamResults:
         return {
             "run": a.run, "world_model": self.world_model, "step": self.step, "seconds": self.seconds, "notes": self.notes,
             "settings": {k: v for k, v in vars(a).items() if k not in ("run", "out")},
-            "griffin_lim_iters": self.griffin_lim_iters, "realtime_factor": t.realtime_factor,
-            "generation_s": t.generation_s, "griffin_lim_s": t.griffin_lim_s, "audio_s": t.audio_s,
+            "vocoder": self.vocoder, "realtime_factor": t.realtime_factor,
+            "generation_s": t.generation_s, "vocoder_s": t.vocoder_s, "audio_s": t.audio_s,
             "unconditional": {"from_initial_state": len(self.uncond), "after_warmup": [d.name for d in self.warm],
                               "warmup_seconds": a.warmup_seconds, "level": "corpus mel_mean/mel_std"},
             "completions": [{"name": c.clip.name, "prompt_s": c.dreams[0].prompt_s, "start_s": c.clip.start_s,
@@ -150,6 +162,7 @@ class DreamResults:
                              "true_continuation": c.true_wave is not None} for c in self.completions],
             "acoustics": {g: [asdict(r) for r in rows] for g, rows in self.tables.items()},
             "per_clip": self.per_clip, "silent_fraction": self.silent, "rhythm": self.rhythm,
+            "perceptual": self.perceptual,
             "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
             "files": files,
         }
