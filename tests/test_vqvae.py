@@ -162,3 +162,38 @@ def test_a_prompt_starts_at_its_first_voiced_step_not_at_the_files_leading_silen
     assert len(clip.prompt_db) + len(clip.continuation_db) == len(db) - 180
     untrimmed = codec.encode_prompt("u", db, 1.0)  # without vad_db: from the first sample, as before
     assert untrimmed.start_s == 0.0 and untrimmed.prompt_db.mean() < -90
+
+
+def test_the_magnitude_term_is_level_free_zero_on_a_perfect_copy_and_kept_in_the_checkpoint(tmp_path):
+    m = _model(magnitude_weight=2.0, magnitude_scale=1.5)
+    target = torch.randn(2, 16, 80)
+    assert float(m.magnitude_loss(target, target)) == 0.0
+    off = target + 0.3 * torch.randn_like(target)
+    # a constant shift of the z-scored input is a gain of the whole crop: the relative error does not change
+    torch.testing.assert_close(m.magnitude_loss(off + 1.0, target + 1.0), m.magnitude_loss(off, target))
+    _, _, losses = m(target)
+    assert "magnitude" in losses and float(losses["loss"]) > float(losses["reconstruction"])
+    save_vqvae(tmp_path / "m.pt", m)
+    again, _ = load_vqvae(tmp_path / "m.pt")
+    assert (again.magnitude_weight, again.magnitude_scale) == (2.0, 1.5)
+    assert "magnitude_weight" not in _model().hparams  # a checkpoint without the term is as before
+
+
+def test_the_magnitude_terms_best_guess_is_the_mean_magnitude_where_the_mses_is_the_mean_db():
+    """What each loss makes of a spectrum it cannot predict: the MSE on dB answers the mean dB (far below the
+    mean magnitude when peaks are sparse: the lost RMS), the magnitude term the mean magnitude (the level kept)."""
+    m = _model(magnitude_weight=1.0, magnitude_scale=1.5)
+    g = torch.Generator().manual_seed(1)
+    target = -1.0 + 4.0 * (torch.rand(4, 32, 80, generator=g) > 0.93).float()  # sparse peaks 4 units over a floor
+    guesses = {}
+    for name, loss in {"mse": lambda c: (c - target).pow(2).mean(), "magnitude": lambda c: m.magnitude_loss(c, target)}.items():
+        c = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adam([c], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            loss(c.expand_as(target)).backward()
+            opt.step()
+        guesses[name] = float(torch.exp(1.5 * c))
+    mean_magnitude = float(torch.exp(1.5 * target).mean())
+    assert abs(guesses["magnitude"] / mean_magnitude - 1) < 0.05
+    assert guesses["mse"] < 0.3 * mean_magnitude
