@@ -109,3 +109,18 @@ def test_a_missing_package_is_a_one_line_note(monkeypatch, clean, hidden, metric
         scores = copy_synthesis([clean], [clean], SR)
         assert set(scores) == {"n", *perceptual.INTRUSIVE} - set(metrics)
         assert all(math.isfinite(v) for v in scores.values())
+
+
+def test_visqol_leaves_torchs_thread_count_as_it_was(clean):
+    """numba and torch share an OpenMP pool: a ViSQOL score once moved torch to every core (30x slower dreams)."""
+    import torch
+
+    if perceptual.available()["visqol"]:
+        pytest.skip(perceptual.available()["visqol"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        perceptual.visqol(clean, noisy(clean, 20), SR)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -137,17 +137,19 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     """ViSQOL v3 speech-mode MOS-LQO (1-5): a second, spectro-temporal opinion beside PESQ."""
     ref, deg = _pair(ref, deg, sr)
     api = _visqol_api()
-    numba = sys.modules.get("numba")
-    before = numba.get_num_threads() if numba is not None else None
+    numba, torch = sys.modules.get("numba"), sys.modules.get("torch")
+    threads = _threads()
     try:
         if numba is not None:
-            numba.set_num_threads(min(_threads(), numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             score = float(api.measure_from_arrays(ref, deg, SR).moslqo)
     finally:
-        if before is not None:
-            numba.set_num_threads(before)
+        # numba's OpenMP layer shares torch's thread pool: setting numba's count back to its default (all cores)
+        # also moved torch's, and a process sharing 2 cores with others then ran 30x slower. Keep both at ours.
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     if not math.isfinite(score):
         raise ValueError("ViSQOL found no speech to score")
     return score
