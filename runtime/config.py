@@ -251,7 +251,7 @@ def validate(conf: Mapping[str, Any]) -> None:
     if conf.get("vq_causal") is True and conf.get("mel_norm") == "utterance":
         raise bad("mel_norm", "vq_causal true needs mel_norm corpus (or auto): an utterance's own mean and std "
                               "carry its future into every token")
-    for key in ("dream_at_end", "evaluate_at_end", "vq_causal", "dream_perceptual"):
+    for key in ("dream_at_end", "evaluate_at_end", "vq_causal", "dream_perceptual", "vq_postfilter"):
         if key in conf and not isinstance(conf[key], bool):
             raise bad(key, "expected true or false")
     if "device" in conf:

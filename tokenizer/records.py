@@ -27,7 +27,7 @@ STAGE_KEYS = {
     "train": ("codebook_size", "tokens_per_step", "time_downsample", "vq_channels", "vq_code_dim", "vq_res_blocks",
               "vq_beta", "vq_ema", "vq_ema_decay", "vq_dead_threshold", "vq_restart_reservoir",
               "vq_out_of_band_weight", "vq_batch_size", "vq_segment_frames", "vq_pack_crops", "vq_steps", "vq_lr",
-              "vq_causal", "mel_norm", "vq_magnitude_weight"),
+              "vq_causal", "mel_norm", "vq_magnitude_weight", "vq_postfilter"),
     "encode": ("min_steps",),
     "evaluate": (),
 }
@@ -36,7 +36,7 @@ _ONLY_FOR_SOURCE = {"data_root": ("commonvoice", "folder"), "speaker_rule": ("fo
                     "synth_noise_db": ("synth",)}
 # Keys added after outputs were first recorded, with the value those older outputs were made with: a record
 # without the key and a config with that value agree (so no existing data_dir turns stale on upgrade).
-_IMPLIED_BEFORE = {"vq_causal": False, "mel_norm": "auto", "vq_magnitude_weight": 0.0}
+_IMPLIED_BEFORE = {"vq_causal": False, "mel_norm": "auto", "vq_magnitude_weight": 0.0, "vq_postfilter": False}
 
 
 def stage_output(layout: DataLayout, stage: str) -> Path:

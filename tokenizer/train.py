@@ -231,6 +231,10 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
     _write_digest(net, ranks, steps)
     if not main:
         return layout.vqvae
+    if conf.get("vq_postfilter", False):
+        crops = _val_crops(layout.mels("train"), seg, max_crops=256, norm=norm)
+        if crops is not None:
+            net.fit_postfilter(crops.to(device))
     save_vqvae(layout.vqvae, net, {"step": steps, "features": {k: conf[k] for k in
                ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "top_db")}})
     if mlflow.active_run():

@@ -279,6 +279,10 @@ class VQVAE(nn.Module):
     is ln-magnitude per unit of the z-scored input). An MSE on dB alone regresses a spectrum's peaks
     toward the mean (the round trip lost 40% of the RMS and flattened the spectrum); on linear
     magnitude the peaks carry most of the loss, so they are kept.
+    `postfilter` (per mel bin, `scale` and `shift`): the decoder's output spread back to the real spread
+    of each bin (global-variance compensation, fitted on train after training: `fit_postfilter`), applied
+    by `decode` only: a quantized code can only say the average of what it stands for, so decoded bins
+    vary less than real ones and their peaks are lower.
     These are kept in `hparams` only when set, so a default checkpoint is as before.
     """
 
@@ -287,7 +291,8 @@ class VQVAE(nn.Module):
                  ema: bool = True, ema_decay: float = 0.99, dead_threshold: float = 0.1,
                  band_bins: int = 0, out_of_band_weight: float = 1.0, reservoir_size: int = 16384,
                  causal: bool = False, norm_stats: Sequence[float] | None = None,
-                 magnitude_weight: float = 0.0, magnitude_scale: float = 1.0):
+                 magnitude_weight: float = 0.0, magnitude_scale: float = 1.0,
+                 postfilter: Mapping[str, Sequence[float]] | None = None):
         super().__init__()
         if time_downsample < 1 or time_downsample & (time_downsample - 1):
             raise ValueError(f"time_downsample must be a power of two (1, 2, 4, 8, ...), got {time_downsample}")
@@ -305,6 +310,10 @@ class VQVAE(nn.Module):
         self.magnitude_weight, self.magnitude_scale = float(magnitude_weight), float(magnitude_scale)
         if self.magnitude_weight > 0:
             self.hparams.update(magnitude_weight=self.magnitude_weight, magnitude_scale=self.magnitude_scale)
+        self.register_buffer("post_scale", torch.ones(n_mels), persistent=False)
+        self.register_buffer("post_shift", torch.zeros(n_mels), persistent=False)
+        if postfilter is not None:
+            self.set_postfilter(postfilter["scale"], postfilter["shift"])
         self.n_mels, self.G, self.D, self.ds = n_mels, tokens_per_step, code_dim, time_downsample
         weight = torch.full((n_mels,), float(out_of_band_weight))
         weight[:band_bins] = 1.0
@@ -371,8 +380,24 @@ class VQVAE(nn.Module):
         return _masked(self.decoder, x, self._mask(lengths, T * self.ds, self.ds, x.device)).transpose(1, 2)
 
     def decode(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens [B, T, G] -> log-mel [B, T * ds, n_mels] (z-scored, like the input)."""
-        return self.decode_latents(self.quantizer.lookup(tokens), lengths)
+        """Tokens [B, T, G] -> log-mel [B, T * ds, n_mels] (z-scored, like the input; through the postfilter)."""
+        return self.decode_latents(self.quantizer.lookup(tokens), lengths) * self.post_scale + self.post_shift
+
+    def set_postfilter(self, scale: Sequence[float] | torch.Tensor, shift: Sequence[float] | torch.Tensor) -> None:
+        self.post_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        self.post_shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
+        self.hparams["postfilter"] = {"scale": self.post_scale.tolist(), "shift": self.post_shift.tolist()}
+
+    @torch.no_grad()
+    def fit_postfilter(self, crops: torch.Tensor) -> None:
+        """Per mel bin, the affine map taking the decoded crops' mean and spread to the real ones'."""
+        was = self.training
+        self.eval()
+        recon = self.decode_latents(self.quantizer.lookup(self.encode(crops)))[:, :crops.shape[1]]
+        self.train(was)
+        real, recon = crops.reshape(-1, self.n_mels).float(), recon.reshape(-1, self.n_mels).float()
+        scale = real.std(0) / recon.std(0).clamp_min(1e-3)
+        self.set_postfilter(scale, real.mean(0) - scale * recon.mean(0))
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruct a batch of crops; returns (recon [B, F', n_mels], tokens, losses with 'loss')."""
