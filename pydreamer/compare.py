@@ -80,7 +80,8 @@ def probe_summary(metrics: dict[str, float]) -> dict[str, float]:
 
 def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
     """A few numbers for the dreams: the mean KS statistic of the acoustic metrics per dream group (0 = the
-    dreams' distribution matches real speech), the completion's LSD at its first window, the real-time factor."""
+    dreams' distribution matches real speech), the completion's LSD at its first window, the real-time factor,
+    DNSMOS OVRL per group and the tokenizer round trip's PESQ-WB and STOI where the dreams measured them."""
     out: dict[str, float] = {}
     ks: dict[str, list[float]] = {}
     for key, value in metrics.items():
@@ -95,6 +96,12 @@ def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
         out[f"dream completion LSD dB @{lsd[0].rsplit('_h', 1)[1]}"] = metrics[lsd[0]]
     if "dream/realtime_factor" in metrics:
         out["dream realtime factor"] = metrics["dream/realtime_factor"]
+    for group in ("real", "tokenizer", "unconditional", "completion"):  # perceived quality (dream --perceptual)
+        if f"dream/{group}/dnsmos_ovrl" in metrics:
+            out[f"DNSMOS OVRL {group}"] = metrics[f"dream/{group}/dnsmos_ovrl"]
+    for name in ("pesq_wb", "stoi"):
+        if f"tokenizer/roundtrip/{name}" in metrics:
+            out[f"tokenizer round trip {name}"] = metrics[f"tokenizer/roundtrip/{name}"]
     return out
 
 

@@ -29,7 +29,8 @@ def _log_run(store, objective: str, metrics: dict[str, float], **params) -> str:
 def _metrics(nll1: float) -> dict[str, float]:
     m = {"train/model_params": 12345.0, "dream/realtime_factor": 3.0,
          "dream/unconditional/pitch/ks_stat": 0.2, "dream/unconditional/voiced/ks_stat": 0.4,
-         "dream/completion/own/lsd_h0.4s": 9.5, "dream/completion/own/lsd_h1.2s": 11.0}
+         "dream/completion/own/lsd_h0.4s": 9.5, "dream/completion/own/lsd_h1.2s": 11.0,
+         "dream/real/dnsmos_ovrl": 3.1, "dream/unconditional/dnsmos_ovrl": 2.2, "tokenizer/roundtrip/pesq_wb": 1.4}
     for h in range(1, 16):
         m[f"test/nll_h{h}"] = nll1 + 0.1 * h
         m[f"test/acc_h{h}"] = 0.5 - 0.01 * h
@@ -47,7 +48,8 @@ def test_compare_prints_both_runs_with_their_differing_keys(tmp_path, capsys):
     text = capsys.readouterr().out
     header, _, row_a, row_b = text.splitlines()[:4]
     for key in ("wm_objective", "adam_lr", "configs", "nll h=1", "best baseline h=5", "grad steps/s", "parameters",
-                "dream unconditional mean KS", "dream completion LSD dB @0.4s"):
+                "dream unconditional mean KS", "dream completion LSD dB @0.4s", "DNSMOS OVRL real",
+                "DNSMOS OVRL unconditional", "tokenizer round trip pesq_wb"):
         assert key in header
     assert "hidden_dim" not in header  # the same in both: not a difference
     assert a[:8] in row_a and "reconstruction" in row_a and "2.100" in row_a and "bigram 3.050" in row_a
