@@ -148,8 +148,8 @@ def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
                          f"{' '.join(configs)} give")
     if "small" in configs or "tiny" in configs:
         return configs, "no GPU: training the size the sections give on the CPU"
-    return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 30-minute corpus, "
-                                 "4000 steps, about 15 minutes on 2 cores); on a GPU host the same command trains the "
+    return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 90-minute corpus, "
+                                 "6000 steps, under 30 minutes on 2 cores); on a GPU host the same command trains the "
                                  "`audio` size")
 
 

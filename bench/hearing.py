@@ -1,7 +1,7 @@
 """How real speech sounds after a vocoder alone and after the tokenizer round trip, on three corpora.
 
     OMP_NUM_THREADS=1 python bench/hearing.py [--corpus synth librispeech fsdd] [--clips 16] [--seconds 4] \
-        [--seed 0] [--join] [--data_dir fsdd=/tmp/hearing/fsdd] [--out bench-out/hearing]
+        [--seed 0] [--join] [--data_dir synth=DIR librispeech=DIR fsdd=DIR] [--out DIR]
 
 Per corpus, `--clips` test-split utterances drawn with `--seed`, each cut to its first `--seconds`, from their
 ORIGINAL audio (intrusive metrics need the wave, not a log-mel): `synth` re-synthesised from the corpus plan (the
@@ -25,7 +25,7 @@ Targets, marked met/missed: the HiFi-GAN copy's PESQ-WB, STOI and DNSMOS OVRL ab
 
 The fsdd folder (no prepared folder ships; utterance-level split, its 2 speakers are in every split):
     python -m tokenizer prepare --configs defaults audio small --source folder --data_root ../shared/real_speech/fsdd-dev \
-        --speaker_rule regex --speaker_regex '^[0-9]+_([a-z]+)_' --data_dir /tmp/hearing/fsdd --mlflow_dir /tmp/hearing/mlruns
+        --speaker_rule regex --speaker_regex '^[0-9]+_([a-z]+)_' --data_dir data-fsdd
 and the same with `train`. A folder without tokenizer/vqvae.pt gets the copy-synthesis rows only.
 Prints a markdown table per corpus; with `--out`, writes hearing-<corpus>.md and hearing-<corpus>.json there.
 """
@@ -45,7 +45,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DATA_DIRS = {"synth": "/tmp/fin/synth90", "librispeech": "/tmp/fin/libri", "fsdd": "/tmp/hearing/fsdd"}
+# The prepared folders read unless --data_dir names others: launch.py's default data_dir for the built-in corpus,
+# and the folders the README's "Real speech" commands prepare for the other two.
+DATA_DIRS = {"synth": "data", "librispeech": "data-librispeech", "fsdd": "data-fsdd"}
 VOCODERS = ("griffinlim", "hifigan")
 INTRUSIVE = ("pesq_wb", "stoi", "estoi", "visqol")
 DNSMOS = ("sig", "bak", "ovrl")
