@@ -138,9 +138,11 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
     assert "recorded as artifact tokenizer/vqvae.pt" in out and "real-time factor" in out
     assert "| spectral_entropy |" in out and "LSD dB @0.5s" in out
     assert "| harmonicity |" in out and "| pause_median_s |" in out and "Silent clips" in out  # speech's structure
-    last = proc.stdout.strip().splitlines()[-3:]
+    last = proc.stdout.strip().splitlines()[-4:]
     assert last[0].startswith("launch: metrics: ") and last[1].startswith("launch: dreams: wavs and PNGs in")
-    assert "mlflow ui --backend-store-uri" in last[2]
+    assert last[2].startswith("launch: listen: open file://") and "mlflow ui --backend-store-uri" in last[3]
+    page = Path(last[2].split("file://", 1)[1].split(" ", 1)[0])
+    assert page.name == "index.html" and page.is_file()
     evaluation = Path(last[0].split(": ", 2)[2].split(" (")[0])
     assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in evaluation.iterdir()}
     assert "| model |" in out and "| bigram |" in out  # the per-horizon table beside the baselines
