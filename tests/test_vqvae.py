@@ -172,7 +172,7 @@ def test_the_magnitude_term_is_level_free_zero_on_a_perfect_copy_and_kept_in_the
     # a constant shift of the z-scored input is a gain of the whole crop: the relative error does not change
     torch.testing.assert_close(m.magnitude_loss(off + 1.0, target + 1.0), m.magnitude_loss(off, target))
     _, _, losses = m(target)
-    assert "magnitude" in losses and float(losses["loss"]) > float(losses["reconstruction"])
+    assert "magnitude" in losses and float(losses["loss"].detach()) > float(losses["reconstruction"].detach())
     save_vqvae(tmp_path / "m.pt", m)
     again, _ = load_vqvae(tmp_path / "m.pt")
     assert (again.magnitude_weight, again.magnitude_scale) == (2.0, 1.5)
