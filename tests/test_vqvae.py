@@ -193,7 +193,7 @@ def test_the_magnitude_terms_best_guess_is_the_mean_magnitude_where_the_mses_is_
             opt.zero_grad()
             loss(c.expand_as(target)).backward()
             opt.step()
-        guesses[name] = float(torch.exp(1.5 * c))
+        guesses[name] = float(torch.exp(1.5 * c.detach()))
     mean_magnitude = float(torch.exp(1.5 * target).mean())
     assert abs(guesses["magnitude"] / mean_magnitude - 1) < 0.05
     assert guesses["mse"] < 0.3 * mean_magnitude
