@@ -113,9 +113,8 @@ def _val_crops(folder: Path, segment: int, max_crops: int = 64, norm: tuple[floa
     return torch.from_numpy(np.concatenate(parts)[: n * segment].reshape(n, segment, -1))
 
 
-def train_norm_stats(layout: DataLayout) -> tuple[float, float]:
-    """The train split's log-mel mean and std (dB), for mel_norm corpus: pooled from each utterance's stored
-    frame count, mean and std (no log-mel is read); val and test never enter them. Kept in the checkpoint."""
+def _train_utterance_stats(layout: DataLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each train utterance's stored frame count, mean and std (dB); no log-mel is read."""
     lengths, means, stds = [], [], []
     for path in shard_paths(layout.mels("train")):
         with np.load(path, allow_pickle=False) as z:
@@ -124,20 +123,19 @@ def train_norm_stats(layout: DataLayout) -> tuple[float, float]:
             stds.append(z["std"])
     if not lengths:
         raise FileNotFoundError(f"no log-mel shards in {layout.mels('train')}: run `python -m tokenizer prepare` first")
-    return pooled_stats(np.concatenate(lengths), np.concatenate(means), np.concatenate(stds))
+    return np.concatenate(lengths), np.concatenate(means), np.concatenate(stds)
+
+
+def train_norm_stats(layout: DataLayout) -> tuple[float, float]:
+    """The train split's log-mel mean and std (dB), for mel_norm corpus: pooled from each utterance's stored
+    frame count, mean and std; val and test never enter them. Kept in the checkpoint."""
+    return pooled_stats(*_train_utterance_stats(layout))
 
 
 def magnitude_scale(layout: DataLayout, norm: tuple[float, float] | None) -> float:
     """ln-magnitude per unit of the tokenizer's z-scored input: its dB std (the corpus' with `norm`, else the
     typical utterance's) times ln(10)/20 (dB of power -> ln of magnitude)."""
-    if norm is not None:
-        std = norm[1]
-    else:
-        stds = []
-        for path in shard_paths(layout.mels("train")):
-            with np.load(path, allow_pickle=False) as z:
-                stds.append(z["std"])
-        std = float(np.median(np.concatenate(stds))) if stds else 10.0
+    std = norm[1] if norm is not None else float(np.median(_train_utterance_stats(layout)[2]))
     return float(std) * math.log(10.0) / 20.0
 
 
@@ -184,7 +182,8 @@ def train(conf: Mapping[str, Any], layout: DataLayout, ranks: Ranks = SINGLE,
                           pack=conf["vq_pack_crops"], norm=norm)
     val = _val_crops(layout.mels("val"), seg, norm=norm) if main else None
     band = signal_mel_bins(json.loads(layout.manifest.read_text()), conf["n_mels"]) if layout.manifest.is_file() else 0
-    net = VQVAE.from_conf(conf, band_bins=band, norm_stats=norm, magnitude_scale=magnitude_scale(layout, norm)).to(device)
+    scale = magnitude_scale(layout, norm) if conf.get("vq_magnitude_weight", 0.0) > 0 else 1.0  # unused without the term
+    net = VQVAE.from_conf(conf, band_bins=band, norm_stats=norm, magnitude_scale=scale).to(device)
     model: torch.nn.Module = net
     if ranks.distributed:
         torch.manual_seed(_rank_seed(conf["seed"], ranks))  # own draws (codebook restarts pick on rank 0 only)

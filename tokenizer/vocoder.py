@@ -14,6 +14,8 @@ the exported graph is kept in the user's cache folder), else in PyTorch.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import warnings
@@ -149,24 +151,10 @@ def _generator() -> torch.nn.Module:
     g = Generator(Conf(json.loads((data / "config.json").read_text())))
     state = torch.load(data / "generator_universal.pth.tar", map_location="cpu", weights_only=True)
     g.load_state_dict(state["generator"])
-    with warnings.catch_warnings(), _quiet():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # it prints a line; a vocoder says nothing
         warnings.simplefilter("ignore")
         g.remove_weight_norm()
     return g.eval()
-
-
-class _quiet:
-    """The generator prints a line when it removes weight norm; a vocoder says nothing."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        return self._redirect.__enter__()
-
-    def __exit__(self, *exc):
-        return self._redirect.__exit__(*exc)
 
 
 def _onnx_session(threads: int):

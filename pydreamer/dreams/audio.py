@@ -172,7 +172,6 @@ class AudioDreamer:
         return out
 
 
-
 def split_utterances(layout: DataLayout, split: str, n: int, min_frames: int, seed: int) -> list[tuple[str, np.ndarray]]:
     """Up to `n` (utterance id, log-mel in dB) of a split, a seeded draw among those of `min_frames` or more,
     in corpus order. Empty when `data_dir` has no log-mels of the split (a run copied without its data)."""

@@ -91,7 +91,7 @@ def fill_from_config(a: argparse.Namespace, conf) -> argparse.Namespace:
     """Options not given on the command line take the run's config (its dream_* keys): one source of defaults."""
     for option, key in CONFIG_DEFAULTS.items():
         if getattr(a, option) is None or (option == "griffin_lim_iters" and getattr(a, option) == 0):
-            setattr(a, option, conf.get(key, OLD_RUNS.get(key)) if key in OLD_RUNS else conf[key])
+            setattr(a, option, conf[key] if key in conf or key not in OLD_RUNS else OLD_RUNS[key])
     return a
 
 
@@ -192,8 +192,9 @@ def load_setup(args: argparse.Namespace) -> Setup:
     try:
         codec = TokenCodec.load(tok.vqvae, device, MelSettings.from_conf(conf), args.vocoder, args.griffin_lim_iters)
     except Exception as e:
-        if args.vocoder == "hifigan" and hifigan_available():
-            raise RunError(f"--vocoder hifigan: {hifigan_available()}; or use --vocoder griffinlim") from None
+        missing = hifigan_available() if args.vocoder == "hifigan" else None
+        if missing:
+            raise RunError(f"--vocoder hifigan: {missing}; or use --vocoder griffinlim") from None
         raise RunError(f"tokenizer {tok.vqvae}: cannot be loaded ({type(e).__name__}: {e})") from None
     meta = json.loads(tok.meta.read_text()) if tok.meta else read_token_meta(DataLayout.of(conf["data_dir"]))
     if "mel_mean" not in meta:
