@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
+    parser.add_argument("--imagination", choices=("latent", "tokens"),
+                        help="rssm: how futures past h = 1 are imagined (default: the run's imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     return run_command(parser, _main, argv)
@@ -75,6 +77,7 @@ def _main(args) -> int:
     args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
     args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
     args.seed = conf["seed"] if args.seed is None else args.seed
+    conf["imagination"] = args.imagination = args.imagination or conf["imagination"]
     if args.horizons < 1 or args.samples < 0:
         raise EvaluationError(f"--horizons must be positive and --samples at least 0, not {args.horizons} and "
                               f"{args.samples}")
@@ -114,7 +117,7 @@ def _main(args) -> int:
     rate = (spec.tokens_per_step, spec.steps_per_second)
     summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
                "split": args.split, "utterances": len(tokens), "cells": cells, "samples": args.samples,
-               "fair_samples": model.wm.fair_samples,
+               "fair_samples": model.wm.fair_samples, "imagination": args.imagination,
                "seconds": seconds, "tokens_per_step": spec.tokens_per_step, "steps_per_second": spec.steps_per_second,
                "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
     summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look

@@ -264,3 +264,35 @@ def test_index_samples_follow_the_categorical_and_the_generator():
     assert chisquare(counts[keep].numpy(), (p[keep] * 40000).numpy()).pvalue > 1e-3
     again = sample_index((p * 3).expand(2, 20000, 6), torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)
+
+
+def test_token_imagination_goes_on_from_the_tokens_it_made():
+    """imagination: tokens draws each step from the h = 1 forecast and reads it back: a model trained on a
+    counting cycle dreams the cycle on from a prompt, and its h = 1 forecast is the latent mode's own."""
+    torch.manual_seed(0)
+    K = 16
+    conf = tiny_conf(adam_lr=3e-3, hidden_dim=64, deter_dim=64, embed_dim=64)
+    model = Dreamer(conf, n_tokens=K, tokens_per_step=2, action_dim=1)
+    opts = model.make_optimizers(conf)
+    for step in range(1, 151):
+        model.training_step(fake_batch(T=12, B=8, K=K, pattern=True, seed=step), model.initial_state(8), opts, step)
+    model.eval()
+    prompt = fake_batch(T=6, B=1, K=K, pattern=True, seed=7)["tokens"][:, 0]  # [6, G]
+    wm = model.wm
+    wm.imagination = "tokens"
+    dreams = wm.imagine(prompt, 8, 4, temperature=0.5, seed=1)
+    assert dreams.shape == (4, 8, 2)
+    assert torch.equal(dreams, wm.imagine(prompt, 8, 4, temperature=0.5, seed=1))  # a pure function of the seed
+    expected = (prompt[-1, 0] + 1 + torch.arange(8)) % K  # the cycle on from the prompt's last step
+    assert float((dreams[:, :, 0] == expected).float().mean()) > 0.8
+    starts = torch.tensor([2, 4])
+    tokens_mode = wm.forecast(prompt, 3, 4, starts, generator=torch.Generator().manual_seed(0))
+    wm.imagination = "latent"
+    latent_mode = wm.forecast(prompt, 3, 4, starts, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(tokens_mode[:, 0], latent_mode[:, 0])  # h = 1: the same forecast head on the same state
+    assert tokens_mode.shape == latent_mode.shape == (2, 3, 2, K)
+
+
+def test_an_unknown_imagination_is_refused():
+    with pytest.raises(ValueError, match="imagination"):
+        Dreamer(tiny_conf(imagination="dreams"), n_tokens=16, tokens_per_step=2, action_dim=1)

@@ -76,6 +76,11 @@ class RSSM(nn.Module):
         logits = self.prior_logits(deter)
         return State(deter, self._sample(logits if temperature == 1.0 else logits / temperature)), logits
 
+    def posterior_step(self, deter: torch.Tensor, embed: torch.Tensor) -> State:
+        """The state after a step whose deterministic part is `deter` and whose observation embeds to `embed`
+        (z drawn from the posterior): how an imagined step's own tokens are read back as if heard."""
+        return State(deter, self._sample(self._logits(self.post_net, torch.cat([deter, embed.to(deter.dtype)], -1))))
+
     def observe(
         self, embed: torch.Tensor, action: torch.Tensor, reset: torch.Tensor, state: State
     ) -> tuple[State, torch.Tensor, torch.Tensor, State]:

@@ -35,6 +35,13 @@ class WorldModelOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
+# How the RSSM imagines a step past what it has read (dreams, and forecasts past h = 1):
+# `latent` (DreamerV2): the prior draws the next state, tokens are read off it and never fed back;
+# `tokens`: the step's tokens are drawn from the forecast head (what h = 1 scores) and read back through the
+# posterior as if heard, so a dream goes on from the tokens it made, as a language model generates.
+IMAGINATIONS = ("latent", "tokens")
+
+
 class RSSMWorldModel(WorldModel):
     kind = "rssm"
     arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete",
@@ -69,6 +76,9 @@ class RSSMWorldModel(WorldModel):
                                      head=conf["token_head"]) if conf["forecast_head"] else None
         self.overshoot_steps = conf["overshoot_steps"] if self.forecast_head is not None else 0
         self.overshoot_starts = conf["overshoot_starts"]
+        self.imagination = conf.get("imagination", "latent")
+        if self.imagination not in IMAGINATIONS:
+            raise ValueError(f"imagination must be one of {', '.join(IMAGINATIONS)}, not {self.imagination!r}")
         self.objective = conf["wm_objective"]
         self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, conf["contrastive_dim"],
                                            conf["contrastive_temperature"]) \
@@ -272,8 +282,12 @@ class RSSMWorldModel(WorldModel):
                 n = s.deter.shape[0] // samples
                 steps = []
                 for _ in range(horizon):
-                    s, _ = self.rssm.imagine_step(s, null.expand(s.deter.shape[0], self.action_dim))
-                    p = self.predict_tokens(s)  # [n*S, G, K]
+                    action = null.expand(s.deter.shape[0], self.action_dim)
+                    if self.imagination == "tokens":
+                        s, p, _ = self._token_step(s, action)
+                    else:
+                        s, _ = self.rssm.imagine_step(s, action)
+                        p = self.predict_tokens(s)  # [n*S, G, K]
                     steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
                 out.append(torch.stack(steps, 1))
         return torch.cat(out, 0)
@@ -312,11 +326,26 @@ class RSSMWorldModel(WorldModel):
         out = []
         for i in range(n_steps):
             action = self.null_action(N, state.deter.device, first=first and i == 0)
-            state, _ = self.rssm.imagine_step(state, action, temperature)
-            out.append(self.decoder.sample(RSSM.features(state), temperature)[1])  # the global generator: seeded
+            if self.imagination == "tokens":
+                state, _, tokens = self._token_step(state, action, temperature)
+            else:
+                state, _ = self.rssm.imagine_step(state, action, temperature)
+                tokens = self.decoder.sample(RSSM.features(state), temperature)[1]  # the global generator: seeded
+            out.append(tokens)
         if not out:
             return torch.zeros(N, 0, self.tokens_per_step, dtype=torch.long, device=state.deter.device)
         return torch.stack(out, 1)
+
+    def _token_step(self, state: State, action: torch.Tensor, temperature: float = 1.0
+                    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """One step imagined through its tokens: (the state after reading them, the forecast they were drawn
+        from [N, G, K], the tokens [N, G]). The forecast is the model's h = 1 prediction from the tokens so far;
+        without a forecast head, the decoder of a prior draw."""
+        prior, _ = self.rssm.imagine_step(state, action, temperature)
+        head, read = (self.forecast_head, prior.deter) if self.forecast_head is not None \
+            else (self.decoder, RSSM.features(prior))
+        probs, tokens = head.sample(read, temperature)
+        return self.rssm.posterior_step(prior.deter, self.encoder(tokens)), probs, tokens
 
     @torch.no_grad()
     def step_features(self, tokens: torch.Tensor) -> torch.Tensor:
