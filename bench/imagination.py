@@ -72,24 +72,35 @@ def _run(mlflow_dir: str, run_id: str):
     return mlflow.get_run(run_id)
 
 
-def evaluation_summary(mlflow_dir: str, run_id: str, split: str) -> dict:
+def evaluation_summary(mlflow_dir: str, run_id: str, split: str, imagination: str | None = None) -> dict:
+    """The run's evaluation of `split`, made first where it is missing or was imagined another way."""
     path = Path(_run(mlflow_dir, run_id).data.tags["replay_dir"]) / "evaluation" / split / "summary.json"
-    if not path.exists():
+    made = json.loads(path.read_text()).get("imagination", "latent") if path.exists() else None
+    if made is None or (imagination and made != imagination):
         cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run_id, "--split", split, "--mlflow_dir", mlflow_dir]
+        cmd += ["--imagination", imagination] if imagination else []
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads(path.read_text())
 
 
-def dream_summary(mlflow_dir: str, run_id: str, redream: int, out: Path, split: str) -> dict:
+def dream_options(a: argparse.Namespace) -> tuple[list[str], str]:
+    """The dream command's sampling options given to this script, and a folder-name tag for them."""
+    opts = (["--imagination", a.imagination] if a.imagination else []) + \
+        (["--temperature", str(a.temperature)] if a.temperature else [])
+    return opts, "".join(f"-{x.lstrip('-')[:4]}" for x in opts)
+
+
+def dream_summary(mlflow_dir: str, run_id: str, redream: int, out: Path, split: str,
+                  options: tuple[list[str], str] = ([], "")) -> dict:
     """The run's own dreams, or (`redream` > 0) a fresh dream command with that many test prompts."""
     if redream <= 0:
         path = Path(_run(mlflow_dir, run_id).data.tags["replay_dir"]) / "dreams" / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
-    folder = out / f"dreams-{run_id[:8]}-{split}-{redream}"
+    folder = out / f"dreams-{run_id[:8]}-{split}-{redream}{options[1]}"
     if not (folder / "summary.json").exists():
         cmd = [sys.executable, "-m", "pydreamer.dream", "--run", run_id, "--out", str(folder), "--mlflow_dir",
-               mlflow_dir, "--split", split, "--test_prompts", str(redream), "--no_log"]
+               mlflow_dir, "--split", split, "--test_prompts", str(redream), "--no_log", *options[0]]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads((folder / "summary.json").read_text())
@@ -206,7 +217,7 @@ def test_voice(mlflow_dir: str, run_id: str) -> tuple[str, Path]:
     return f"en+{timbres[0]}", data_dir
 
 
-def ba_ta(mlflow_dir: str, run_id: str, out: Path, samples: int = 8) -> dict:
+def ba_ta(mlflow_dir: str, run_id: str, out: Path, samples: int = 8, options: tuple[list[str], str] = ([], "")) -> dict:
     """Synthesize the prompt, complete it `samples` times, and say which completions keep its period."""
     import soundfile
 
@@ -217,9 +228,10 @@ def ba_ta(mlflow_dir: str, run_id: str, out: Path, samples: int = 8) -> dict:
     voice, _ = test_voice(mlflow_dir, run_id)
     prompt = out / f"ba-ta-{voice.replace('+', '_')}.wav"
     write_wav(prompt, synthesize(SynthUtterance(f"ba-ta-{voice}", voice, "en", "syllables", BA_TA, 170, 50, 0)), 16000)
-    folder = out / f"ba-ta-{run_id[:8]}"
+    folder = out / f"ba-ta-{run_id[:8]}{options[1]}"
     cmd = [sys.executable, "-m", "pydreamer.dream", "--run", run_id, "--out", str(folder), "--mlflow_dir", mlflow_dir,
-           "--prompt", str(prompt), "--samples", str(samples), "--unconditional", "0", "--warm", "0", "--no_log"]
+           "--prompt", str(prompt), "--samples", str(samples), "--unconditional", "0", "--warm", "0", "--no_log",
+           *options[0]]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     summary = json.loads((folder / "summary.json").read_text())
@@ -241,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--redream", type=int, default=0, help="N > 0: dream again with N test prompts (into --out)")
     p.add_argument("--ba_ta", action="store_true", help="complete a synthesized 'ba ta ba ta' (first run per group)")
+    p.add_argument("--imagination", choices=("latent", "tokens"), help="imagine this way (default: each run's own)")
+    p.add_argument("--temperature", type=float, help="dreams at this temperature (with --redream and --ba_ta)")
     p.add_argument("--out", default="bench-out/imagination")
     a = p.parse_args(argv)
+    if (a.imagination or a.temperature) and a.redream <= 0:
+        p.error("--imagination and --temperature dream again: give --redream N")
+    options = dream_options(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     groups = {}
@@ -251,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if not ids:
             p.error(f"--group {g!r}: expected NAME=RUN_ID,RUN_ID,...")
         groups[name] = [i.strip() for i in ids.split(",") if i.strip()]
-    evals = {n: [evaluation_summary(a.mlflow_dir, r, a.split) for r in ids] for n, ids in groups.items()}
-    dreams = {n: [dream_summary(a.mlflow_dir, r, a.redream, out, a.split) for r in ids] for n, ids in groups.items()}
+    evals = {n: [evaluation_summary(a.mlflow_dir, r, a.split, a.imagination) for r in ids] for n, ids in groups.items()}
+    dreams = {n: [dream_summary(a.mlflow_dir, r, a.redream, out, a.split, options) for r in ids]
+              for n, ids in groups.items()}
     md = [f"## Forecasts ({a.split} split; runs: " + "; ".join(f"{n} {', '.join(i[:8] for i in ids)}"
                                                             for n, ids in groups.items()) + ")", "",
           forecast_table(evals), "## Completions", "", completion_table(dreams), "## Structure of the dreams", "",
@@ -260,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.ba_ta:
         md += ["## 'ba ta ba ta'", ""]
         for name, ids in groups.items():
-            r = ba_ta(a.mlflow_dir, ids[0], out)
+            r = ba_ta(a.mlflow_dir, ids[0], out, options=options)
             md.append(f"- {name} ({ids[0][:8]}), voice {r['voice']} (a test timbre), prompt from {r['start_s']:.2f} s: "
                       f"prompt period {r['true_period_s']:.2f} s; {r['kept']} of {r['samples']} completions keep it "
                       f"(their periods: {', '.join(f'{x:.2f}' for x in r['dream_periods_s'])}); picture {r['png']}")
         md.append("")
     text = "\n".join(md)
-    (out / f"imagination-{a.split}.md").write_text(text)
+    (out / f"imagination-{a.split}{options[1]}.md").write_text(text)
     print(text)
     return 0
 
