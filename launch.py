@@ -113,7 +113,7 @@ def run_at_end(name: str, main, args: list[str]) -> int:
     (2: bad input, 1: it crashed); a failure must not hide that the training finished."""
     from runtime.processes import set_torch_threads
 
-    set_torch_threads(cpu_cores())
+    set_torch_threads()  # every core, or OMP_NUM_THREADS where whoever started launch.py set it
     try:
         return main(args)
     except SystemExit as e:
@@ -272,7 +272,9 @@ def prepare_tokens(conf: Config, layout: DataLayout, run: Run) -> bool:
     from runtime.processes import set_torch_threads
     from tokenizer.stages import ensure_tokens
 
-    set_torch_threads(cpu_cores())  # nothing else runs yet: the tokenizer stages may use every core
+    # Nothing else of this run works yet: the tokenizer stages may use every core, or OMP_NUM_THREADS where whoever
+    # started launch.py set it (two launches side by side on 2 cores with 2 threads each ran 10x slower, not 2x).
+    set_torch_threads()
     folder = ensure_tokens(conf, layout)
     if layout.origin:  # a bucket's data_dir: what the stages made here goes there (nothing when none ran)
         from tokenizer.bucket import send_back

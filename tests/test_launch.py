@@ -115,3 +115,29 @@ def test_auto_size_trains_the_cpu_demo_without_a_gpu_and_says_why(monkeypatch, g
     else:
         assert configs == ["defaults", "audio", "small"] and "no GPU" in why and "`small`" in why
     assert launch.size_for_this_machine(["defaults", "audio", "tiny"])[0] == ["defaults", "audio", "tiny"]
+
+
+@pytest.mark.parametrize("omp", ["1", ""])
+def test_the_tokenizer_stages_use_the_threads_the_caller_allows(monkeypatch, omp):
+    """Two launches side by side, each started with OMP_NUM_THREADS=1, must not each take every core for the
+    tokenizer (2 threads each on 2 cores trained the VQ-VAE 10x slower, not 2x)."""
+    import torch
+
+    import launch
+    from runtime.processes import cpu_cores
+
+    seen = []
+
+    def ensure_tokens(conf, layout):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr("tokenizer.stages.ensure_tokens", ensure_tokens)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="stop here"):
+            launch.prepare_tokens({}, None, None)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [int(omp) if omp else cpu_cores()]
