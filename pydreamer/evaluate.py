@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
     parser.add_argument("--imagination", choices=("latent", "tokens"),
-                        help="rssm: how futures past h = 1 are imagined (default: the run's imagination)")
+                        help="rssm: how futures past h = 1 are imagined (default: the run's evaluate_imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     return run_command(parser, _main, argv)
@@ -77,7 +77,6 @@ def _main(args) -> int:
     args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
     args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
     args.seed = conf["seed"] if args.seed is None else args.seed
-    conf["imagination"] = args.imagination = args.imagination or conf["imagination"]
     if args.horizons < 1 or args.samples < 0:
         raise EvaluationError(f"--horizons must be positive and --samples at least 0, not {args.horizons} and "
                               f"{args.samples}")
@@ -96,6 +95,7 @@ def _main(args) -> int:
         utterances = utterances[:args.max_utterances]
     device = resolve_device(conf["device"])
     model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
+    args.imagination = model.wm.imagine_by(args.imagination or conf["evaluate_imagination"])
     args.samples = args.samples or model.wm.fair_samples  # 0: as many as make this world model's forecast converge
     t0 = time.time()
     train = list(TokenSplit(layout, "train", spec))

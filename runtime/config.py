@@ -174,7 +174,7 @@ _CHOICES = {
     "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
     "world_model": ("rssm", "transformer"),
     "token_head": ("independent", "autoregressive"),
-    "imagination": ("latent", "tokens"),
+    "dream_imagination": ("latent", "tokens"), "evaluate_imagination": ("latent", "tokens"),
     "wm_objective": ("reconstruction", "contrastive"),
     "mel_norm": ("auto", "utterance", "corpus"),
     "vocoder": ("griffinlim", "hifigan"),

@@ -279,7 +279,7 @@ def test_token_imagination_goes_on_from_the_tokens_it_made():
     model.eval()
     prompt = fake_batch(T=6, B=1, K=K, pattern=True, seed=7)["tokens"][:, 0]  # [6, G]
     wm = model.wm
-    wm.imagination = "tokens"
+    assert wm.imagine_by("tokens") == "tokens"
     dreams = wm.imagine(prompt, 8, 4, temperature=0.5, seed=1)
     assert dreams.shape == (4, 8, 2)
     assert torch.equal(dreams, wm.imagine(prompt, 8, 4, temperature=0.5, seed=1))  # a pure function of the seed
@@ -287,7 +287,7 @@ def test_token_imagination_goes_on_from_the_tokens_it_made():
     assert float((dreams[:, :, 0] == expected).float().mean()) > 0.8
     starts = torch.tensor([2, 4])
     tokens_mode = wm.forecast(prompt, 3, 4, starts, generator=torch.Generator().manual_seed(0))
-    wm.imagination = "latent"
+    wm.imagine_by("latent")
     latent_mode = wm.forecast(prompt, 3, 4, starts, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(tokens_mode[:, 0], latent_mode[:, 0])  # h = 1: the same forecast head on the same state
     assert tokens_mode.shape == latent_mode.shape == (2, 3, 2, K)
@@ -295,4 +295,10 @@ def test_token_imagination_goes_on_from_the_tokens_it_made():
 
 def test_an_unknown_imagination_is_refused():
     with pytest.raises(ValueError, match="imagination"):
-        Dreamer(tiny_conf(imagination="dreams"), n_tokens=16, tokens_per_step=2, action_dim=1)
+        Dreamer(tiny_conf(), n_tokens=16, tokens_per_step=2, action_dim=1).wm.imagine_by("dreams")
+
+
+def test_the_transformer_has_one_imagination():
+    conf = tiny_conf(world_model="transformer")
+    wm = Dreamer(conf, n_tokens=16, tokens_per_step=2, action_dim=1).wm
+    assert wm.imagine_by("latent") == "tokens" and wm.imagination == "tokens"

@@ -51,10 +51,10 @@ log = logging.getLogger("pydreamer.dream")
 CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unconditional": "dream_unconditional",
                    "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
                    "griffin_lim_iters": "dream_griffin_lim_iters", "vocoder": "vocoder", "seed": "seed",
-                   "perceptual": "dream_perceptual", "imagination": "imagination"}
+                   "perceptual": "dream_perceptual", "imagination": "dream_imagination"}
 
 
-OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False, "imagination": "latent"}  # keys a run made before them does not have
+OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False, "dream_imagination": "latent"}  # keys a run made before them does not have
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
     p.add_argument("--seed", type=int, help="default: the run's seed")
     p.add_argument("--imagination", choices=("latent", "tokens"),
-                   help="rssm: how a dream goes on (default: the run's imagination; see config/defaults.yaml)")
+                   help="rssm: how a dream goes on (default: the run's dream_imagination)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="real utterances from this split")
     p.add_argument("--unconditional", type=int, help="dreams from the initial state (the run's dream_unconditional)")
     p.add_argument("--warm", type=int, help="dreams after a warm-up on real utterances, 0 = none (the run's dream_warm)")
@@ -201,8 +201,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     meta = json.loads(tok.meta.read_text()) if tok.meta else read_token_meta(DataLayout.of(conf["data_dir"]))
     if "mel_mean" not in meta:
         raise RunError(f"run {args.run}: no token meta.json with the corpus' mel_mean/mel_std ({tok.where})")
-    conf["imagination"] = args.imagination
     model, step = load_model(ckpt_path, conf, codec.model.quantizer.codebook_size, codec.model.G, device)
+    args.imagination = model.wm.imagine_by(args.imagination)  # what it will do (the Transformer has one way only)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds, conf["vad_db"])
     return Setup(run, conf, model, step, codec, meta, tok.where, prompts)

@@ -94,7 +94,7 @@ class DreamResults:
                 wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
             start = f" from {c.clip.start_s:.2f} s (leading silence trimmed)" if c.clip.start_s else ""
             completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt{start}, "
-                           f"{a.seconds:g} s dreamt (T={a.temperature:g})", c.true_db, [d.db for d in c.dreams],
+                           f"{a.seconds:g} s dreamt (T={a.temperature:g}, {a.imagination} imagination)", c.true_db, [d.db for d in c.dreams],
                            c.dreams[0].prompt_s, fps)
             files.append(f"{folder}.png")
         if self.mix:

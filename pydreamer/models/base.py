@@ -23,6 +23,10 @@ import torch.nn as nn
 
 from .functions import LN2
 
+# `latent` (DreamerV2): the prior draws each next latent state, tokens are read off it and never fed back;
+# `tokens`: each step's tokens are drawn from the h = 1 forecast and read back as if heard.
+IMAGINATIONS = ("latent", "tokens")
+
 
 class EvalSums(NamedTuple):
     """A batch of whole episodes scored step by step, as (total, count) pairs that add up over batches."""
@@ -41,6 +45,10 @@ class WorldModel(nn.Module, ABC):
     # Imagined futures per start step at which doubling them moves the forecast's NLL by under 0.01 bits at every
     # horizon (measured with bench/samples.py on the `small` val split): what `evaluate_samples: 0` scores with.
     fair_samples: ClassVar[int] = 8
+    # How dreams and forecasts go on past what was read (`imagine_by`): `tokens`, from the model's own tokens, as a
+    # language model generates; the RSSM can also imagine in its latent (`latent`, rssm_world_model.py).
+    imaginations: ClassVar[tuple[str, ...]] = ("tokens",)
+    imagination: str = "tokens"
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__()
@@ -81,6 +89,14 @@ class WorldModel(nn.Module, ABC):
             return torch.zeros(0, self.tokens_per_step, dtype=torch.long, device=self.device)
         t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
         return t.to(device=self.device, dtype=torch.long).reshape(-1, self.tokens_per_step)
+
+    def imagine_by(self, how: str) -> str:
+        """Imagine `how` from now on where this model can (else its one way); returns the way it will."""
+        if how not in IMAGINATIONS:
+            raise ValueError(f"imagination must be one of {', '.join(IMAGINATIONS)}, not {how!r}")
+        if how in self.imaginations:
+            self.imagination = how
+        return self.imagination
 
     @staticmethod
     def check_imagine(n_steps: int, samples: int, temperature: float) -> None:

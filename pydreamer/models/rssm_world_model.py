@@ -35,18 +35,15 @@ class WorldModelOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
-# How the RSSM imagines a step past what it has read (dreams, and forecasts past h = 1):
-# `latent` (DreamerV2): the prior draws the next state, tokens are read off it and never fed back;
-# `tokens`: the step's tokens are drawn from the forecast head (what h = 1 scores) and read back through the
-# posterior as if heard, so a dream goes on from the tokens it made, as a language model generates.
-IMAGINATIONS = ("latent", "tokens")
-
-
 class RSSMWorldModel(WorldModel):
     kind = "rssm"
     arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete",
                  "token_head", "forecast_head", "wm_objective", "contrastive_dim")
     has_latent = True
+    # Both ways (base.py): `latent` is what the overshoot loss trains the forecast head for (the better forecast past
+    # h = 1 on val), `tokens` goes on from the tokens it drew (the better dreams on val): dream and evaluate choose.
+    imaginations = ("latent", "tokens")
+    imagination = "latent"
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
         super().__init__(conf, n_tokens, tokens_per_step, action_dim)
@@ -76,9 +73,6 @@ class RSSMWorldModel(WorldModel):
                                      head=conf["token_head"]) if conf["forecast_head"] else None
         self.overshoot_steps = conf["overshoot_steps"] if self.forecast_head is not None else 0
         self.overshoot_starts = conf["overshoot_starts"]
-        self.imagination = conf.get("imagination", "latent")
-        if self.imagination not in IMAGINATIONS:
-            raise ValueError(f"imagination must be one of {', '.join(IMAGINATIONS)}, not {self.imagination!r}")
         self.objective = conf["wm_objective"]
         self.contrastive = ContrastiveHead(feat, self.encoder.out_dim, conf["contrastive_dim"],
                                            conf["contrastive_temperature"]) \
