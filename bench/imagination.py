@@ -1,7 +1,7 @@
 """Does the world model imagine speech? The tables of the README's evaluation section, from run ids.
 
     python bench/imagination.py --mlflow_dir M --group "rssm=ID0,ID1,ID2" [--group "other=..."]
-        [--split test] [--redream 24] [--ba_ta] [--out bench-out/imagination]
+        [--split test] [--redream 24 [--imagination tokens] [--temperature T]] [--ba_ta] [--out bench-out/imagination]
 
 Per group of runs (one per seed, same recipe), four tables, each against its target:
 
@@ -19,7 +19,8 @@ Per group of runs (one per seed, same recipe), four tables, each against its tar
 
 Tables 2-4 read the run's `dreams/summary.json` (what launch.py wrote at the end of the run), or with
 `--redream N` a fresh `python -m pydreamer.dream --test_prompts N` into `--out` (more prompts, so more
-rhythmic ones; nothing logged into the run). `--ba_ta` synthesizes "ba ta ba ta ..." with the project's
+rhythmic ones; nothing logged into the run), with `--imagination` and `--temperature` when given (the
+forecast table is the run's own evaluation, made with its `evaluate_imagination`). `--ba_ta` synthesizes "ba ta ba ta ..." with the project's
 eSpeak corpus code in a voice of the test split (none of whose timbres is in train) and completes it with
 the first run of each group: `--out/<group>-ba-ta/` holds the PNG and wavs; the table says how many
 completions keep its period. The markdown is printed and written to `--out/imagination-<split>.md`.
@@ -72,13 +73,11 @@ def _run(mlflow_dir: str, run_id: str):
     return mlflow.get_run(run_id)
 
 
-def evaluation_summary(mlflow_dir: str, run_id: str, split: str, imagination: str | None = None) -> dict:
-    """The run's evaluation of `split`, made first where it is missing or was imagined another way."""
+def evaluation_summary(mlflow_dir: str, run_id: str, split: str) -> dict:
+    """The run's evaluation of `split` (made first, as the run's config says, where it is missing)."""
     path = Path(_run(mlflow_dir, run_id).data.tags["replay_dir"]) / "evaluation" / split / "summary.json"
-    made = json.loads(path.read_text()).get("imagination", "latent") if path.exists() else None
-    if made is None or (imagination and made != imagination):
+    if not path.exists():
         cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run_id, "--split", split, "--mlflow_dir", mlflow_dir]
-        cmd += ["--imagination", imagination] if imagination else []
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads(path.read_text())
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--redream", type=int, default=0, help="N > 0: dream again with N test prompts (into --out)")
     p.add_argument("--ba_ta", action="store_true", help="complete a synthesized 'ba ta ba ta' (first run per group)")
-    p.add_argument("--imagination", choices=("latent", "tokens"), help="imagine this way (default: each run's own)")
+    p.add_argument("--imagination", choices=("latent", "tokens"), help="dream this way (default: each run's own)")
     p.add_argument("--temperature", type=float, help="dreams at this temperature (with --redream and --ba_ta)")
     p.add_argument("--out", default="bench-out/imagination")
     a = p.parse_args(argv)
@@ -268,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ids:
             p.error(f"--group {g!r}: expected NAME=RUN_ID,RUN_ID,...")
         groups[name] = [i.strip() for i in ids.split(",") if i.strip()]
-    evals = {n: [evaluation_summary(a.mlflow_dir, r, a.split, a.imagination) for r in ids] for n, ids in groups.items()}
+    evals = {n: [evaluation_summary(a.mlflow_dir, r, a.split) for r in ids] for n, ids in groups.items()}
     dreams = {n: [dream_summary(a.mlflow_dir, r, a.redream, out, a.split, options) for r in ids]
               for n, ids in groups.items()}
     md = [f"## Forecasts ({a.split} split; runs: " + "; ".join(f"{n} {', '.join(i[:8] for i in ids)}"
