@@ -272,9 +272,7 @@ def prepare_tokens(conf: Config, layout: DataLayout, run: Run) -> bool:
     from runtime.processes import set_torch_threads
     from tokenizer.stages import ensure_tokens
 
-    # Nothing else of this run works yet: the tokenizer stages may use every core, or OMP_NUM_THREADS where whoever
-    # started launch.py set it (two launches side by side on 2 cores with 2 threads each ran 10x slower, not 2x).
-    set_torch_threads()
+    set_torch_threads()  # every core, or OMP_NUM_THREADS where set (two launches at 2 threads each on 2 cores thrash)
     folder = ensure_tokens(conf, layout)
     if layout.origin:  # a bucket's data_dir: what the stages made here goes there (nothing when none ran)
         from tokenizer.bucket import send_back
