@@ -112,8 +112,8 @@ def syllable_rhythm(y: np.ndarray, sr: float) -> dict[str, float]:
     the band's share of the envelope's modulation power in `ENVELOPE_BAND_HZ` (its strength, 0..1). NaN rate for
     a clip under 0.5 s or without modulation (no rhythm to read)."""
     env, fps = _envelope_db(y, sr)
-    amp = 10 ** (env / 20)
-    if len(amp) < 0.5 * fps or amp.std() == 0:
+    amp = 10 ** (env.astype(np.float64) / 20)
+    if len(amp) < 0.5 * fps or amp.max() == amp.min():  # exact: a float32 std of equal values need not be 0
         return {"syllable_rate_hz": math.nan, "syllable_strength": 0.0}
     amp = (amp - amp.mean()) * np.hanning(len(amp))
     n = max(len(amp), int(20 * fps))  # zero-padded to 0.05 Hz bins
