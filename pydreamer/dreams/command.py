@@ -54,7 +54,7 @@ CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unco
                    "perceptual": "dream_perceptual", "imagination": "dream_imagination"}
 
 
-OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False, "dream_imagination": "latent"}  # keys a run made before them does not have
+OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False}  # keys a run made before them does not have
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,10 +76,13 @@ class RSSM(nn.Module):
         logits = self.prior_logits(deter)
         return State(deter, self._sample(logits if temperature == 1.0 else logits / temperature)), logits
 
+    def posterior_logits(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.post_net, torch.cat([deter, embed.to(deter.dtype)], -1))
+
     def posterior_step(self, deter: torch.Tensor, embed: torch.Tensor) -> State:
         """The state after a step whose deterministic part is `deter` and whose observation embeds to `embed`
         (z drawn from the posterior): how an imagined step's own tokens are read back as if heard."""
-        return State(deter, self._sample(self._logits(self.post_net, torch.cat([deter, embed.to(deter.dtype)], -1))))
+        return State(deter, self._sample(self.posterior_logits(deter, embed)))
 
     def observe(
         self, embed: torch.Tensor, action: torch.Tensor, reset: torch.Tensor, state: State
@@ -96,7 +99,7 @@ class RSSM(nn.Module):
             state = State(state.deter * keep, state.stoch * keep)
             deter = self.deter_step(state, action[t])
             prior = self.prior_logits(deter)
-            post = self._logits(self.post_net, torch.cat([deter, embed[t].to(deter.dtype)], -1))
+            post = self.posterior_logits(deter, embed[t])
             state = State(deter, self._sample(post))
             deters.append(deter)
             stochs.append(state.stoch)
