@@ -1,7 +1,7 @@
 """Does the world model imagine speech? The tables of the README's evaluation section, from run ids.
 
     python bench/imagination.py --mlflow_dir M --group "rssm=ID0,ID1,ID2" [--group "other=..."]
-        [--split test] [--redream 24 [--imagination tokens] [--temperature T]] [--ba_ta] [--out bench-out/imagination]
+        [--split test] [--redream 24 [--imagination tokens] [--temperature T] [--end]] [--ba_ta] [--out bench-out/imagination]
 
 Per group of runs (one per seed, same recipe), four tables, each against its target:
 
@@ -12,14 +12,15 @@ Per group of runs (one per seed, same recipe), four tables, each against its tar
 2. completions: log-spectral distance of the model's completion to the true continuation at 0.5, 1 and 2 s,
    beside another prompt's dream heard at this prompt's level (target: 1.5 dB below it);
 3. structure: for dreams from nothing and for completions, the relative difference of each median from the
-   real test clips' (target: within +-20%, RMS aside), the KS statistic, and the fraction of silent dreams;
+   real test clips' (target: within +-20%, RMS aside), the KS statistic, the fraction of silent dreams and,
+   where dreams may end (`dream_end`), how many the world model ended and their median length;
    first the real clips through the tokenizer (perfect tokens), the floor no world model can go below;
 4. rhythm: the fraction of completions of rhythmic test prompts that keep the prompt's period, beside
    another prompt's completions.
 
 Tables 2-4 read the run's `dreams/summary.json` (what launch.py wrote at the end of the run), or with
 `--redream N` a fresh `python -m pydreamer.dream --test_prompts N` into `--out` (more prompts, so more
-rhythmic ones; nothing logged into the run), with `--imagination` and `--temperature` when given (the
+rhythmic ones; nothing logged into the run), with `--imagination`, `--temperature` and `--end` when given (the
 forecast table is the run's own evaluation, made with its `evaluate_imagination`). `--ba_ta` synthesizes "ba ta ba ta ..." with the project's
 eSpeak corpus code in a voice of the test split (none of whose timbres is in train) and completes it with
 the first run of each group: `--out/<group>-ba-ta/` holds the PNG and wavs; the table says how many
@@ -86,7 +87,8 @@ def evaluation_summary(mlflow_dir: str, run_id: str, split: str) -> dict:
 def dream_options(a: argparse.Namespace) -> tuple[list[str], str]:
     """The dream command's sampling options given to this script, and a folder-name tag for them."""
     opts = (["--imagination", a.imagination] if a.imagination else []) + \
-        (["--temperature", str(a.temperature)] if a.temperature else [])
+        (["--temperature", str(a.temperature)] if a.temperature else []) + \
+        ([] if a.end is None else ["--end" if a.end else "--no-end"])
     return opts, "".join(f"-{x.lstrip('-')[:4]}" for x in opts)
 
 
@@ -163,7 +165,10 @@ def structure_table(groups: dict[str, list[dict]], group_names=("tokenizer", "un
             if not any(rows):
                 continue
             silent = [d.get("silent_fraction", {}).get(g, math.nan) for d in dreams]
-            lines += [f"**{name}, {g}** (silent: {np.nanmean(silent):.0%} of the dreams; median over the clips, "
+            ends = [d["ends"][g] for d in dreams if g in d.get("ends", {})]
+            ended = (f"ended by the world model: {np.mean([e['ended_fraction'] for e in ends]):.0%}, median "
+                     f"{np.mean([e['median_s'] for e in ends]):.2f} s dreamt; ") if ends else ""
+            lines += [f"**{name}, {g}** ({ended}silent: {np.nanmean(silent):.0%} of the dreams; median over the clips, "
                       f"relative difference to the real clips' median, mean over {len(dreams)} seeds):", "",
                       "| measure | real median | dreams' median | rel. diff | KS D | within +-20% |",
                       "|---|---|---|---|---|---|"]
@@ -254,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ba_ta", action="store_true", help="complete a synthesized 'ba ta ba ta' (first run per group)")
     p.add_argument("--imagination", choices=("latent", "tokens"), help="dream this way (default: each run's own)")
     p.add_argument("--temperature", type=float, help="dreams at this temperature (with --redream and --ba_ta)")
+    p.add_argument("--end", action=argparse.BooleanOptionalAction,
+                   help="dreams end where the world model says (default: each run's own dream_end)")
     p.add_argument("--out", default="bench-out/imagination")
     a = p.parse_args(argv)
-    if (a.imagination or a.temperature) and a.redream <= 0:
-        p.error("--imagination and --temperature dream again: give --redream N")
+    if (a.imagination or a.temperature or a.end is not None) and a.redream <= 0:
+        p.error("--imagination, --temperature and --end/--no-end dream again: give --redream N")
     options = dream_options(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -217,3 +217,63 @@ def test_hifigan_and_perceptual_scores_in_the_tables_and_the_run(tiny_run, tmp_p
     metrics = mlflow.get_run(run_id).data.metrics
     for key in ("dream/real/dnsmos_ovrl", "dream/unconditional/dnsmos_ovrl", "tokenizer/roundtrip/stoi"):
         assert key in metrics, key
+
+
+def _ends_at(step: int):
+    """An end-of-utterance head that is certain from step `step` of what it hears on, and never before it."""
+    import torch
+
+    def end_probabilities(self, tokens):
+        p = torch.zeros(len(tokens))
+        p[step:] = 1.0
+        return p
+    return end_probabilities
+
+
+def test_a_dream_ends_at_the_first_step_the_world_model_ends_its_utterance(monkeypatch):
+    """dream_lengths reads each dream after its prompt: the step where the end probability is 1 ends it (counted
+    from the dream's first step); a model without an end head (the Transformer) never ends a dream."""
+    import torch
+
+    from pydreamer.dreams.imagination import dream_lengths
+    from pydreamer.models.rssm_world_model import RSSMWorldModel
+
+    conf = load_config(["defaults", "tiny"], ["--context_steps", "16"])
+    model = Dreamer(conf, K, G, 1)
+    prompt = np.random.default_rng(0).integers(0, K, (6, G))
+    dreams = dream_tokens(model, prompt, 10, 3, seed=1)
+    p = model.wm.end_probabilities(model.wm.as_tokens(np.concatenate([prompt, dreams[0]])))
+    assert p.shape == (16,) and bool(((p >= 0) & (p <= 1)).all())  # the trained head: a probability per step
+    monkeypatch.setattr(RSSMWorldModel, "end_probabilities", _ends_at(6 + 3))
+    assert dream_lengths(model, prompt, dreams, seed=0).tolist() == [4, 4, 4]
+    assert dream_lengths(model, None, dreams, seed=0).tolist() == [10, 10, 10]  # step 9 of 10: no prompt, ends later
+    monkeypatch.setattr(RSSMWorldModel, "end_probabilities", _ends_at(100))
+    assert dream_lengths(model, prompt, dreams, seed=0).tolist() == [10, 10, 10]
+    transformer = Dreamer(load_config(["defaults", "tiny"], ["--world_model", "transformer", "--context_steps", "16"]),
+                          K, G, 1)
+    assert transformer.wm.end_probabilities(torch.zeros(4, G, dtype=torch.long)) is None
+    assert dream_lengths(transformer, prompt, dreams, seed=0).tolist() == [10, 10, 10]
+
+
+def test_with_end_a_dream_is_silent_after_its_end_and_the_tables_say_how_long_dreams_ran(tiny_run, tmp_path,
+                                                                                         monkeypatch):
+    """`dream --end`: a dream from nothing that the world model ends after 5 steps is heard for 5 steps then at
+    its floor; a completion ends on its first step after the prompt; summary.json and acoustics.md say every
+    dream ended and when; `--no-end` leaves dreams whole."""
+    from pydreamer.models.rssm_world_model import RSSMWorldModel
+
+    root, run_id = tiny_run
+    monkeypatch.setattr(RSSMWorldModel, "end_probabilities", _ends_at(4))
+    out = tmp_path / "ended"
+    assert _dream(root, run_id, out, "--end", "--warm", "0", "--no_log") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    steps_per_second = 25  # tiny: 100 frames/s, 4 frames per step
+    assert summary["ends"]["unconditional"] == {"ended_fraction": 1.0, "median_s": pytest.approx(5 / steps_per_second)}
+    assert summary["ends"]["completion"] == {"ended_fraction": 1.0, "median_s": pytest.approx(1 / steps_per_second)}
+    assert "unconditional 100% ended, median 0.20 s" in (out / "acoustics.md").read_text()
+    wave, sr = _wav(out / "unconditional" / "dream-00.wav")
+    cut = int(0.3 * sr)  # past the end and the vocoder's overlap
+    assert np.sqrt(np.mean(wave[cut:] ** 2)) < 0.2 * np.sqrt(np.mean(wave[: int(0.2 * sr)] ** 2))
+    whole = tmp_path / "whole"
+    assert _dream(root, run_id, whole, "--no-end", "--warm", "0", "--test_prompts", "0", "--no_log") == 0
+    assert json.loads((whole / "summary.json").read_text())["ends"]["unconditional"]["ended_fraction"] == 0.0

@@ -158,3 +158,22 @@ def test_a_run_from_before_a_key_gets_the_old_behaviour(tmp_path):
     assert conf["forecast_head"] is False and conf["hidden_dim"] == 64
     Run.data.params["forecast_head"] = "True"
     assert run_config(Run)["forecast_head"] is True
+
+
+def test_a_run_from_before_the_vocoder_dreams_as_it_did():
+    """Bug: dream's own table of old-run defaults was never read (run_config fills every key first), so a
+    run made before `vocoder` dreamt through HiFi-GAN and scored DNSMOS; it must keep Griffin-Lim, no DNSMOS."""
+    import argparse
+
+    from pydreamer.dreams.command import CONFIG_DEFAULTS, fill_from_config
+    from pydreamer.runs import run_config
+
+    class Run:
+        class data:
+            params = {"world_model": "rssm"}
+
+    a = fill_from_config(argparse.Namespace(**{option: None for option in CONFIG_DEFAULTS}), run_config(Run))
+    assert (a.vocoder, a.perceptual, a.imagination) == ("griffinlim", False, "latent")
+    Run.data.params.update(vocoder="hifigan", dream_perceptual="True")
+    a = fill_from_config(argparse.Namespace(**{option: None for option in CONFIG_DEFAULTS}), run_config(Run))
+    assert (a.vocoder, a.perceptual) == ("hifigan", True)

@@ -7,6 +7,10 @@ A completion is decoded together with its prompt's tokens (the VQ-VAE decoder se
 across the boundary), then the prompt's frames are replaced by the real prompt, so a listener
 hears the real prompt and the model's continuation in one wave.
 
+With `end`, a dream ends where the world model says its utterance does (`dream_lengths`): the frames after
+are silence as the features write it (`top_db` below the clip's peak), so it is heard and measured (on its
+speech) as an utterance that stopped.
+
 Wall-clock time is kept apart for generation (imagination + VQ-VAE decode) and the vocoder, and
 the seconds of audio dreamt, so the real-time factor means the cost of hearing a dream.
 """
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pydreamer.dreams.imagination import dream_tokens, mix_tokens
+from pydreamer.dreams.imagination import dream_lengths, dream_tokens, mix_tokens
 from pydreamer.models import Dreamer
 from tokenizer.codec import EncodedClip, TokenCodec
 from tokenizer.layout import DataLayout
@@ -33,6 +37,7 @@ class Dream:
     db: np.ndarray  # [frames, n_mels], prompt frames first when there is one
     wave: np.ndarray
     prompt_s: float = 0.0
+    end_s: float | None = None  # seconds dreamt before the world model ended it (None: it ran to the end)
 
 
 @dataclass
@@ -65,8 +70,8 @@ class AudioDreamer:
     """A world model and the tokenizer it learned from, with the dream settings of one command."""
 
     def __init__(self, model: Dreamer, codec: TokenCodec, seconds: float, temperature: float, seed: int,
-                 corpus_mean: float, corpus_std: float):
-        self.model, self.codec = model, codec
+                 corpus_mean: float, corpus_std: float, end: bool = False):
+        self.model, self.codec, self.end = model, codec, bool(end)
         self.seconds, self.temperature, self.seed = float(seconds), float(temperature), int(seed)
         self.corpus = (float(corpus_mean), float(corpus_std))
         self.sr = codec.settings.sample_rate
@@ -88,6 +93,21 @@ class AudioDreamer:
         self.timer.generation_s += time.perf_counter() - t0
         return z
 
+    def _lengths(self, prompt: np.ndarray | None, tokens: np.ndarray, seed: int) -> np.ndarray:
+        """Steps of each dream before it ends (all of them unless `end`)."""
+        return self._imagine(dream_lengths, prompt, tokens, seed) if self.end else np.full(len(tokens), tokens.shape[1])
+
+    def _silence_after(self, db: np.ndarray, start: int, length: int, steps: int) -> tuple[np.ndarray, float | None]:
+        """`db` with the frames after the end of a dream of `steps` steps (beginning at frame `start`, ended after
+        `length`) silent (the features' floor, `top_db` below the clip's peak), and the seconds dreamt before the
+        end (None: it did not end)."""
+        if length >= steps:
+            return db, None
+        cut = start + length * self.codec.frames_per_step
+        db = db.copy()
+        db[cut:] = db.max() - self.codec.settings.top_db
+        return db, length * self.codec.frames_per_step / self.codec.settings.frames_per_second
+
     def hear(self, db: np.ndarray, samples: int, count: bool = True) -> np.ndarray:
         """A log-mel through the vocoder, timed (and its audio counted as dreamt when `count`)."""
         t0 = time.perf_counter()
@@ -101,33 +121,40 @@ class AudioDreamer:
         """`n` dreams of `seconds` from the initial state, at the corpus' average level."""
         steps = self.codec.steps_for(self.seconds)
         tokens = self._imagine(dream_tokens, None, steps, n, self.temperature, self.seed)
+        lengths = self._lengths(None, tokens, self.seed)
         z = self._decode(tokens)
-        return [Dream(f"dream-{i:02d}", tokens[i], db := self.codec.to_db(z[i], *self.corpus),
-                      self.hear(db, self.samples)) for i in range(n)]
+        out = []
+        for i in range(n):
+            db, end_s = self._silence_after(self.codec.to_db(z[i], *self.corpus), 0, lengths[i], steps)
+            out.append(Dream(f"dream-{i:02d}", tokens[i], db, self.hear(db, self.samples), end_s=end_s))
+        return out
 
     def warm(self, clips: list[EncodedClip]) -> list[Dream]:
         """One dream of `seconds` after each clip's warm-up prompt (filtered, not heard), at the corpus' level."""
         out = []
         steps = self.codec.steps_for(self.seconds)
         for i, clip in enumerate(clips):
-            tokens = self._imagine(dream_tokens, clip.tokens, steps, 1, self.temperature, self.seed + i)[0]
-            z = self._decode(np.concatenate([clip.tokens, tokens]))[len(clip.prompt_db):]
-            db = self.codec.to_db(z, *self.corpus)
-            out.append(Dream(f"{clip.name}-warm", tokens, db, self.hear(db, self.samples)))
+            tokens = self._imagine(dream_tokens, clip.tokens, steps, 1, self.temperature, self.seed + i)
+            length = self._lengths(clip.tokens, tokens, self.seed + i)[0]
+            z = self._decode(np.concatenate([clip.tokens, tokens[0]]))[len(clip.prompt_db):]
+            db, end_s = self._silence_after(self.codec.to_db(z, *self.corpus), 0, length, steps)
+            out.append(Dream(f"{clip.name}-warm", tokens[0], db, self.hear(db, self.samples), end_s=end_s))
         return out
 
     def complete(self, clip: EncodedClip, samples: int, seed_offset: int = 0) -> Completion:
         """`samples` continuations of `seconds` after a prompt, at the prompt's own level."""
         steps = self.codec.steps_for(self.seconds)
         tokens = self._imagine(dream_tokens, clip.tokens, steps, samples, self.temperature, self.seed + seed_offset)
+        lengths = self._lengths(clip.tokens, tokens, self.seed + seed_offset)
         P = len(clip.prompt_db)
         prompt_s = P / self.codec.settings.frames_per_second
         total = int(round(prompt_s * self.sr)) + self.samples
         dreams = []
         for k in range(samples):
             z = self._decode(np.concatenate([clip.tokens, tokens[k]]))[P:]
-            db = np.concatenate([clip.prompt_db, self.codec.to_db(z, clip.mean, clip.std)])
-            dreams.append(Dream(f"{clip.name}-dream-{k:02d}", tokens[k], db, self.hear(db, total), prompt_s))
+            db, end_s = self._silence_after(np.concatenate([clip.prompt_db, self.codec.to_db(z, clip.mean, clip.std)]),
+                                            P, lengths[k], steps)
+            dreams.append(Dream(f"{clip.name}-dream-{k:02d}", tokens[k], db, self.hear(db, total), prompt_s, end_s))
         true_db = np.concatenate([clip.prompt_db, clip.continuation_db[:steps * self.codec.frames_per_step]])
         true_wave = roundtrip_wave = None
         if len(clip.continuation_db):
@@ -144,6 +171,9 @@ class AudioDreamer:
         for d in other.dreams:
             z = self.codec.decode(np.concatenate([other.clip.tokens, d.tokens]))[len(other.clip.prompt_db):]
             db = np.concatenate([clip.prompt_db, self.codec.to_db(z, clip.mean, clip.std)])
+            if d.end_s is not None:  # it ends where it ended after its own prompt
+                db, _ = self._silence_after(db, len(clip.prompt_db), round(d.end_s * self.codec.steps_per_second),
+                                           len(d.tokens))
             waves.append(self.hear(db, own.prompt_samples + self.samples, count=False)[own.prompt_samples:])
         return waves
 

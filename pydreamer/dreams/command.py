@@ -51,10 +51,8 @@ log = logging.getLogger("pydreamer.dream")
 CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unconditional": "dream_unconditional",
                    "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
                    "griffin_lim_iters": "dream_griffin_lim_iters", "vocoder": "vocoder", "seed": "seed",
-                   "perceptual": "dream_perceptual", "imagination": "dream_imagination"}
-
-
-OLD_RUNS = {"vocoder": "griffinlim", "dream_perceptual": False}  # keys a run made before them does not have
+                   "perceptual": "dream_perceptual", "imagination": "dream_imagination",
+                   "end": "dream_end"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default: the run's seed")
     p.add_argument("--imagination", choices=("latent", "tokens"),
                    help="rssm: how a dream goes on (default: the run's dream_imagination)")
+    p.add_argument("--end", action=argparse.BooleanOptionalAction,
+                   help="a dream ends where the world model says its utterance does, silence after "
+                        "(default: the run's dream_end)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="real utterances from this split")
     p.add_argument("--unconditional", type=int, help="dreams from the initial state (the run's dream_unconditional)")
     p.add_argument("--warm", type=int, help="dreams after a warm-up on real utterances, 0 = none (the run's dream_warm)")
@@ -93,7 +94,7 @@ def fill_from_config(a: argparse.Namespace, conf) -> argparse.Namespace:
     """Options not given on the command line take the run's config (its dream_* keys): one source of defaults."""
     for option, key in CONFIG_DEFAULTS.items():
         if getattr(a, option) is None or (option == "griffin_lim_iters" and getattr(a, option) == 0):
-            setattr(a, option, conf[key] if key in conf or key not in OLD_RUNS else OLD_RUNS[key])
+            setattr(a, option, conf[key])
     return a
 
 
@@ -216,7 +217,7 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     t_start = time.time()
     codec, prompts = setup.codec, setup.prompts
     dreamer = AudioDreamer(setup.model, codec, args.seconds, args.temperature, args.seed, setup.meta["mel_mean"],
-                           setup.meta["mel_std"])
+                           setup.meta["mel_std"], end=args.end)
     layout = DataLayout.of(setup.conf["data_dir"])
     need = max(args.real_clips, args.warm, 0 if args.prompt else args.test_prompts)
     fps = codec.settings.frames_per_second

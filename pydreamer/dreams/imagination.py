@@ -10,7 +10,8 @@ owns how: `WorldModel.imagine` and `.mix`):
   latent states; the Transformer, which has none, splices their contexts).
 
 `temperature` divides the logits of every draw. A dream is a pure function of (model, prompt, seed):
-the same seed gives the same tokens.
+the same seed gives the same tokens. `dream_lengths` says where each dream ends, as the world model
+hears it: an utterance stops, and a dream that never does runs on as speech no real clip is.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from pydreamer.models import Dreamer
+from pydreamer.models.base import seeded
 
 
 @torch.no_grad()
@@ -35,3 +37,25 @@ def mix_tokens(model: Dreamer, a: np.ndarray, b: np.ndarray, alphas: list[float]
     model.eval()
     wm = model.wm
     return wm.mix(wm.as_tokens(a), wm.as_tokens(b), list(alphas), n_steps, temperature, seed).cpu().numpy()
+
+
+@torch.no_grad()
+def dream_lengths(model: Dreamer, prompt: np.ndarray | None, dreams: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Per dream [samples, n_steps, G], how many of its steps come before it ends: each step, read as heard after
+    the prompt, ends the utterance with the model's end probability (a seeded draw, the first hit ends it);
+    n_steps where none did or the model has no end-of-utterance head."""
+    model.eval()
+    wm = model.wm
+    n, steps = dreams.shape[:2]
+    P = 0 if prompt is None else len(prompt)
+    out = np.full(n, steps, np.int64)
+    rng = np.random.default_rng(seed)
+    with seeded(int(seed)):
+        for i in range(n):
+            heard = dreams[i] if P == 0 else np.concatenate([prompt, dreams[i]])
+            p = wm.end_probabilities(wm.as_tokens(heard))
+            if p is None:
+                return out
+            ended = np.flatnonzero(rng.random(steps) < p[P:].float().cpu().numpy())
+            out[i] = ended[0] + 1 if len(ended) else steps
+    return out

@@ -118,6 +118,14 @@ class DreamResults:
             arrays["interpolation"] = np.stack([d.tokens for d in self.mix])
         return arrays
 
+    def ends(self) -> dict[str, dict[str, float]]:
+        """Per group of dreams, the fraction the world model ended before `seconds` and the median seconds dreamt."""
+        groups = {"unconditional": self.uncond, "warm": self.warm,
+                  "completion": [d for c in self.completions for d in c.dreams]}
+        return {g: {"ended_fraction": float(np.mean([d.end_s is not None for d in ds])),
+                    "median_s": float(np.median([self.args.seconds if d.end_s is None else d.end_s for d in ds]))}
+                for g, ds in groups.items() if ds}
+
     def _markdown(self, stage: Path, files: list[str]) -> str:
         """acoustics.md (and the acoustic CSVs beside it)."""
         a, t = self.args, self.timer
@@ -126,6 +134,10 @@ class DreamResults:
                 "unconditional": "dreams from the initial state (corpus level)",
                 "warm": f"dreams after a {a.warmup_seconds:g} s warm-up on {a.split} utterances (corpus level)",
                 "completion": "completions (the imagined part, at the prompt's level)"}
+        if getattr(a, "end", False):
+            md += ["Dreams end where the world model says the utterance does (its terminal head; silence after): "
+                   + ", ".join(f"{g} {e['ended_fraction']:.0%} ended, median {e['median_s']:.2f} s"
+                               for g, e in self.ends().items()), ""]
         if self.silent:
             md += ["Silent clips (no frame above -50 dBFS; left out of the tables, every measure is taken on the "
                    "speech of a clip, its leading and trailing silence cut): "
@@ -161,7 +173,7 @@ class DreamResults:
                              "notes": c.clip.notes,
                              "true_continuation": c.true_wave is not None} for c in self.completions],
             "acoustics": {g: [asdict(r) for r in rows] for g, rows in self.tables.items()},
-            "per_clip": self.per_clip, "silent_fraction": self.silent, "rhythm": self.rhythm,
+            "per_clip": self.per_clip, "silent_fraction": self.silent, "ends": self.ends(), "rhythm": self.rhythm,
             "perceptual": self.perceptual,
             "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
             "files": files,

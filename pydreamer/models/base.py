@@ -146,6 +146,11 @@ class WorldModel(nn.Module, ABC):
         """One feature vector per step [T, F] of an utterance read from its first step (what the model knows
         after that step), for t-SNE pictures and probes."""
 
+    def end_probabilities(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Per step of an utterance read from its first step (tokens [T, G]), the probability [T] that it is the
+        utterance's last: what lets a dream end. None: this model has no end-of-utterance head."""
+        return None
+
     # ---- a latent to imagine from (has_latent) -------------------------------------------
     def imagine_latent(self, state: Any, action: torch.Tensor) -> Any:
         raise NotImplementedError(f"the {self.kind} world model has no latent state to imagine from")

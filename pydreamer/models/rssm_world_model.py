@@ -346,6 +346,11 @@ class RSSMWorldModel(WorldModel):
         """The posterior features [h, z] after each step."""
         return RSSM.features(self.filter(tokens))[:, 0]
 
+    @torch.no_grad()
+    def end_probabilities(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The terminal head on the posterior after each step (trained on the env's `terminal`: the last step)."""
+        return torch.sigmoid(self.terminal_head(self.step_features(tokens)))
+
     # ---- the latent the actor-critic imagines from --------------------------------------------
     @property
     def latent_dim(self) -> int:
