@@ -251,13 +251,15 @@ def ba_ta(mlflow_dir: str, run_id: str, out: Path, samples: int = 8, options: tu
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydreamer.models.base import IMAGINATIONS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mlflow_dir", required=True)
     p.add_argument("--group", action="append", required=True, help="NAME=RUN_ID,RUN_ID,... (one run per seed)")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--redream", type=int, default=0, help="N > 0: dream again with N test prompts (into --out)")
     p.add_argument("--ba_ta", action="store_true", help="complete a synthesized 'ba ta ba ta' (first run per group)")
-    p.add_argument("--imagination", choices=("latent", "tokens"), help="dream this way (default: each run's own)")
+    p.add_argument("--imagination", choices=IMAGINATIONS, help="dream this way (default: each run's own)")
     p.add_argument("--temperature", type=float, help="dreams at this temperature (with --redream and --ba_ta)")
     p.add_argument("--end", action=argparse.BooleanOptionalAction,
                    help="dreams end where the world model says (default: each run's own dream_end)")

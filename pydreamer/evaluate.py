@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from pydreamer.models.base import IMAGINATIONS
 from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
 from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint, run_command
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
     parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
-    parser.add_argument("--imagination", choices=("latent", "tokens"),
+    parser.add_argument("--imagination", choices=IMAGINATIONS,
                         help="rssm: how futures past h = 1 are imagined (default: the run's evaluate_imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")

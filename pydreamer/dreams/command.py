@@ -43,6 +43,7 @@ from typing import Any
 from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary,
                                      perceptual_scores, rhythm_of_completions)
 from pydreamer.dreams.results import ALPHAS, DreamResults
+from pydreamer.models.base import IMAGINATIONS
 from pydreamer.replay_layout import DREAMS
 from pydreamer.runs import RunError, run_command
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="dreams per prompt (default: the run's dream_samples)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
     p.add_argument("--seed", type=int, help="default: the run's seed")
-    p.add_argument("--imagination", choices=("latent", "tokens"),
+    p.add_argument("--imagination", choices=IMAGINATIONS,
                    help="rssm: how a dream goes on (default: the run's dream_imagination)")
     p.add_argument("--end", action=argparse.BooleanOptionalAction,
                    help="a dream ends where the world model says its utterance does, silence after "

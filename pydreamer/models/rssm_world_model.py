@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from .base import EvalSums, WorldModel, bits_and_hits, seeded
+from .base import IMAGINATIONS, EvalSums, WorldModel, bits_and_hits, seeded
 from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
@@ -42,7 +42,7 @@ class RSSMWorldModel(WorldModel):
     has_latent = True
     # Both ways (base.py): `latent` is what the overshoot loss trains the forecast head for (the better forecast past
     # h = 1 on val), `tokens` goes on from the tokens it drew (the better dreams on val): dream and evaluate choose.
-    imaginations = ("latent", "tokens")
+    imaginations = IMAGINATIONS
     imagination = "latent"
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
