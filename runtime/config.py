@@ -160,10 +160,11 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     overshoot_starts deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
-    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_horizons learners""".split()
+    n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_horizons learners maskgit_block
+    maskgit_layers maskgit_iterations""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips
-    contrastive_steps evaluate_samples""".split()
+    contrastive_steps evaluate_samples maskgit_starts""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()
@@ -172,7 +173,7 @@ _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
     "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
-    "world_model": ("rssm", "transformer"),
+    "world_model": ("rssm", "transformer", "maskgit"),
     "token_head": ("independent", "autoregressive"),
     "dream_imagination": ("latent", "tokens"), "evaluate_imagination": ("latent", "tokens"),
     "wm_objective": ("reconstruction", "contrastive"),
@@ -245,8 +246,9 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("win_length", f"must not exceed n_fft ({conf['n_fft']})")
     if "transformer_dim" in conf and "transformer_heads" in conf and conf["transformer_dim"] % conf["transformer_heads"]:
         raise bad("transformer_dim", f"must be a multiple of transformer_heads ({conf['transformer_heads']})")
-    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") == "transformer":
-        raise bad("wm_objective", "the Transformer world model has no latent to train contrastively (use world_model rssm)")
+    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit"):
+        name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)"}[conf["world_model"]]
+        raise bad("wm_objective", f"the {name} world model has no latent to train contrastively (use world_model rssm)")
     if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
         raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")
     if conf.get("vq_causal") is True and conf.get("mel_norm") == "utterance":

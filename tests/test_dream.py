@@ -74,8 +74,8 @@ def _wav(path):
     return wave, sr
 
 
-def test_same_seed_same_tokens_for_both_world_models():
-    for kind in ("rssm", "transformer"):
+def test_same_seed_same_tokens_for_every_world_model():
+    for kind in ("rssm", "transformer", "maskgit"):
         conf = load_config(["defaults", "tiny"], ["--world_model", kind, "--context_steps", "16"])
         model = Dreamer(conf, K, G, 1)
         prompt = np.random.default_rng(0).integers(0, K, (8, G))

@@ -128,7 +128,7 @@ def test_main_logs_to_mlflow_and_resumes_the_same_run(replay, monkeypatch):
     assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 40
 
 
-@pytest.mark.parametrize("world_model, has_kl", [("rssm", True), ("transformer", False)])
+@pytest.mark.parametrize("world_model, has_kl", [("rssm", True), ("transformer", False), ("maskgit", False)])
 def test_the_progress_line_shows_only_the_models_own_metrics(replay, caplog, world_model, has_kl):
     """A world model without a latent has no KL: its progress line says nothing of one (it said `kl nan`)."""
     from pydreamer.data import make_replay_loader

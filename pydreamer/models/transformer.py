@@ -53,6 +53,7 @@ class TransformerPrediction(NamedTuple):
     has_context: torch.Tensor  # bool [T, B]: forecast from at least one earlier step of its episode
     first_step: torch.Tensor  # bool [T, B]: an episode's first step, forecast from the empty context
     last_state: TransformerState
+    feature: torch.Tensor  # [T, B, dim]: what forecasts each step (the feature of the steps before it, or the start)
 
 
 class TransformerWorldModel(WorldModel):
@@ -171,7 +172,7 @@ class TransformerWorldModel(WorldModel):
         keep = seq_valid[-W:] & (seq_episode[-W:] == seq_episode[-1:]) if W else seq_valid[:0]
         last = TransformerState(seq_tokens[seq_tokens.shape[0] - W:].detach(), keep,
                                 seq_step[seq_step.shape[0] - W:].detach())
-        return TransformerPrediction(logits, reward, has_context, reset, last)
+        return TransformerPrediction(logits, reward, has_context, reset, last, feature)
 
     def forward(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerOutput:
         """Next-step loss of one chunk: token cross-entropy (summed over G) + reward_weight * 0.5 MSE.
@@ -181,6 +182,12 @@ class TransformerWorldModel(WorldModel):
         (a lane's first chunk starting mid-episode) is not scored.
         """
         pred = self.predict(batch, state)
+        loss, metrics = self.next_step_loss(pred, batch)
+        return TransformerOutput(loss, pred.last_state, metrics)
+
+    def next_step_loss(self, pred: TransformerPrediction,
+                       batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of `forward` and its metrics, from a chunk's prediction."""
         tokens = batch["tokens"]
         scored = pred.has_context | pred.first_step
         n_scored = scored.sum().clamp(min=1)
@@ -198,7 +205,7 @@ class TransformerWorldModel(WorldModel):
                 "acc_tokens": (hits * ctx).sum() / n_ctx,
                 "loss_reward": loss_reward.detach(),
             }
-        return TransformerOutput(loss, pred.last_state, metrics)
+        return loss, metrics
 
     # ---- forecasts and dreams ------------------------------------------------------------
     def _window(self, tokens: torch.Tensor, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
