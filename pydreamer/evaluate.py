@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imagination", choices=IMAGINATIONS,
                         help="rssm: how futures past h = 1 are imagined (default: the run's evaluate_imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
+    parser.add_argument("--no_log_mel", action="store_true",
+                        help="skip the log-mel scores (forecasts decoded to dB beside continuous baselines: log_mel.py)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     return run_command(parser, _main, argv)
 
@@ -104,8 +106,10 @@ def _main(args) -> int:
     val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
     baselines = Baselines.fit(fit_on, val, spec.codebook_size, args.horizons)
     tokens = [u["tokens"] for u in utterances]
+    log_mel = None if args.no_log_mel else _log_mel_scorer(run, conf, layout, utterances, args, device)
     sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
-                          args.seed, device, voices=[u.get("voice") for u in utterances])
+                          args.seed, device, voices=[u.get("voice") for u in utterances],
+                          observe=log_mel[0] if log_mel else None)
     scores = Scores(sums, seed=args.seed)
     seconds = time.time() - t0
     cells = "every start step" if args.starts_per_utterance <= 0 else \
@@ -123,6 +127,12 @@ def _main(args) -> int:
                "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
     summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look
     metrics = scores.metrics(args.split, *rate)
+    if log_mel:
+        from pydreamer.log_mel import log_mel_metrics, log_mel_table
+
+        summary["log_mel"] = log_mel[1].report(seed=args.seed)
+        metrics.update(log_mel_metrics(summary["log_mel"], args.split))
+        (out / "log_mel.md").write_text(log_mel_table(summary["log_mel"]) + "\n")
     summary["probes"], probe_metrics = _probes(model, layout, train, utterances, device, args)
     metrics.update(probe_metrics)
     _latent_picture(out, model, utterances, device, args)
@@ -139,10 +149,58 @@ def _print(scores, summary: dict, spec, what: str) -> None:
     bps = spec.tokens_per_step * spec.steps_per_second
     print(f"All cells (bits per token; margin = best baseline's NLL - the model's, 95% bootstrap CI over utterances):\n"
           f"{scores.table(rate=bps)}\n\nCells whose target step is voiced:\n{scores.table(voiced=True)}")
+    if "log_mel" in summary:
+        from pydreamer.log_mel import log_mel_table
+
+        print(f"\nForecasts as log-mel (dB; LSD and MSE per step; the model's most probable tokens decoded by its "
+              f"tokenizer; AR order {summary['log_mel']['baselines'].get('order')}):\n{log_mel_table(summary['log_mel'])}")
     if summary["probes"]:
         print(f"\nLinear probes of the latent features (one vector per utterance; token counts alone beside):\n"
               f"{probe_table(summary['probes'])}")
     print(f"evaluate: {what}")
+
+
+def _log_mel_scorer(run, conf, layout, utterances: list[dict], args, device):
+    """(observe, scorer) for `evaluate_split`: the split's true log-mels, the run's tokenizer and the continuous
+    baselines fitted on the train split (order on val); None, with a warning, where any is missing (the token
+    scores do not depend on them)."""
+    import numpy as np
+
+    from pydreamer.baselines.continuous import ContinuousBaselines
+    from pydreamer.log_mel import LogMelScorer, true_steps
+    from pydreamer.runs import run_tokenizer
+    from tokenizer.codec import TokenCodec
+    from tokenizer.features import MelSettings, unzscore
+    from tokenizer.shards import iter_utterances
+
+    try:
+        codec = TokenCodec.load(run_tokenizer(run, conf).vqvae, device, MelSettings.from_conf(conf), "griffinlim", 1)
+        ds = codec.frames_per_step
+
+        def db(m: dict) -> np.ndarray:
+            return unzscore(m["mel"].astype(np.float32), m["mean"], m["std"])
+
+        def steps(split: str) -> list[np.ndarray]:
+            return [true_steps(db(m), -(-len(m["mel"]) // ds), ds) for m in iter_utterances(layout.mels(split))]
+
+        mels = {m["utterance_id"]: m for m in iter_utterances(layout.mels(args.split))}
+        missing = [u["utterance_id"] for u in utterances if u["utterance_id"] not in mels]
+        if missing:
+            raise ValueError(f"{len(missing)} utterances have no log-mel in {layout.mels(args.split)} (e.g. {missing[0]})")
+        baselines = ContinuousBaselines.fit(steps("train"), steps("val"), seed=args.seed)
+    except Exception as e:
+        log.warning("log-mel scores skipped: %s", e)
+        return None
+    chosen = [mels[u["utterance_id"]] for u in utterances]
+    dbs = [db(m) for m in chosen]
+    stats = codec.model.norm_stats  # the tokens' z-score: the corpus' (then fixed) or each utterance's own
+    norms = [tuple(stats) if stats is not None else (float(m["mean"]), float(m["std"])) for m in chosen]
+    scorer = LogMelScorer(codec, baselines, args.horizons, len(utterances))
+
+    def observe(u: int, starts, probs) -> None:
+        scorer.add(u, utterances[u]["tokens"], dbs[u], norms[u], starts, probs)
+
+    return observe, scorer
 
 
 def _probes(model, layout, train: list[dict], utterances: list[dict], device, args) -> tuple[dict, dict]:

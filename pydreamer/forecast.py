@@ -11,6 +11,7 @@ accuracy is the argmax of that mean against the true token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,10 +64,12 @@ class CellSums:
 @torch.no_grad()
 def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
                    starts_per_utterance: int, seed: int, device: torch.device,
-                   voices: list[np.ndarray] | None = None) -> CellSums:
+                   voices: list[np.ndarray] | None = None,
+                   observe: Callable[[int, np.ndarray, torch.Tensor], None] | None = None) -> CellSums:
     """Bits and hits of the model and each baseline on the same cells, per utterance and horizon.
 
     `voices[i]` is utterance i's per-step voice activity (0..1); without it no cell counts as voiced.
+    `observe(u, starts, probs)`, when given, sees every forecast too (the log-mel scores: log_mel.py).
     """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -80,6 +83,8 @@ def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, hori
         probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
                                   torch.from_numpy(starts).to(device), gen)
         m_bits, m_hits, valid = score(probs, tokens, starts)
+        if observe is not None:
+            observe(u, starts, probs)
         voice = voices[u] if voices is not None and voices[u] is not None else np.zeros(len(tokens))
         for h in range(horizons):
             v = valid[:, h]
