@@ -172,7 +172,7 @@ _FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dea
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
-    "env_order": ("shuffle", "sequential"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
+    "env_order": ("shuffle", "sequential"), "observation": ("tokens", "mel"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
     "world_model": ("rssm", "transformer", "maskgit"),
     "token_head": ("independent", "autoregressive"),
     "dream_imagination": ("latent", "tokens"), "evaluate_imagination": ("latent", "tokens"),
