@@ -168,12 +168,12 @@ _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_worker
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()
-_FRACTION = "vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
+_FRACTION = "unimix vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
     "env_order": ("shuffle", "sequential"), "observation": ("tokens", "mel"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
-    "world_model": ("rssm", "transformer", "maskgit"),
+    "world_model": ("rssm", "transformer", "maskgit", "mel_rssm"),
     "token_head": ("independent", "autoregressive"),
     "dream_imagination": ("latent", "tokens"), "evaluate_imagination": ("latent", "tokens"),
     "wm_objective": ("reconstruction", "contrastive"),
@@ -246,8 +246,11 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("win_length", f"must not exceed n_fft ({conf['n_fft']})")
     if "transformer_dim" in conf and "transformer_heads" in conf and conf["transformer_dim"] % conf["transformer_heads"]:
         raise bad("transformer_dim", f"must be a multiple of transformer_heads ({conf['transformer_heads']})")
-    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit"):
-        name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)"}[conf["world_model"]]
+    if conf.get("world_model") == "mel_rssm" and conf.get("observation") != "mel":
+        raise bad("world_model", "mel_rssm reads each step's log-mel frames: it needs observation mel (the `mel` section)")
+    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit", "mel_rssm"):
+        name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)",
+                "mel_rssm": "log-mel RSSM (mel_rssm)"}[conf["world_model"]]
         raise bad("wm_objective", f"the {name} world model has no latent to train contrastively (use world_model rssm)")
     if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
         raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")

@@ -41,6 +41,9 @@ class WorldModel(nn.Module, ABC):
     # checkpoint carries (`model_args`), so evaluate, dream and resume rebuild the very model that was trained.
     arch_keys: ClassVar[tuple[str, ...]] = ()
     has_latent: ClassVar[bool] = False  # a latent state to imagine from: the actor-critic trains beside it
+    # What it reads of each step: `tokens` ([T, G] ids), or `mel` (the step's log-mel frames, [T, D] floats:
+    # mel_world_model.py, which forecasts with `forecast_mel` and dreams log-mel steps instead of tokens).
+    observes: ClassVar[str] = "tokens"
     latent_dim: int = 0  # the size of `latent_features` (has_latent models), what the actor and critic read
     # Imagined futures per start step at which doubling them moves the forecast's NLL by under 0.01 bits at every
     # horizon (measured with bench/samples.py on the `small` val split): what `evaluate_samples: 0` scores with.

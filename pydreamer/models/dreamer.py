@@ -19,10 +19,12 @@ from .actor_critic import ActorCritic
 from .base import WorldModel
 from .functions import map_state
 from .maskgit import MaskGITWorldModel
+from .mel_world_model import MelRSSMWorldModel
 from .rssm_world_model import RSSMWorldModel
 from .transformer import TransformerWorldModel
 
-WORLD_MODELS: dict[str, type[WorldModel]] = {m.kind: m for m in (RSSMWorldModel, TransformerWorldModel, MaskGITWorldModel)}
+WORLD_MODELS: dict[str, type[WorldModel]] = {m.kind: m for m in (RSSMWorldModel, TransformerWorldModel, MaskGITWorldModel,
+                                                                    MelRSSMWorldModel)}
 # Config keys of the actor-critic's weights (with the world model's `arch_keys`: the checkpoint's model_args).
 ACTOR_CRITIC_KEYS = ("hidden_dim",)
 

@@ -22,6 +22,16 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, layer_norm:
     return nn.Sequential(*parts)
 
 
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """DreamerV3's squashing: sign(x) log(1 + |x|), near x around 0, logarithmic in the tails."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of symlog."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
 def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
     """A state (a NamedTuple of tensors, whatever the world model) with `fn` applied to each of its tensors."""
     return type(state)(*(fn(x) for x in state))

@@ -28,8 +28,10 @@ class RSSM(nn.Module):
         stoch_dim: int,
         stoch_discrete: int,
         hidden_dim: int,
+        unimix: float = 0.0,
     ):
         super().__init__()
+        self.unimix = float(unimix)  # DreamerV3: each categorical mixed with 1% uniform, so no class is ever impossible
         self.deter_dim = deter_dim
         self.stoch_dim = stoch_dim
         self.stoch_discrete = stoch_discrete
@@ -57,7 +59,11 @@ class RSSM(nn.Module):
         return torch.cat([state.deter, state.stoch], -1)
 
     def _logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net(x).reshape(*x.shape[:-1], self.stoch_dim, self.stoch_discrete)
+        logits = net(x).reshape(*x.shape[:-1], self.stoch_dim, self.stoch_discrete)
+        if self.unimix > 0:
+            probs = (1 - self.unimix) * torch.softmax(logits.float(), -1) + self.unimix / self.stoch_discrete
+            logits = torch.log(probs)
+        return logits
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         return sample_one_hot(logits).reshape(*logits.shape[:-2], self.stoch_size)
