@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.audio_token_env import ENV_ID as AUDIO_TOKENS_ID
-from envs.audio_token_env import AudioTokenEnv, local_data_dir
+from envs.audio_token_env import AudioTokenEnv, local_data_dir, mel_step_shape
 from tokenizer.layout import DataLayout
 from tokenizer.tokens import MissingTokensError, read_token_spec
 
@@ -18,8 +18,8 @@ _ENV_MODULES = ("envs.toy_env",)
 
 
 def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_workers: int = 1) -> gym.Env:
-    """The env named by `conf.env_id`; AudioTokens-v0 gets the data dir, order, reward and this
-    worker's share of the split's utterances. Other ids go to `gymnasium.make` as they are."""
+    """The env named by `conf.env_id`; AudioTokens-v0 gets the data dir, order, reward, observation and
+    this worker's share of the split's utterances. Other ids go to `gymnasium.make` as they are."""
     env_id = conf["env_id"]
     if env_id == AUDIO_TOKENS_ID:
         return gym.make(
@@ -32,6 +32,7 @@ def make_env(conf: Mapping[str, Any], split: str = "train", worker: int = 0, n_w
             worker=worker,
             n_workers=n_workers,
             codebook_size=conf["codebook_size"],
+            observation=conf.get("observation", "tokens"),  # configs from before the key: tokens
             disable_env_checker=True,
         )
     for name in _ENV_MODULES:
@@ -70,4 +71,17 @@ def env_dims(conf: Mapping[str, Any], layout: DataLayout | None = None) -> dict[
         env.close()
 
 
-__all__ = ["AUDIO_TOKENS_ID", "AudioTokenEnv", "MissingTokensError", "env_dims", "make_env", "space_dims"]
+def mel_dim(conf: Mapping[str, Any], layout: DataLayout | None = None) -> int | None:
+    """Numbers per step of the 'mel' observation (frames per step * n_mels) with `observation: mel`, None
+    otherwise: what a model of continuous log-mel features predicts, read from the data as the env reads
+    it (meta.json and one shard header; no env is built)."""
+    if conf.get("observation", "tokens") != "mel":
+        return None
+    if conf["env_id"] != AUDIO_TOKENS_ID:
+        raise ValueError(f"observation: mel needs env_id {AUDIO_TOKENS_ID}, not {conf['env_id']}")
+    layout = layout or DataLayout.of(local_data_dir(conf["data_dir"], ("tokens", "mels/train")))
+    ds, n_mels = mel_step_shape(layout, "train")
+    return ds * n_mels
+
+
+__all__ = ["AUDIO_TOKENS_ID", "AudioTokenEnv", "MissingTokensError", "env_dims", "make_env", "mel_dim", "space_dims"]

@@ -27,6 +27,10 @@ With several learner ranks (runtime.distributed) each rank's reader sees only it
 of the store: episode `index` of generator worker `w` belongs to rank `(w + index) % world_size`
 (`shard_of`), decided from the file name alone, so the shares are disjoint, cover the store, and
 stay so as it grows.
+
+A reader made for `observation: mel` also yields each step's log-mel frames (`mel`), taken from the
+same rows as `tokens`; episodes without them (written with `observation: tokens`) are skipped as
+unusable files are.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pydreamer.distributed import shard_of
-from pydreamer.episodes import STEP_KEYS, EpisodeError, EpisodeListing, episode_filename, load_episode
+from pydreamer.episodes import EpisodeError, EpisodeListing, episode_filename, load_episode
 from pydreamer.replay_layout import ReplayLayout
 from runtime.s3 import RemotePath
 from runtime.storage import ReadCache, store_path
@@ -51,6 +55,7 @@ from runtime.storage import ReadCache, store_path
 log = logging.getLogger(__name__)
 
 _OUT_TYPES = {"tokens": np.int64, "action": np.float32, "reward": np.float32, "terminal": np.float32, "reset": bool}
+_MEL_TYPES = {**_OUT_TYPES, "mel": np.float32}  # the batches of a reader for observation: mel
 
 
 class ReplayStoreIndex:
@@ -147,7 +152,8 @@ class ReplayReader(IterableDataset):
     `tokens` int64 [T, B, G], `action` float32 [T, B, A], `reward` float32 [T, B],
     `terminal` float32 [T, B], `reset` bool [T, B] (True on an episode's first step),
     `worker` int64 [] (the DataLoader worker whose lanes made the batch), and `skipped` (a list
-    of "path: reason" lines) on the batch after an unusable episode file was skipped.
+    of "path: reason" lines) on the batch after an unusable episode file was skipped. With
+    `observation="mel"` also `mel` float32 [T, B, D], and episodes without it are skipped.
     """
 
     def __init__(
@@ -165,8 +171,11 @@ class ReplayReader(IterableDataset):
         read_ahead: int = 64,
         rank: int = 0,
         world_size: int = 1,
+        observation: str = "tokens",
     ):
         super().__init__()
+        if observation not in ("tokens", "mel"):
+            raise ValueError(f"observation must be 'tokens' or 'mel', not {observation!r}")
         if batch_size < 1 or batch_length < 1:
             raise ValueError(f"batch_size and batch_length must be positive, not {batch_size} x {batch_length}")
         self.folder = ReplayLayout.of(replay_dir).episodes(split)
@@ -181,6 +190,8 @@ class ReplayReader(IterableDataset):
         self.read_ahead = int(read_ahead)  # a bucket: episodes drawn ahead of use, fetched meanwhile
         self._ahead: collections.deque[int] = collections.deque()
         self.rank, self.world_size = int(rank), int(world_size)  # this learner rank reads its share of the store
+        self.observation = observation
+        self.out_types = _MEL_TYPES if observation == "mel" else _OUT_TYPES  # what each batch holds
         self.n_skipped = 0  # unusable files met by this process
         self.new_skips: list[str] = []  # their "path: reason" lines, handed on with the next batch
         self.n_loaded = 0
@@ -214,16 +225,19 @@ class ReplayReader(IterableDataset):
                 continue
             path = index.path(k)
             try:
-                ep = load_episode(path, keys=STEP_KEYS, n_tokens=self.n_tokens, cache=self.cache)
+                ep = load_episode(path, keys=tuple(self.out_types), n_tokens=self.n_tokens, cache=self.cache)
+                if "mel" in self.out_types and "mel" not in ep:
+                    raise EpisodeError(f"{path}: no 'mel' (written with observation: tokens?); a reader for "
+                                       f"observation: mel needs each step's log-mel frames")
                 if like is not None:
-                    for key in ("tokens", "action"):
+                    for key in ("tokens", "action") + (("mel",) if "mel" in self.out_types else ()):
                         if ep[key].shape[1:] != like[key].shape[1:]:
                             raise EpisodeError(
                                 f"{path}: '{key}' has shape {ep[key].shape[1:]} per step, "
                                 f"the store's first episode has {like[key].shape[1:]}"
                             )
                 self.n_loaded += 1
-                return {key: ep[key] for key in _OUT_TYPES}
+                return {key: ep[key] for key in self.out_types}
             except EpisodeError as e:
                 self.n_skipped += 1
                 self.new_skips.append(str(e))
@@ -278,11 +292,11 @@ class ReplayReader(IterableDataset):
                             like = lane.episode
                     if out is None:
                         out = {
-                            key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in _OUT_TYPES.items()
+                            key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in self.out_types.items()
                         }
                     n = min(T - t, lane.rows - lane.pos)
                     ep, a = lane.episode, lane.pos
-                    for key in _OUT_TYPES:
+                    for key in self.out_types:
                         out[key][t : t + n, b] = ep[key][a : a + n]
                     t += n
                     lane.pos += n
@@ -307,7 +321,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
     (episodes with token ids at or above `n_tokens` are skipped, when given; a bucket's episodes are
     cached in each worker, up to `cache_mb`); learner rank `rank` of `world_size` reads only its share
-    of the store."""
+    of the store. With `observation: mel` the batches also hold `mel` (episodes without it are skipped)."""
     reader = ReplayReader(
         replay_dir,
         split=split,
@@ -320,6 +334,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
         cache_mb=cache_mb,
         rank=rank,
         world_size=world_size,
+        observation=conf.get("observation", "tokens"),  # configs from before the key: tokens
     )
     workers = conf["data_workers"]
     return DataLoader(
@@ -334,14 +349,15 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
 
 def episode_batch(episodes: list[dict], max_steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Whole episodes (cut to `max_steps` rows) as one time-major batch, zero-padded, with the
-    mask of real rows [T, B]; row 0 of each column is its episode's reset step."""
+    mask of real rows [T, B]; row 0 of each column is its episode's reset step; `mel` too when they all hold it."""
     lengths = [min(len(e["reward"]), max_steps) for e in episodes]
     T, B = max(lengths), len(episodes)
     like = episodes[0]
-    out = {key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in _OUT_TYPES.items()}
+    types = _MEL_TYPES if all("mel" in e for e in episodes) else _OUT_TYPES  # a mel model's eval reads `mel` too
+    out = {key: np.zeros((T, B) + like[key].shape[1:], dtype=dt) for key, dt in types.items()}
     mask = np.zeros((T, B), bool)
     for b, (e, n) in enumerate(zip(episodes, lengths)):
-        for key in _OUT_TYPES:
+        for key in types:
             out[key][:n, b] = e[key][:n]
         mask[:n, b] = True
     out["reset"][:] = False

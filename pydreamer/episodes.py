@@ -2,6 +2,8 @@
 
 An episode of T env steps has T+1 rows (row 0 is the observation after reset):
 - `tokens` [T+1, G] int: the observed tokens (any other observation key is stored the same way);
+- `mel` [T+1, D] float16, optional (an env with `observation: mel`): each row's log-mel frames, read
+  back as float32;
 - `action` [T+1, A] float32: one-hot of the action that led to the row (row 0: zeros, as in pydreamer);
 - `reward` [T+1] float32 (row 0: 0), `terminal` [T+1] bool (the env terminated there),
   `reset` [T+1] bool (True on row 0 only);
@@ -27,6 +29,7 @@ from runtime.s3 import RemotePath
 from runtime.storage import store_path
 
 STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
+OPTIONAL_STEP_KEYS = ("mel",)  # per-step too, when present: checked, and loaded when asked for
 _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
 
 
@@ -53,7 +56,7 @@ def save_episode(path: Path | str, episode: dict) -> Path:
         raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
     arrays = {k: np.asarray(v) for k, v in episode.items()}
     rows = len(arrays["reward"])
-    for k in STEP_KEYS:
+    for k in STEP_KEYS + tuple(k for k in OPTIONAL_STEP_KEYS if k in arrays):
         if arrays[k].ndim == 0 or len(arrays[k]) != rows:
             raise EpisodeError(f"{path}: '{k}' has shape {arrays[k].shape}, expected {rows} rows")
     for k, v in arrays.items():
@@ -105,6 +108,8 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     if bad or rows < 1:
         raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
     check_episode(path, data, n_tokens)
+    if "mel" in data:  # float16 on disk (half the bytes), float32 to compute with
+        data["mel"] = data["mel"].astype(np.float32)
     if remote and cache is not None:
         cache.put(str(path), dict(data), size=sum(v.nbytes for v in data.values()))
     return data
@@ -128,7 +133,8 @@ def _unreadable_reason(path: Path, error: Exception, head: bytes | None = None) 
 
 def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> None:
     """Types, ranges and finiteness of the per-step arrays, so a file made by another writer (or
-    damaged) is refused when it is read, not met as an index error or a NaN loss in the learner."""
+    damaged) is refused when it is read, not met as an index error or a NaN loss in the learner.
+    The optional `mel` is checked when present."""
     tokens, action = data["tokens"], data["action"]
     if tokens.ndim != 2 or not _of(tokens, np.integer):
         raise EpisodeError(f"{path}: 'tokens' must be integer ids [steps, G], not {tokens.dtype} {tokens.shape}")
@@ -149,6 +155,14 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
         if value.ndim != 1 or not _of(value, np.bool_, np.integer) or (
                 not _of(value, np.bool_) and not np.isin(value, (0, 1)).all()):
             raise EpisodeError(f"{path}: '{key}' must be true/false per step, not {value.dtype} {value.shape}")
+    mel = data.get("mel")
+    if mel is not None:
+        if mel.ndim != 2 or not _of(mel, np.floating) or len(mel) != len(tokens):
+            raise EpisodeError(f"{path}: 'mel' must be floating-point frames [{len(tokens)} steps, D], not "
+                               f"{mel.dtype} {mel.shape}")
+        if not np.isfinite(mel).all():
+            row = int(np.flatnonzero(~np.isfinite(mel).all(1))[0])
+            raise EpisodeError(f"{path}: 'mel' holds NaN or infinite values (first at row {row})")
 
 
 def iter_episode_names(folder: Path | str) -> Iterator[tuple[str, tuple[int, int, int]]]:
@@ -256,6 +270,8 @@ class EpisodeBuilder:
         action[1 + np.arange(T), np.asarray(self.actions, np.int64)] = 1.0
         episode = {k: np.stack(v) for k, v in self.rows.items()}
         episode["tokens"] = episode["tokens"].astype(_token_dtype(episode["tokens"]))
+        if "mel" in episode:  # half the bytes; float16 keeps 3 digits of the env's values (clipped into +-20)
+            episode["mel"] = episode["mel"].astype(np.float16)
         reset = np.zeros(T + 1, bool)
         reset[0] = True
         episode.update(action=action, reward=np.asarray(self.rewards, np.float32),

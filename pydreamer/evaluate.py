@@ -100,6 +100,8 @@ def _main(args) -> int:
     model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
     args.imagination = model.wm.imagine_by(args.imagination or conf["evaluate_imagination"])
     args.samples = args.samples or model.wm.fair_samples  # 0: as many as make this world model's forecast converge
+    if model.wm.observes == "mel":
+        return _evaluate_mel(run, conf, args, layout, utterances, model, step, ckpt_path, replay_dir, device)
     t0 = time.time()
     train = list(TokenSplit(layout, "train", spec))
     fit_on = [u["tokens"] for u in train]
@@ -110,6 +112,7 @@ def _main(args) -> int:
     sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
                           args.seed, device, voices=[u.get("voice") for u in utterances],
                           observe=log_mel[0] if log_mel else None)
+    log_mel = log_mel[:2] if log_mel else None
     scores = Scores(sums, seed=args.seed)
     seconds = time.time() - t0
     cells = "every start step" if args.starts_per_utterance <= 0 else \
@@ -197,10 +200,66 @@ def _log_mel_scorer(run, conf, layout, utterances: list[dict], args, device):
     norms = [tuple(stats) if stats is not None else (float(m["mean"]), float(m["std"])) for m in chosen]
     scorer = LogMelScorer(codec, baselines, args.horizons, len(utterances))
 
-    def observe(u: int, starts, probs) -> None:
-        scorer.add(u, utterances[u]["tokens"], dbs[u], norms[u], starts, probs)
+    def observe(u: int, starts, probs=None, predicted=None) -> None:
+        scorer.add(u, utterances[u]["tokens"], dbs[u], norms[u], starts, probs, predicted)
 
-    return observe, scorer
+    return observe, scorer, dbs
+
+
+def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: int, ckpt_path, replay_dir,
+                  device) -> int:
+    """A world model of log-mel steps, on the same utterances and start steps as a token model's evaluation: its
+    forecasts as log-mel beside the continuous baselines and the tokenizer's floor, and its NLL per horizon
+    (nats per log-mel dimension, in dB: the corpus z-score's log std added). No token NLL: it has no tokens."""
+    import numpy as np
+    import torch
+
+    from pydreamer.forecast import _starts
+    from pydreamer.log_mel import log_mel_metrics, log_mel_table, true_steps
+    from tokenizer.tokens import read_token_meta
+
+    found = _log_mel_scorer(run, conf, layout, utterances, args, device)
+    if found is None:
+        raise EvaluationError(f"a {conf['world_model']} run is scored as log-mel: it needs the {args.split} split's "
+                              f"log-mels and the run's tokenizer (see the warning above)")
+    observe, scorer, dbs = found
+    meta = read_token_meta(layout)
+    mean, std = float(meta["mel_mean"]), float(meta["mel_std"])
+    ds, H = conf["time_downsample"], args.horizons
+    rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
+    nll, count = np.zeros(H), np.zeros(H)
+    t0 = time.time()
+    model.eval()
+    for u, utt in enumerate(utterances):
+        starts = _starts(len(utt["tokens"]), args.starts_per_utterance, rng)
+        z = (true_steps(dbs[u], len(utt["tokens"]), ds) - mean) / std
+        pred, cell_nll = model.wm.forecast_mel(torch.from_numpy(z).to(device), H, args.samples,
+                                               torch.from_numpy(starts).to(device), gen)
+        observe(u, starts, predicted=pred.cpu().numpy() * std + mean)
+        cell_nll = cell_nll.cpu().numpy()
+        nll += np.nansum(cell_nll, 0)
+        count += np.isfinite(cell_nll).sum(0)
+    report = scorer.report(seed=args.seed)
+    per_dim_db = (nll / np.maximum(count, 1) + np.log(std)).tolist()
+    cells = "every start step" if args.starts_per_utterance <= 0 else \
+        f"{args.starts_per_utterance} seeded start steps per utterance (seed {args.seed})"
+    summary = {"run": args.run, "world_model": conf["world_model"], "observes": "mel", "step": step,
+               "checkpoint": ckpt_path.name, "split": args.split, "utterances": len(utterances), "cells": cells,
+               "samples": args.samples, "seconds": time.time() - t0, "log_mel": report,
+               "mel_nll": {"horizons": list(range(1, H + 1)), "nats_per_dim": per_dim_db}}
+    metrics = log_mel_metrics(report, args.split)
+    metrics.update({f"{args.split}/mel_nll_h{h}": v for h, v in enumerate(per_dim_db, 1) if np.isfinite(v)})
+    out = Path(ReplayLayout.of(replay_dir).evaluation(args.split))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log_mel.md").write_text(log_mel_table(report) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
+    nll_line = ", ".join(f"h = {h}: {per_dim_db[h - 1]:.3f}" for h in (1, 5, 15) if h <= H)
+    print(f"Forecasts as log-mel (dB; LSD and MSE per step; AR order {report['baselines'].get('order')}):\n"
+          f"{log_mel_table(report)}\n\nNLL of the true steps, nats per log-mel dimension (dB): {nll_line}\n"
+          f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, "
+          f"{len(utterances)} utterances, {cells}, {args.samples} samples, {summary['seconds']:.0f} s -> {out}")
+    return 0
 
 
 def _probes(model, layout, train: list[dict], utterances: list[dict], device, args) -> tuple[dict, dict]:

@@ -61,9 +61,10 @@ class LogMelScorer:
         return self.codec.to_db(z, *norm).reshape(N, H, -1)
 
     def add(self, u: int, tokens: np.ndarray, db: np.ndarray, norm: tuple[float, float], starts: np.ndarray,
-            probs) -> None:
+            probs=None, predicted: np.ndarray | None = None) -> None:
         """Utterance u: its tokens [T, G], true log-mel (dB) [F, n_mels], the (mean, std) that un-z-scores its
-        decoded mel, the start steps and the model's forecasts [N, H, G, K] (a tensor) from them."""
+        decoded mel, the start steps, and the model's forecasts from them: token distributions [N, H, G, K] (a
+        tensor: its most probable tokens are decoded) or, from a model of log-mel, the steps in dB [N, H, D]."""
         T, H, C = len(tokens), self.horizons, self.context
         truth = true_steps(db, T, self.codec.frames_per_step)  # [T, D]
         target = starts[:, None] + np.arange(1, H + 1)[None]  # [N, H]
@@ -71,7 +72,8 @@ class LogMelScorer:
         true = truth[np.minimum(target, T - 1)]  # [N, H, D]
         lag = np.clip(starts[:, None] - C + 1 + np.arange(C)[None], 0, T - 1)
         left = tokens[lag]
-        predictions = {"model": self._decode(left, probs.argmax(-1).cpu().numpy(), norm)}
+        model = predicted if predicted is not None else self._decode(left, probs.argmax(-1).cpu().numpy(), norm)
+        predictions = {"model": np.asarray(model, np.float32).reshape(len(starts), H, -1)}
         predictions.update(self.baselines.forecast(truth, starts, H))
         predictions[FLOOR] = self._decode(left, tokens[np.minimum(target, T - 1)], norm)
         n_mels = self.codec.settings.n_mels

@@ -11,11 +11,16 @@ With `end`, a dream ends where the world model says its utterance does (`dream_l
 are silence as the features write it (`top_db` below the clip's peak), so it is heard and measured (on its
 speech) as an utterance that stopped.
 
+A world model of log-mel steps (`observes: mel`) dreams the steps themselves: `MelStepCodec` stands in for the
+tokenizer, a step being its frames z-scored with the corpus' statistics (as the env gives them), so no VQ-VAE
+is in its chain, and its "round trip" is the real log-mel unchanged.
+
 Wall-clock time is kept apart for generation (imagination + VQ-VAE decode) and the vocoder, and
 the seconds of audio dreamt, so the real-time factor means the cost of hearing a dream.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -64,6 +69,35 @@ class Timer:
     @property
     def realtime_factor(self) -> float:
         return (self.generation_s + self.vocoder_s) / max(self.audio_s, 1e-9)
+
+
+class MelStepCodec(TokenCodec):
+    """The tokenizer's settings and vocoder for a world model of log-mel steps: steps [T, frames x n_mels] are
+    log-mel frames z-scored with the corpus' (mean, std), nothing quantized."""
+
+    corpus: tuple[float, float]
+
+    @classmethod
+    def of(cls, codec: TokenCodec, corpus_mean: float, corpus_std: float) -> "MelStepCodec":
+        """The same settings and vocoder (a copy sharing them, not loaded again), reading steps instead of tokens."""
+        new = copy.copy(codec)
+        new.__class__ = cls
+        new.corpus = (float(corpus_mean), float(corpus_std))
+        return new
+
+    def encode_db(self, db: np.ndarray) -> tuple[np.ndarray, float, float]:
+        from pydreamer.log_mel import true_steps
+
+        mean, std = self.corpus
+        n = -(-len(db) // self.frames_per_step)
+        return (true_steps(db, n, self.frames_per_step) - mean) / std, mean, std
+
+    def decode(self, steps: np.ndarray) -> np.ndarray:
+        steps = np.asarray(steps, np.float32)
+        return steps.reshape(*steps.shape[:-2], -1, self.settings.n_mels)
+
+    def roundtrip(self, db: np.ndarray) -> np.ndarray:
+        return np.asarray(db, np.float32)
 
 
 class AudioDreamer:

@@ -204,6 +204,10 @@ def load_setup(args: argparse.Namespace) -> Setup:
     if "mel_mean" not in meta:
         raise RunError(f"run {args.run}: no token meta.json with the corpus' mel_mean/mel_std ({tok.where})")
     model, step = load_model(ckpt_path, conf, codec.model.quantizer.codebook_size, codec.model.G, device)
+    if model.wm.observes == "mel":  # it dreams log-mel steps: no VQ-VAE between it and the vocoder
+        from pydreamer.dreams.audio import MelStepCodec
+
+        codec = MelStepCodec.of(codec, meta["mel_mean"], meta["mel_std"])
     args.imagination = model.wm.imagine_by(args.imagination)  # what it will do (the Transformer has one way only)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds, conf["vad_db"])

@@ -25,9 +25,10 @@ from pydreamer.models.base import seeded
 @torch.no_grad()
 def dream_tokens(model: Dreamer, prompt: np.ndarray | None, n_steps: int, samples: int,
                  temperature: float = 1.0, seed: int = 0) -> np.ndarray:
-    """`samples` imagined continuations [samples, n_steps, G] of `prompt` [P, G] (None or P = 0: from nothing)."""
+    """`samples` imagined continuations [samples, n_steps, G] of `prompt` [P, G] (None or P = 0: from nothing); of a
+    world model of log-mel steps, [samples, n_steps, D] steps after a prompt [P, D]."""
     model.eval()
-    return model.wm.imagine(model.wm.as_tokens(prompt), n_steps, samples, temperature, seed).cpu().numpy()
+    return model.wm.imagine(model.wm.as_observation(prompt), n_steps, samples, temperature, seed).cpu().numpy()
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def mix_tokens(model: Dreamer, a: np.ndarray, b: np.ndarray, alphas: list[float]
     """One dream [len(alphas), n_steps, G] from each mixture (1 - alpha) A + alpha B of two prompts."""
     model.eval()
     wm = model.wm
-    return wm.mix(wm.as_tokens(a), wm.as_tokens(b), list(alphas), n_steps, temperature, seed).cpu().numpy()
+    return wm.mix(wm.as_observation(a), wm.as_observation(b), list(alphas), n_steps, temperature, seed).cpu().numpy()
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def dream_lengths(model: Dreamer, prompt: np.ndarray | None, dreams: np.ndarray,
     with seeded(int(seed)):
         for i in range(n):
             heard = dreams[i] if P == 0 else np.concatenate([prompt, dreams[i]])
-            p = wm.end_probabilities(wm.as_tokens(heard))
+            p = wm.end_probabilities(wm.as_observation(heard))
             if p is None:
                 return out
             ended = np.flatnonzero(rng.random(steps) < p[P:].float().cpu().numpy())

@@ -236,8 +236,9 @@ class Learner:
         if self.ranks.distributed:  # the mean over the effective batch; skipped files of every rank's share
             out = distributed.mean_over_ranks(out, self.device, sums=("replay/skipped_episodes",))
         kl = f"  kl {out['train/kl']:.2f}" if "train/kl" in out else ""  # only a model with a latent has one
-        log.info("step %d/%d  loss_tokens %.3f bits%s  %.2f steps/s  data wait %.1f%%",
-                 self.step, n_steps, out.get("train/loss_tokens", math.nan), kl,
+        loss = ("loss_mel %.3f nats/dim" % out["train/loss_mel"] if "train/loss_mel" in out  # a log-mel model
+                else "loss_tokens %.3f bits" % out.get("train/loss_tokens", math.nan))
+        log.info("step %d/%d  %s%s  %.2f steps/s  data wait %.1f%%", self.step, n_steps, loss, kl,
                  out["train/grad_steps_per_sec"], 100 * out["train/data_wait_frac"])
         return out
 
@@ -249,9 +250,13 @@ class Learner:
         metrics = evaluate_episodes(self.model, episodes, self.conf, self.device, self.amp)
         log_fn({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         best = self.keep_if_best(metrics["nll_h1"])
+        kept = "  (best so far: kept as best.pt)" if best else ""
+        if "acc_h1" not in metrics:  # a model of log-mel steps: a density per dimension, no tokens to hit
+            log.info("eval at step %d: nll_h1 %.3f nats/dim, mse_h1 %.3f%s", self.step, metrics["nll_h1"],
+                     metrics.get("mse_h1", math.nan), kept)
+            return metrics
         log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f%s",
-                 self.step, metrics["nll_h1"], metrics["unigram_pos_nll"], metrics["acc_h1"],
-                 "  (best so far: kept as best.pt)" if best else "")
+                 self.step, metrics["nll_h1"], metrics["unigram_pos_nll"], metrics["acc_h1"], kept)
         return metrics
 
 

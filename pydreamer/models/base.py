@@ -93,6 +93,10 @@ class WorldModel(nn.Module, ABC):
         t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
         return t.to(device=self.device, dtype=torch.long).reshape(-1, self.tokens_per_step)
 
+    def as_observation(self, x: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+        """A prompt or utterance as this model reads it (`observes`): token ids here; log-mel steps for a mel model."""
+        return self.as_tokens(x)
+
     def imagine_by(self, how: str) -> str:
         """Imagine `how` from now on where this model can (else its one way); returns the way it will."""
         if how not in IMAGINATIONS:

@@ -97,6 +97,9 @@ class MelRSSMWorldModel(WorldModel):
     def state_batch_size(self, state: State) -> int:
         return state.deter.shape[0]
 
+    def as_observation(self, x) -> torch.Tensor:
+        return self.as_steps(x)
+
     def as_steps(self, x) -> torch.Tensor:
         """A prompt or utterance of log-mel steps as float32 [T, D] on the model's device (None: no steps)."""
         if x is None:
