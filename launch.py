@@ -370,8 +370,9 @@ def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Pat
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
     print(line, flush=True)
     if end.evaluation_out is not None:
-        print(f"launch: metrics: {end.evaluation_out} (horizons.csv, horizons.png, summary.json, latent_tsne.png; "
-              f"the run's artifacts evaluation/test/ and its test/* metrics)", flush=True)
+        files = ", ".join(sorted(p.name for p in Path(end.evaluation_out).glob("*.*"))) or "nothing"
+        print(f"launch: metrics: {end.evaluation_out} ({files}; the run's artifacts evaluation/test/ and its test/* "
+              f"metrics)", flush=True)
     if end.dreams_out is not None:
         print(f"launch: dreams: wavs and PNGs in {end.dreams_out} (unconditional/, completions/, interpolation.wav, "
               f"acoustics.md); also the run's artifacts dreams/", flush=True)

@@ -58,7 +58,8 @@ def run_variant(name: str, overrides: list[str], seed: int, args) -> dict:
     summary = json.loads(path.read_text()) if path.exists() else {}
     cells = "every start step" if args.starts_per_utterance <= 0 else \
         f"{args.starts_per_utterance} seeded start steps per utterance (seed 0)"
-    if (summary.get("samples"), summary.get("checkpoint"), summary.get("cells"), "all" in summary) != \
+    scored = "all" in summary or summary.get("observes") == "mel"  # a log-mel model has no token scores
+    if (summary.get("samples"), summary.get("checkpoint"), summary.get("cells"), scored) != \
             (args.samples or summary.get("fair_samples"), f"{args.checkpoint}.pt", cells, True):  # not evaluated so yet
         cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run.info.run_id, "--mlflow_dir", args.mlflow_dir,
                "--samples", str(args.samples), "--checkpoint", args.checkpoint, "--split", args.split,
@@ -66,9 +67,11 @@ def run_variant(name: str, overrides: list[str], seed: int, args) -> dict:
         print("+", shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
         summary = json.loads(path.read_text())
+    tokens = summary.get("all")
     return {"name": name, "overrides": " ".join(overrides) or "(defaults)", "run": run.info.run_id, "seed": seed,
-            "step": summary["step"], "results": summary["all"]["results"], "best": summary["all"]["best_baseline"],
-            "margin": summary["all"]["margin"]["margin"]}
+            "step": summary["step"], "results": tokens["results"] if tokens else None,
+            "best": tokens["best_baseline"] if tokens else None, "margin": tokens["margin"]["margin"] if tokens else None,
+            "log_mel": summary.get("log_mel"), "seconds": summary.get("seconds")}
 
 
 def t_interval(x: np.ndarray) -> tuple[float, float]:
@@ -100,7 +103,11 @@ def _pm(mean: float, half: float, sign: bool = False) -> str:
 
 def table(rows: list[dict], split: str) -> str:
     """One line per variant: mean NLL ± 95% CI over seeds, the margin to the best baseline, the difference
-    to the first variant (and whether it is distinguishable)."""
+    to the first variant (and whether it is distinguishable); variants with no tokens (a log-mel model) are
+    left to `log_mel_table`."""
+    rows = [r for r in rows if r["results"] is not None]
+    if not rows:
+        return ""
     variants = list(dict.fromkeys(r["name"] for r in rows))
     by = {v: [r for r in rows if r["name"] == v] for v in variants}
     nll = {v: np.array([r["results"]["model"]["nll"] for r in by[v]]) for v in variants}  # [seeds, H]
@@ -128,6 +135,31 @@ def table(rows: list[dict], split: str) -> str:
     return "\n".join(lines) + f"\n\nBest baseline on the same cells (bits per token, {split} split): {base}."
 
 
+def log_mel_table(rows: list[dict], split: str) -> str:
+    """Every variant on one scale (its forecasts as log-mel, `pydreamer/log_mel.py`): LSD in dB ± 95% CI over seeds
+    and its margin to the best continuous baseline, whatever the model observes."""
+    rows = [r for r in rows if r["log_mel"]]
+    if not rows:
+        return ""
+    variants = list(dict.fromkeys(r["name"] for r in rows))
+    by = {v: [r for r in rows if r["name"] == v] for v in variants}
+    H = len(rows[0]["log_mel"]["horizons"])
+    hs = [h for h in HORIZONS if h <= H]
+    head = ["variant", "seeds"] + [f"{split} LSD dB h={h}" for h in hs] + [f"LSD margin to best h={h}" for h in hs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in variants:
+        lsd = np.array([r["log_mel"]["lsd"]["mean"]["model"] for r in by[v]])
+        margin = np.array([r["log_mel"]["lsd"]["margin"] for r in by[v]])
+        lines.append("| " + " | ".join([v, str(len(by[v]))] + [_pm(*t_interval(lsd[:, h - 1])) for h in hs]
+                                      + [_pm(*t_interval(margin[:, h - 1]), sign=True) for h in hs]) + " |")
+    first = rows[0]["log_mel"]["lsd"]
+    for name in list(first["mean"]):
+        if name != "model":
+            lines.append("| " + " | ".join([f"{name} (same cells)", ""] + [f"{first['mean'][name][h - 1]:.3f}" for h in hs]
+                                          + [""] * len(hs)) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True)
@@ -152,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         parser.exit(2, "ablations: error: --seeds must be at least 1\n")
     rows = [run_variant(name, overrides, seed, args) for seed in range(args.seeds) for name, overrides in variants]
-    text = table(rows, args.split)
+    text = "\n\n".join(t for t in (table(rows, args.split), log_mel_table(rows, args.split)) if t)
     print(text)
     (Path(args.mlflow_dir) / f"ablations-{args.split}.md").write_text(text + "\n")
     return 0
