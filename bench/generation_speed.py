@@ -5,7 +5,8 @@
 
 Each `--model NAME=OVERRIDES` is a world model built from the configs plus its overrides (a codebook of
 `codebook_size` x `tokens_per_step`, random weights: speed does not depend on what the weights learned). Each
-imagines `--samples` dreams of `--seconds` from nothing (`imagine`, the tokens only: no decoder or vocoder),
+imagines `--samples` dreams of `--seconds` from nothing (`imagine`: the tokens, or the log-mel steps of
+`mel_rssm`; no VQ-VAE decoder or vocoder),
 the models taking turns (A, B, C, A, B, C, ...) so that a slower or faster moment of the machine falls on all of
 them; the table gives each one's parameters, median seconds and real-time factor (seconds of compute per second
 of audio imagined, all samples counted) and its speed relative to the first model. The default list holds a
@@ -27,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_MODELS = ("rssm=", "transformer=--world_model transformer",
                   "transformer-4-layers=--world_model transformer --transformer_layers 4",
                   "maskgit=--world_model maskgit",
-                  "maskgit-4-iterations=--world_model maskgit --maskgit_iterations 4")
+                  "maskgit-4-iterations=--world_model maskgit --maskgit_iterations 4",
+                  "mel_rssm=--observation mel --world_model mel_rssm --unimix 0.01")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     n_steps = int(round(args.seconds * steps_per_second))
     audio = n_steps / steps_per_second * args.samples
     times: dict[str, list[float]] = {name: [] for name in models}
-    empty = torch.zeros(0, conf["tokens_per_step"], dtype=torch.long)
     for r in range(args.repeats + 1):  # the first round warms up and is not counted
         for name, (_, model) in models.items():
             start = time.perf_counter()
-            model.wm.imagine(empty, n_steps, args.samples, 1.0, seed=r)
+            model.wm.imagine(model.wm.as_observation(None), n_steps, args.samples, 1.0, seed=r)
             if r:
                 times[name].append(time.perf_counter() - start)
     first = statistics.median(next(iter(times.values())))
