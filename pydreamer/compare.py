@@ -4,7 +4,9 @@
 
 For each run: its `objective` tag, the config keys whose values differ between the runs, the test
 NLL (bits per token) and top-1 accuracy at h = 1, 5, 15 (`test/*`, written by
-`python -m pydreamer.evaluate`) beside the best per-position baseline on the same cells, a summary
+`python -m pydreamer.evaluate`) beside the best per-position baseline on the same cells, the forecasts
+as log-mel (LSD in dB and its margin to the best continuous baseline: the one scale on which a model of
+log-mel steps, which has no token NLL, lines up with the token models), a summary
 of the dream metrics (`dream/*`, written by `python -m pydreamer.dream` or at the end of
 launch.py), grad steps per second, parameters and wall-clock. A metric a run lacks is a dash.
 Prints a markdown table and writes it, a CSV of the same rows, and an overlay PNG of NLL against
@@ -63,9 +65,11 @@ def best_baseline(metrics: dict[str, float], h: int, split: str = "test") -> tup
     return min(found, key=lambda x: x[1]) if found else None
 
 
-def margin_cell(metrics: dict[str, float], h: int, split: str = "test") -> str | None:
-    """The margin to the best baseline with its 95% interval, e.g. '+0.39 [+0.30, +0.48]'; None without one."""
-    keys = [f"{split}/margin_h{h}", f"{split}/margin_lo_h{h}", f"{split}/margin_hi_h{h}"]
+def margin_cell(metrics: dict[str, float], h: int, split: str = "test", measure: str = "") -> str | None:
+    """The margin to the best baseline with its 95% interval, e.g. '+0.39 [+0.30, +0.48]'; None without one.
+    With `measure` (e.g. 'lsd_h' under 'test/log_mel'): `{split}/margin/{measure}{h}` and its lo/hi."""
+    keys = [f"{split}/margin_h{h}", f"{split}/margin_lo_h{h}", f"{split}/margin_hi_h{h}"] if not measure else \
+        [f"{split}/{part}/{measure}{h}" for part in ("margin", "margin_lo", "margin_hi")]
     if not all(k in metrics for k in keys):
         return None
     mid, lo, hi = (metrics[k] for k in keys)
@@ -131,6 +135,10 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
             row[f"margin h={h}"] = margin_cell(m, h)
             row[f"voiced nll h={h}"] = m.get(f"test/voiced/nll_h{h}")
             row[f"voiced margin h={h}"] = margin_cell(m, h, "test/voiced")
+        for h in SHOW_HORIZONS:  # every world model on one scale: its forecasts as log-mel (log_mel.py)
+            row[f"log-mel LSD dB h={h}"] = m.get(f"test/log_mel/lsd_h{h}")
+            row[f"LSD margin h={h}"] = margin_cell(m, h, "test/log_mel", "lsd_h")
+        row["mel nll h=1"] = m.get("test/mel_nll_h1")
         extra = {**probe_summary(m), **dream_summary(m)}
         dream_cols += [k for k in extra if k not in dream_cols]
         row.update(extra)
@@ -146,6 +154,7 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
     columns = (["run", "name", "objective", *differ]
                + [f"{q} h={h}" for h in SHOW_HORIZONS
                   for q in ("nll", "acc", "best baseline", "margin", "voiced nll", "voiced margin")]
+               + [f"{q} h={h}" for h in SHOW_HORIZONS for q in ("log-mel LSD dB", "LSD margin")] + ["mel nll h=1"]
                + dream_cols + ["grad steps/s", "parameters", "wall-clock min"])
     return columns, rows, curves, baselines
 

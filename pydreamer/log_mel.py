@@ -117,8 +117,10 @@ def log_mel_metrics(report: dict, split: str) -> dict[str, float]:
             prefix = f"{split}/log_mel" if name == "model" else f"{split}/log_mel/{name}"
             metrics.update({f"{prefix}/{measure}_h{h}": v for h, v in zip(report["horizons"], values)
                             if np.isfinite(v)})
-        metrics.update({f"{split}/log_mel/margin/{measure}_h{h}": v
-                        for h, v in zip(report["horizons"], report[measure]["margin"]) if np.isfinite(v)})
+        for part, values in (("margin", report[measure]["margin"]), ("margin_lo", report[measure]["lo"]),
+                             ("margin_hi", report[measure]["hi"])):
+            metrics.update({f"{split}/log_mel/{part}/{measure}_h{h}": v
+                            for h, v in zip(report["horizons"], values) if np.isfinite(v)})
     return metrics
 
 

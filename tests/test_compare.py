@@ -104,3 +104,21 @@ def test_margin_and_probe_cells():
     assert margin_cell(m, 1, "test/voiced") is None  # no interval logged: no cell rather than half a one
     assert margin_cell(m, 5) is None
     assert probe_summary(m) == {"probe speaker acc": 0.9, "probe speaker chance": 0.25}
+
+
+def test_a_log_mel_model_lines_up_with_a_token_model_on_the_log_mel_columns(tmp_path, capsys):
+    store = tmp_path / "mlruns"
+    log_mel = {f"test/log_mel/{part}lsd_h{h}": v for h in (1, 5, 15)
+               for part, v in (("", 9.0 + h / 10), ("margin/", 0.5), ("margin_lo/", 0.25), ("margin_hi/", 0.75))}
+    token = _log_run(store, "reconstruction", {**_metrics(2.0), **log_mel})
+    mel = _log_run(store, "reconstruction", {**log_mel, "test/mel_nll_h1": 1.234, "test/log_mel/lsd_h1": 8.5},
+                   world_model="mel_rssm", observation="mel")
+    assert main(["--runs", token, mel, "--mlflow_dir", str(store), "--out", str(tmp_path / "cmp")]) == 0
+    header, _, row_token, row_mel = capsys.readouterr().out.splitlines()[:4]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = {name: [c.strip() for c in row.strip("|").split("|")] for name, row in (("token", row_token), ("mel", row_mel))}
+    at = {c: cols.index(c) for c in ("nll h=1", "log-mel LSD dB h=1", "LSD margin h=5", "mel nll h=1", "world_model")}
+    assert cells["mel"][at["nll h=1"]] == "-" and cells["token"][at["nll h=1"]] == "2.100"  # no tokens: a dash
+    assert cells["mel"][at["log-mel LSD dB h=1"]] == "8.500" and cells["token"][at["log-mel LSD dB h=1"]] == "9.100"
+    assert cells["mel"][at["LSD margin h=5"]] == "+0.500 [+0.250, +0.750]"
+    assert cells["mel"][at["mel nll h=1"]] == "1.234" and cells["mel"][at["world_model"]] == "mel_rssm"
