@@ -45,9 +45,10 @@ def make_dream_data(root):
 
 def make_run(root, data, world_model="rssm"):
     """A run as launch.py leaves it: params, replay_dir tag, tokenizer artifact, a checkpoint (untrained weights)."""
+    observation = ["--observation", "mel"] if world_model == "mel_rssm" else []
     conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(data), "--mlflow_dir", str(root / "mlruns"),
                                                         "--codebook_size", str(K), "--world_model", world_model,
-                                                        "--context_steps", "16"])
+                                                        "--context_steps", "16", *observation])
     replay = root / f"replay-{world_model}"
     with start_or_resume_run(conf, tags={"replay_dir": str(replay)}) as run:
         layout = DataLayout.of(data)
@@ -277,3 +278,23 @@ def test_with_end_a_dream_is_silent_after_its_end_and_the_tables_say_how_long_dr
     whole = tmp_path / "whole"
     assert _dream(root, run_id, whole, "--no-end", "--warm", "0", "--test_prompts", "0", "--no_log") == 0
     assert json.loads((whole / "summary.json").read_text())["ends"]["unconditional"]["ended_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("world_model", ["maskgit", "mel_rssm"])
+def test_the_masked_decoder_and_the_log_mel_model_dream_through_the_command(tiny_run, tmp_path, world_model):
+    """Dreams from nothing and completions of a test prompt, block by block (maskgit) or straight to log-mel with
+    no VQ-VAE in the chain (mel_rssm): wavs of the asked length, finite and not silent, and the tables."""
+    root, _ = tiny_run
+    run_id = make_run(root, root / "data", world_model)
+    out = tmp_path / world_model
+    assert _dream(root, run_id, out, "--no_log") == 0
+    for path in sorted((out / "unconditional").glob("*.wav")):
+        wave, sr = _wav(path)
+        assert sr == 16000 and len(wave) == 16000 and np.isfinite(wave).all() and np.abs(wave).max() > 1e-4
+    wave, _ = _wav(sorted((out / "completions").glob("*/prompt+dream-01.wav"))[0])
+    assert len(wave) == 32000 and np.isfinite(wave).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_model"] == world_model
+    tokens = np.load(out / "tokens.npz")
+    kind = np.floating if world_model == "mel_rssm" else np.integer  # a log-mel model dreams steps of frames
+    assert np.issubdtype(tokens["unconditional"].dtype, kind) and len(tokens["unconditional"]) == 2

@@ -73,7 +73,8 @@ def test_a_forecast_one_token_off_is_off_by_that_many_db():
     assert report["lsd"]["margin"][0] == pytest.approx(-2.0)
 
 
-def test_evaluate_scores_the_run_as_log_mel_beside_the_continuous_baselines(tmp_path, capsys):
+@pytest.mark.parametrize("world_model", ["rssm", "mel_rssm"])
+def test_evaluate_scores_the_run_as_log_mel_beside_the_continuous_baselines(tmp_path, capsys, world_model):
     import mlflow
 
     from pydreamer.evaluate import main
@@ -102,16 +103,19 @@ def test_evaluate_scores_the_run_as_log_mel_beside_the_continuous_baselines(tmp_
     conf = load_config(["defaults", "audio", "tiny"])
     vq = VQVAE(n_mels=80, channels=16, code_dim=8, codebook_size=32, tokens_per_step=4, time_downsample=4, res_blocks=1)
     save_vqvae(layout.vqvae, vq, {"features": {k: conf[k] for k in MelSettings.__dataclass_fields__}})
-    run_id = make_run(tmp_path, data)
+    run_id = make_run(tmp_path, data, world_model)
     assert main(["--run", run_id, "--mlflow_dir", str(tmp_path / "mlruns"), "--no_probes", "--horizons", "3",
                  "--samples", "2"]) == 0
     out = capsys.readouterr().out
     assert "Forecasts as log-mel" in out and "| running_mean |" in out and "| ar |" in out
     metrics = mlflow.get_run(run_id).data.metrics
     for key in ("test/log_mel/lsd_h1", "test/log_mel/mse_h3", "test/log_mel/ar/lsd_h2", "test/log_mel/true_tokens/lsd_h1",
-                "test/log_mel/margin/lsd_h1", "test/nll_h1"):
+                "test/log_mel/margin/lsd_h1", "test/log_mel/margin_lo/lsd_h1"):
         assert key in metrics and np.isfinite(metrics[key]), key
-    folder = tmp_path / "replay-rssm" / "evaluation" / "test"
+    # a token model has its token NLL too; a model of log-mel steps has its NLL per log-mel dimension instead
+    assert ("test/nll_h1" in metrics) == (world_model == "rssm")
+    assert ("test/mel_nll_h3" in metrics) == (world_model == "mel_rssm")
+    folder = tmp_path / f"replay-{world_model}" / "evaluation" / "test"
     summary = json.loads((folder / "summary.json").read_text())
     assert (folder / "log_mel.md").is_file() and summary["log_mel"]["baselines"]["order"] >= 1
     # Random log-mels of 15 dB spread: every predictor is some dB off, none is wildly off
