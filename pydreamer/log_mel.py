@@ -3,9 +3,12 @@
 Token NLLs only compare models over the same tokens. Here each forecast of step t+h after steps 0..t becomes the
 step's `time_downsample` log-mel frames and is scored against the true frames (the prepared `mels/` shards, in
 dB): per step the mean squared error over its frames and bins (dB^2) and the log-spectral distance (dB: per frame
-the root mean square over the mel bins, averaged over the step's frames). A token model's forecast is its most
-probable tokens per step, decoded by the run's own VQ-VAE with the utterance's true tokens up to t before them
-(`context` steps, what the decoder's convolutions see) and the forecast's last step repeated after them. Beside
+the root mean square over the mel bins, averaged over the step's frames). A token model's forecast is the mean of
+`samples` (8) draws of its tokens (each step from its forecast distribution), each decoded by the run's own
+VQ-VAE with the utterance's true tokens up to t before them (`context` steps, what the decoder's convolutions
+see) and the draw's last step repeated after them: the expectation over its samples, as a log-mel model's
+forecast is its mean (both what LSD and MSE reward; a single sharp spectrum that is slightly off scores worse
+than a blur). Its most probable tokens decoded the same way are shown beside (`most_probable_tokens`). Beside
 it, on the very same cells: the continuous baselines (`baselines/continuous.py`: copy-last step, the
 utterance's running mean, a per-bin autoregression fitted on train with its order chosen on val) and, as a
 floor no token model can pass, the true tokens decoded the same way (`true_tokens`: the tokenizer's own error).
@@ -16,13 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from pydreamer.baselines.continuous import MEL_BASELINES, ContinuousBaselines, mel_step_errors
 from pydreamer.forecast import CellSums
 from pydreamer.margins import best_baselines, margin
+from pydreamer.models.functions import sample_index
 
 MEASURES = ("lsd", "mse")
 FLOOR = "true_tokens"
+MOST_PROBABLE = "most_probable_tokens"  # a token model's sharp forecast, shown beside its mean; not a baseline
+NOT_BASELINES = ("model", FLOOR, MOST_PROBABLE)
 
 
 def true_steps(db: np.ndarray, n_steps: int, frames_per_step: int) -> np.ndarray:
@@ -44,9 +51,13 @@ class LogMelScorer:
     horizons: int
     n_utterances: int
     context: int = 8
-    names: list[str] = field(default_factory=lambda: ["model", *MEL_BASELINES, FLOOR])
+    samples: int = 8
+    seed: int = 0
+    names: list[str] = field(default_factory=lambda: ["model", *MEL_BASELINES, FLOOR, MOST_PROBABLE])
 
     def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.scored: set[str] = set()  # the predictors this scorer has seen (a log-mel model has no most probable tokens)
         shape = (len(MEASURES), len(self.names), self.n_utterances, self.horizons)
         self.errors = np.zeros(shape)
         self.cells = np.zeros((self.n_utterances, self.horizons))
@@ -72,12 +83,20 @@ class LogMelScorer:
         true = truth[np.minimum(target, T - 1)]  # [N, H, D]
         lag = np.clip(starts[:, None] - C + 1 + np.arange(C)[None], 0, T - 1)
         left = tokens[lag]
-        model = predicted if predicted is not None else self._decode(left, probs.argmax(-1).cpu().numpy(), norm)
-        predictions = {"model": np.asarray(model, np.float32).reshape(len(starts), H, -1)}
+        if predicted is not None:
+            predictions = {"model": np.asarray(predicted, np.float32).reshape(len(starts), H, -1)}
+        else:  # the mean of `samples` token draws decoded (what LSD and MSE reward), and the most probable tokens
+            probs = probs.float().cpu()
+            draws = [self._decode(left, sample_index(probs, self.generator).numpy(), norm) for _ in range(self.samples)]
+            predictions = {"model": np.mean(draws, 0),
+                           MOST_PROBABLE: self._decode(left, probs.argmax(-1).numpy(), norm)}
         predictions.update(self.baselines.forecast(truth, starts, H))
         predictions[FLOOR] = self._decode(left, tokens[np.minimum(target, T - 1)], norm)
         n_mels = self.codec.settings.n_mels
         for p, name in enumerate(self.names):
+            if name not in predictions:  # a model of log-mel steps has no most probable tokens
+                continue
+            self.scored.add(name)
             mse, lsd = mel_step_errors(predictions[name], true, n_mels)
             for m, err in enumerate((lsd, mse)):
                 self.errors[m, p, u] += np.where(valid, err, 0.0).sum(0)
@@ -86,7 +105,7 @@ class LogMelScorer:
     def sums(self, measure: str) -> CellSums:
         """One measure as the cell sums `margins.py` reads (its `bits`: summed dB or dB^2; the floor left out)."""
         m = MEASURES.index(measure)
-        keep = [i for i, n in enumerate(self.names) if n != FLOOR]
+        keep = [i for i, n in enumerate(self.names) if n not in NOT_BASELINES[1:]]
         errors = self.errors[m][keep]
         empty = np.zeros_like(errors)
         return CellSums([self.names[i] for i in keep], errors, empty, self.cells, empty, empty, np.zeros_like(self.cells))
@@ -98,7 +117,8 @@ class LogMelScorer:
                      "baselines": self.baselines.to_dict(), "context_steps": self.context}
         with np.errstate(invalid="ignore", divide="ignore"):
             for m, measure in enumerate(MEASURES):
-                means = {n: (self.errors[m, p].sum(0) / self.cells.sum(0)) for p, n in enumerate(self.names)}
+                means = {n: (self.errors[m, p].sum(0) / self.cells.sum(0)) for p, n in enumerate(self.names)
+                         if n in self.scored}
                 sums = self.sums(measure)
                 table = {n: {"nll": means[n]} for n in sums.names}
                 best = best_baselines(table)
@@ -131,7 +151,8 @@ def log_mel_table(report: dict, horizons: tuple[int, ...] = (1, 2, 5, 10, 15)) -
              " | ".join(f"MSE h = {h}" for h in hs) + " |", "|---" * (1 + 2 * len(hs)) + "|"]
     for name in report["lsd"]["mean"]:
         cells = [f"{report[m]['mean'][name][h - 1]:.2f}" for m in MEASURES for h in hs]
-        label = {"model": "**model**", FLOOR: "true tokens decoded (the tokenizer's floor)"}.get(name, name)
+        label = {"model": "**model** (mean forecast)", FLOOR: "true tokens decoded (the tokenizer's floor)",
+                 MOST_PROBABLE: "model's most probable tokens (a sharp forecast)"}.get(name, name)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for m in MEASURES:
         r = report[m]

@@ -57,7 +57,23 @@ def test_a_perfect_forecast_scores_zero_beats_every_baseline_and_equals_the_floo
     assert report["cells"] == [4 * 29 - 0, 4 * 28, 4 * 27]  # cells past the end are not scored
     metrics = log_mel_metrics(report, "test")
     assert metrics["test/log_mel/lsd_h1"] == 0 and metrics["test/log_mel/copy_last/mse_h2"] > 0
-    assert "| **model** |" in log_mel_table(report) and "true tokens decoded" in log_mel_table(report)
+    table = log_mel_table(report)
+    assert "| **model** (mean forecast) |" in table and "true tokens decoded" in table and "most probable" in table
+
+
+def test_the_mean_of_the_draws_is_the_forecast_a_blur_beats_a_sharp_guess_in_db():
+    """Half the mass on token 2, half on 6, the truth 4: the mean of the decoded draws lands near 4; the most
+    probable token (2) is 2 dB off. LSD and MSE reward the mean, so it is the model's log-mel forecast."""
+    tokens = np.full((10, G), 4)
+    db = ExactCodec().decode(tokens[None])[0]
+    steps = [true_steps(db, 10, DS)]
+    scorer = LogMelScorer(ExactCodec(), ContinuousBaselines.fit(steps, steps), horizons=1, n_utterances=1, samples=400)
+    probs = torch.zeros(9, 1, G, K)
+    probs[..., 2] = probs[..., 6] = 0.5
+    scorer.add(0, tokens, db, (0.0, 1.0), np.arange(9), probs)
+    report = scorer.report()
+    assert report["lsd"]["mean"]["most_probable_tokens"][0] == pytest.approx(2.0)
+    assert report["lsd"]["mean"]["model"][0] < 0.4
 
 
 def test_a_forecast_one_token_off_is_off_by_that_many_db():
