@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imagination", choices=IMAGINATIONS,
                         help="rssm: how futures past h = 1 are imagined (default: the run's evaluate_imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
+    parser.add_argument("--no_tsne", action="store_true", help="skip the t-SNE picture of the latent features (minutes "
+                        "on a large split)")
     parser.add_argument("--no_log_mel", action="store_true",
                         help="skip the log-mel scores (forecasts decoded to dB beside continuous baselines: log_mel.py)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
@@ -282,6 +284,8 @@ def _latent_picture(out: Path, model, utterances: list[dict], device, args) -> N
     """The t-SNE of the split's step features, coloured by speaker; a picture must not cost the numbers."""
     from pydreamer.latents import latent_points, tsne_png
 
+    if args.no_tsne:
+        return
     try:
         points = latent_points(model, [u["tokens"] for u in utterances], device, seed=args.seed)
         if len(points) >= 10:
