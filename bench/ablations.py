@@ -154,7 +154,7 @@ def log_mel_table(rows: list[dict], split: str) -> str:
                                       + [_pm(*t_interval(margin[:, h - 1]), sign=True) for h in hs]) + " |")
     first = rows[0]["log_mel"]["lsd"]
     for name in list(first["mean"]):
-        if name != "model":
+        if name not in ("model", "most_probable_tokens"):  # the baselines and the tokenizer's floor, not a model's own
             lines.append("| " + " | ".join([f"{name} (same cells)", ""] + [f"{first['mean'][name][h - 1]:.3f}" for h in hs]
                                           + [""] * len(hs)) + " |")
     return "\n".join(lines)
