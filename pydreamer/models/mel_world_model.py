@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .base import EvalSums, WorldModel, seeded
 from .decoders import ScalarHead
 from .functions import categorical_kl, mlp, symexp, symlog
-from .rssm import RSSM, State
+from .rssm import RSSM, RSSMLatent, State
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -65,7 +65,7 @@ class GaussianHead(nn.Module):
         return 0.5 * z.pow(2) + log_scale + 0.5 * LOG_2PI + torch.log1p(x.float().abs())
 
 
-class MelRSSMWorldModel(WorldModel):
+class MelRSSMWorldModel(RSSMLatent, WorldModel):
     kind = "mel_rssm"
     observes: ClassVar[str] = "mel"
     arch_keys = ("hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete", "unimix", "time_downsample",
@@ -90,12 +90,6 @@ class MelRSSMWorldModel(WorldModel):
         self.forecast_head = GaussianHead(self.rssm.deter_dim, hidden, self.mel_dim)
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
-
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
-        return self.rssm.initial_state(batch_size, device)
-
-    def state_batch_size(self, state: State) -> int:
-        return state.deter.shape[0]
 
     def as_observation(self, x) -> torch.Tensor:
         return self.as_steps(x)
@@ -254,17 +248,7 @@ class MelRSSMWorldModel(WorldModel):
     def end_probabilities(self, steps: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.terminal_head(self.step_features(steps)))
 
-    # ---- the latent the actor-critic imagines from --------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        return self.rssm.feature_dim
-
-    def imagine_latent(self, state: State, action: torch.Tensor) -> State:
-        return self.rssm.imagine_step(state, action)[0]
-
-    def latent_features(self, state: State) -> torch.Tensor:
-        return RSSM.features(state)
-
+    # ---- the latent the actor-critic acts from (the rest: RSSMLatent) -------------------------
     def observe_step(self, state: State, steps: torch.Tensor, action: torch.Tensor) -> State:
         """The posterior after one more observed step (log-mel [B, D])."""
         reset = torch.zeros(1, steps.shape[0], dtype=torch.bool, device=steps.device)

@@ -119,3 +119,27 @@ class RSSM(nn.Module):
         with torch.no_grad():
             logits = prior_logits.unsqueeze(0).expand(n, *prior_logits.shape)
             return sample_one_hot(logits, straight_through=False).reshape(n, *prior_logits.shape[:-2], self.stoch_size)
+
+
+class RSSMLatent:
+    """What a world model built on an `RSSM` (as `self.rssm`) offers from it alone: the state a lane starts with and
+    the latent the actor-critic imagines from. One piece for the token RSSM and the log-mel RSSM; put it before
+    `WorldModel` among the bases."""
+
+    rssm: RSSM
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
+        return self.rssm.initial_state(batch_size, device)
+
+    def state_batch_size(self, state: State) -> int:
+        return state.deter.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.rssm.feature_dim
+
+    def imagine_latent(self, state: State, action: torch.Tensor) -> State:
+        return self.rssm.imagine_step(state, action)[0]
+
+    def latent_features(self, state: State) -> torch.Tensor:
+        return RSSM.features(state)

@@ -22,7 +22,7 @@ from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
 from .functions import LN2, categorical_kl
-from .rssm import RSSM, State
+from .rssm import RSSM, RSSMLatent, State
 
 
 class WorldModelOutput(NamedTuple):
@@ -35,7 +35,7 @@ class WorldModelOutput(NamedTuple):
     metrics: dict[str, torch.Tensor]
 
 
-class RSSMWorldModel(WorldModel):
+class RSSMWorldModel(RSSMLatent, WorldModel):
     kind = "rssm"
     arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete",
                  "token_head", "forecast_head", "wm_objective", "contrastive_dim")
@@ -81,12 +81,6 @@ class RSSMWorldModel(WorldModel):
         self.contrastive_weight = conf["contrastive_weight"]
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
-
-    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
-        return self.rssm.initial_state(batch_size, device)
-
-    def state_batch_size(self, state: State) -> int:
-        return state.deter.shape[0]
 
     def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> WorldModelOutput:
         tokens = batch["tokens"]
@@ -351,17 +345,7 @@ class RSSMWorldModel(WorldModel):
         """The terminal head on the posterior after each step (trained on the env's `terminal`: the last step)."""
         return torch.sigmoid(self.terminal_head(self.step_features(tokens)))
 
-    # ---- the latent the actor-critic imagines from --------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        return self.rssm.feature_dim
-
-    def imagine_latent(self, state: State, action: torch.Tensor) -> State:
-        return self.rssm.imagine_step(state, action)[0]
-
-    def latent_features(self, state: State) -> torch.Tensor:
-        return RSSM.features(state)
-
+    # ---- the latent the actor-critic acts from (the rest: RSSMLatent) -------------------------
     def observe_step(self, state: State, tokens: torch.Tensor, action: torch.Tensor) -> State:
         """The posterior after one more observed step (tokens [B, G], the action [B, A] that led to it): how
         an agent acting in the env keeps its latent up to date."""
