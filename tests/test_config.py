@@ -40,6 +40,28 @@ def test_unknown_key_in_a_section_is_an_error(tmp_path):
         load_config(["defaults", "extra"], path=path)
 
 
+def test_a_combined_section_applies_only_when_all_its_parts_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults:\n  n: 1\n  m: 0\nsmall:\n  n: 2\nmel:\n  m: 5\nsmall+mel:\n  n: 3\n")
+    assert load_config(["defaults", "small"], path=path).n == 2
+    assert load_config(["defaults", "mel"], path=path).n == 1  # the model alone keeps the size's default
+    both = load_config(["defaults", "mel", "small"], path=path)
+    assert (both.n, both.m) == (3, 5)  # after every named section, whatever their order
+    assert load_config(["defaults", "small", "mel"], ["--n", "7"], path=path).n == 7  # the command line still wins
+    path.write_text("defaults:\n  n: 1\nsmall:\n  n: 2\nsmall+mle:\n  n: 3\n")
+    with pytest.raises(ConfigError, match="section 'small\\+mle': unknown config section 'mle'"):
+        load_config(["defaults", "small"], path=path)
+
+
+def test_the_shipped_small_budget_differs_per_world_model():
+    """`small` is a 30-minute CPU demo: the models that train slower per step get fewer steps there, and
+    only there (the GPU size keeps its own)."""
+    small = load_config(["defaults", "audio", "small"]).n_steps
+    for model in ("maskgit", "mel"):
+        assert load_config(["defaults", "audio", "small", model]).n_steps < small
+        assert load_config(["defaults", "audio", model]).n_steps == load_config(["defaults", "audio"]).n_steps
+
+
 def test_cli_error_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(["--configs", "defaults", "--no_such_key", "1"])
@@ -88,7 +110,7 @@ def test_launch_refuses_a_bad_config_with_exit_2_and_writes_nothing(tmp_path):
 
 def test_readme_documents_every_config_key():
     """The README's configuration reference is generated from defaults.yaml's comments; it must be current."""
-    from runtime.config import REFERENCE_END, REFERENCE_START, reference_markdown
+    from runtime.config_reference import REFERENCE_END, REFERENCE_START, reference_markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert REFERENCE_START in readme, "README.md has no configuration reference block"
@@ -98,7 +120,8 @@ def test_readme_documents_every_config_key():
 
 
 def test_a_key_without_a_comment_fails_the_reference(tmp_path):
-    from runtime.config import ConfigError, reference_markdown
+    from runtime.config import ConfigError
+    from runtime.config_reference import reference_markdown
 
     path = tmp_path / "conf.yaml"
     path.write_text("defaults:\n  # ---- sizes ----\n  batch_size: 8    # sequences per batch\n  mystery: 3\n")
