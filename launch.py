@@ -123,19 +123,12 @@ def run_at_end(name: str, main, args: list[str]) -> int:
         return 1
 
 
-def dream_at_end(conf, run_id: str, out: Path) -> int:
-    """`python -m pydreamer.dream`, sized by the run's own dream_* keys (the command's defaults)."""
-    from pydreamer import dream
+def at_end(conf, run_id: str, command: str, *options: str) -> int:
+    """`python -m pydreamer.<command>` (evaluate, dream) of a finished run, sized by the run's own config keys."""
+    import importlib
 
-    return run_at_end("dream", dream.main, ["--run", run_id, "--out", str(out), "--mlflow_dir", str(conf["mlflow_dir"])])
-
-
-def evaluate_at_end(conf, run_id: str) -> int:
-    """`python -m pydreamer.evaluate` on the test split, sized by the run's own evaluate_* keys."""
-    from pydreamer import evaluate
-
-    return run_at_end("evaluate", evaluate.main, ["--run", run_id, "--split", "test",
-                                                  "--mlflow_dir", str(conf["mlflow_dir"])])
+    module = importlib.import_module(f"pydreamer.{command}")
+    return run_at_end(command, module.main, ["--run", run_id, "--mlflow_dir", str(conf["mlflow_dir"]), *options])
 
 
 def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
@@ -149,7 +142,7 @@ def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
     if "small" in configs or "tiny" in configs:
         return configs, "no GPU: training the size the sections give on the CPU"
     return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 90-minute corpus, "
-                                 "6000 steps, under 30 minutes on 2 cores); on a GPU host the same command trains the "
+                                 "under 30 minutes on 2 cores); on a GPU host the same command trains the "
                                  "`audio` size")
 
 
@@ -231,6 +224,12 @@ def check_before_writing(conf: Config, configs: list[str], parser: argparse.Argu
             parser.exit(2, f"{parser.prog}: error: {layout.show(e.output)} was made with other settings ({'; '.join(e.changed)}): "
                            f"use another --data_dir, or remake the tokens with python -m tokenizer all --force "
                            f"--configs {' '.join(configs)} --data_dir {conf['data_dir']} ...\n")
+        from tokenizer.tokens import ConditionError, condition_vocabulary
+
+        try:  # labels to condition on: checked here when the tokens exist, else by the learner once they do
+            condition_vocabulary(layout, conf["condition"] if layout.token_meta.is_file() else [])
+        except ConditionError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
     return layout
 
 
@@ -324,7 +323,7 @@ def run_children(conf: Config, configs: list[str], rest: list[str], run: Run, re
 
 def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], outcome: str, can_dream: bool,
               end: Ending) -> None:
-    """After a finished training, `evaluate_at_end` and `dream_at_end`, with every core (the generators stop
+    """After a finished training, `evaluate_at_end` and `dream_at_end` (`at_end`), with every core (the generators stop
     first). A failed one sets exit code 1 but keeps the trained run; `end` notes where each put its output."""
     from runtime.tracking import local_artifact_dir
 
@@ -336,7 +335,7 @@ def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], o
         samples = conf["evaluate_samples"] or "the world model's fair number of"
         print(f"launch: evaluating on the test split (h = 1..{conf['evaluate_horizons']}, {samples} samples, "
               "beside the baselines)", flush=True)
-        rc = evaluate_at_end(conf, run_id)
+        rc = at_end(conf, run_id, "evaluate", "--split", "test")
         if rc == 0:
             end.evaluation_out = replay_dir / "evaluation" / "test"
         else:
@@ -347,7 +346,7 @@ def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], o
         dreams_out = end.dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
         print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
               f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
-        rc = dream_at_end(conf, run_id, dreams_out)
+        rc = at_end(conf, run_id, "dream", "--out", str(dreams_out))
         if rc != 0:
             print(f"launch: the dreams failed (exit code {rc}); the trained run is kept: retry with "
                   f"python -m pydreamer.dream --run {run_id} --out DIR", file=sys.stderr, flush=True)

@@ -3,7 +3,8 @@
 One step is the `G` tokens of one time step (`tokens_per_step`); the only action is the
 null action, so the "world" is the audio itself and a world model learns to predict it.
 The reward is that step's voice activity (or 0), which gives the reward head something
-real to predict.
+real to predict. `info["labels"]` holds the utterance's conditioning labels ({name: value},
+empty for a corpus without them), which generators store with the episode.
 
 Shards are read lazily: the env keeps a compact index of where each utterance lives and at
 most one shard's per-step arrays in memory, so memory does not grow with the corpus.
@@ -283,6 +284,7 @@ class AudioTokenEnv(gym.Env):
         self._utt_reward: np.ndarray | None = None
         self._utt_mel: np.ndarray | None = None
         self._utt_id = ""
+        self._utt_labels: dict[str, str] = {}
         self._t = 0
         self._done = True
 
@@ -298,6 +300,7 @@ class AudioTokenEnv(gym.Env):
         self._utt_reward = utt["voice"].astype(np.float64) if self.reward_kind == "voice" else np.zeros(n)
         self._utt_mel = self.mel.steps(u) if self.mel is not None else None
         self._utt_id = utt["utterance_id"]
+        self._utt_labels = utt["labels"]
         self._t = 0
         self._done = False
 
@@ -363,7 +366,7 @@ class AudioTokenEnv(gym.Env):
         return obs
 
     def _info(self) -> dict:
-        return {"utterance_id": self._utt_id, "step": self._t}
+        return {"utterance_id": self._utt_id, "step": self._t, "labels": dict(self._utt_labels)}
 
 
 if ENV_ID not in gym.registry:

@@ -31,6 +31,10 @@ stay so as it grows.
 A reader made for `observation: mel` also yields each step's log-mel frames (`mel`), taken from the
 same rows as `tokens`; episodes without them (written with `observation: tokens`) are skipped as
 unusable files are.
+
+A reader given `condition` [(label name, vocabulary), ...] also yields `condition` int64 [T, B, C]: each
+step's own episode's labels as ids, 0 ("none") where a label is missing or its value not in the vocabulary
+(a voice heard only in the test split, say), so the same model also learns unconditioned (`condition_codes`).
 """
 from __future__ import annotations
 
@@ -47,10 +51,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pydreamer.distributed import shard_of
-from pydreamer.episodes import EpisodeError, EpisodeListing, episode_filename, load_episode
+from pydreamer.episodes import (Condition, EpisodeError, EpisodeListing, condition_codes, episode_filename, episode_labels,
+                                label_keys, load_episode)
 from pydreamer.replay_layout import ReplayLayout
 from runtime.s3 import RemotePath
 from runtime.storage import ReadCache, store_path
+from tokenizer.layout import DataLayout
+from tokenizer.tokens import condition_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +160,8 @@ class ReplayReader(IterableDataset):
     `terminal` float32 [T, B], `reset` bool [T, B] (True on an episode's first step),
     `worker` int64 [] (the DataLoader worker whose lanes made the batch), and `skipped` (a list
     of "path: reason" lines) on the batch after an unusable episode file was skipped. With
-    `observation="mel"` also `mel` float32 [T, B, D], and episodes without it are skipped.
+    `observation="mel"` also `mel` float32 [T, B, D], and episodes without it are skipped. With
+    `condition` (label name, vocabulary) pairs also `condition` int64 [T, B, C] (see `condition_codes`).
     """
 
     def __init__(
@@ -172,6 +180,7 @@ class ReplayReader(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         observation: str = "tokens",
+        condition: Condition = (),
     ):
         super().__init__()
         if observation not in ("tokens", "mel"):
@@ -191,7 +200,11 @@ class ReplayReader(IterableDataset):
         self._ahead: collections.deque[int] = collections.deque()
         self.rank, self.world_size = int(rank), int(world_size)  # this learner rank reads its share of the store
         self.observation = observation
-        self.out_types = _MEL_TYPES if observation == "mel" else _OUT_TYPES  # what each batch holds
+        self.out_types = dict(_MEL_TYPES if observation == "mel" else _OUT_TYPES)  # what each batch holds
+        self.condition = [(str(name), tuple(map(str, vocabulary))) for name, vocabulary in condition]
+        self.load_keys = tuple(self.out_types) + label_keys(name for name, _ in self.condition)  # no other label
+        if self.condition:
+            self.out_types["condition"] = np.int64
         self.n_skipped = 0  # unusable files met by this process
         self.new_skips: list[str] = []  # their "path: reason" lines, handed on with the next batch
         self.n_loaded = 0
@@ -225,7 +238,7 @@ class ReplayReader(IterableDataset):
                 continue
             path = index.path(k)
             try:
-                ep = load_episode(path, keys=tuple(self.out_types), n_tokens=self.n_tokens, cache=self.cache)
+                ep = load_episode(path, keys=self.load_keys, n_tokens=self.n_tokens, cache=self.cache)
                 if "mel" in self.out_types and "mel" not in ep:
                     raise EpisodeError(f"{path}: no 'mel' (written with observation: tokens?); a reader for "
                                        f"observation: mel needs each step's log-mel frames")
@@ -237,7 +250,9 @@ class ReplayReader(IterableDataset):
                                 f"the store's first episode has {like[key].shape[1:]}"
                             )
                 self.n_loaded += 1
-                return {key: ep[key] for key in self.out_types}
+                codes = condition_codes(episode_labels(ep), self.condition)  # [C]; every row alike: a read-only view
+                return {**{key: ep[key] for key in self.out_types if key != "condition"},
+                        "condition": np.broadcast_to(codes, (len(ep["reward"]), len(codes)))}
             except EpisodeError as e:
                 self.n_skipped += 1
                 self.new_skips.append(str(e))
@@ -321,7 +336,8 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
     (episodes with token ids at or above `n_tokens` are skipped, when given; a bucket's episodes are
     cached in each worker, up to `cache_mb`); learner rank `rank` of `world_size` reads only its share
-    of the store. With `observation: mel` the batches also hold `mel` (episodes without it are skipped)."""
+    of the store. With `observation: mel` the batches also hold `mel` (episodes without it are skipped);
+    with labels in `condition`, `condition` ids (see `replay_condition`)."""
     reader = ReplayReader(
         replay_dir,
         split=split,
@@ -335,6 +351,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
         rank=rank,
         world_size=world_size,
         observation=conf.get("observation", "tokens"),  # configs from before the key: tokens
+        condition=replay_condition(conf),
     )
     workers = conf["data_workers"]
     return DataLoader(
@@ -347,9 +364,23 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
     )
 
 
-def episode_batch(episodes: list[dict], max_steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def replay_condition(conf: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """(label name, train vocabulary) per label of `conf["condition"]` from the corpus' meta.json (of a bucket
+    data_dir: fetched first); [] unread when unconditioned. ConditionError, one line, for a label it lacks."""
+    names = list(conf.get("condition") or ())  # configs from before the key: unconditioned
+    if not names:
+        return []
+    from tokenizer.bucket import local_data_dir  # the bucket machinery only where a label is asked for
+
+    data_dir = local_data_dir(conf["data_dir"], parts=("tokens/meta.json",), required=False)
+    return condition_vocabulary(DataLayout.of(data_dir), names)
+
+
+def episode_batch(episodes: list[dict], max_steps: int,
+                  condition: Condition = ()) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Whole episodes (cut to `max_steps` rows) as one time-major batch, zero-padded, with the
-    mask of real rows [T, B]; row 0 of each column is its episode's reset step; `mel` too when they all hold it."""
+    mask of real rows [T, B]; row 0 of each column is its episode's reset step; `mel` too when they all
+    hold it; `condition` int64 [T, B, C] when given (label name, vocabulary) pairs, as the reader makes it."""
     lengths = [min(len(e["reward"]), max_steps) for e in episodes]
     T, B = max(lengths), len(episodes)
     like = episodes[0]
@@ -360,6 +391,10 @@ def episode_batch(episodes: list[dict], max_steps: int) -> tuple[dict[str, np.nd
         for key in types:
             out[key][:n, b] = e[key][:n]
         mask[:n, b] = True
+    if condition:
+        out["condition"] = np.zeros((T, B, len(condition)), np.int64)
+        for b, (e, n) in enumerate(zip(episodes, lengths)):
+            out["condition"][:n, b] = condition_codes(episode_labels(e), condition)
     out["reset"][:] = False
     out["reset"][0] = True
     return out, mask

@@ -7,7 +7,9 @@ An episode of T env steps has T+1 rows (row 0 is the observation after reset):
 - `action` [T+1, A] float32: one-hot of the action that led to the row (row 0: zeros, as in pydreamer);
 - `reward` [T+1] float32 (row 0: 0), `terminal` [T+1] bool (the env terminated there),
   `reset` [T+1] bool (True on row 0 only);
-- ids as 0-d arrays: `utterance_id` (unicode), `worker`, `episode`, `split`.
+- ids as 0-d arrays: `utterance_id` (unicode), `worker`, `episode`, `split`;
+- `label_<name>` 0-d unicode, optional: the utterance's conditioning labels (the env's `info["labels"]`),
+  one member per label the utterance has; the replay reader turns them into `condition` ids.
 
 The file name `w<worker>-e<episode>-n<T>.npz` carries what the reader needs to sample by
 length without opening the file. Files are written to a temporary name and renamed; in a bucket
@@ -19,7 +21,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +32,8 @@ from runtime.storage import store_path
 
 STEP_KEYS = ("tokens", "action", "reward", "terminal", "reset")
 OPTIONAL_STEP_KEYS = ("mel",)  # per-step too, when present: checked, and loaded when asked for
+LABEL_PREFIX = "label_"  # `label_<name>`: one conditioning label of the episode's utterance
+Condition = Sequence[tuple[str, Sequence[str]]]  # (label name, its vocabulary) per label conditioned on
 _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
 
 
@@ -62,6 +66,7 @@ def save_episode(path: Path | str, episode: dict) -> Path:
     for k, v in arrays.items():
         if v.dtype == object:
             raise EpisodeError(f"{path}: '{k}' holds Python objects; episodes are plain arrays")
+    _check_labels(path, arrays)
     if isinstance(path, RemotePath):
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -134,7 +139,7 @@ def _unreadable_reason(path: Path, error: Exception, head: bytes | None = None) 
 def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> None:
     """Types, ranges and finiteness of the per-step arrays, so a file made by another writer (or
     damaged) is refused when it is read, not met as an index error or a NaN loss in the learner.
-    The optional `mel` is checked when present."""
+    The optional `mel` and the `label_*` members are checked when present."""
     tokens, action = data["tokens"], data["action"]
     if tokens.ndim != 2 or not _of(tokens, np.integer):
         raise EpisodeError(f"{path}: 'tokens' must be integer ids [steps, G], not {tokens.dtype} {tokens.shape}")
@@ -163,6 +168,42 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
         if not np.isfinite(mel).all():
             row = int(np.flatnonzero(~np.isfinite(mel).all(1))[0])
             raise EpisodeError(f"{path}: 'mel' holds NaN or infinite values (first at row {row})")
+    _check_labels(path, data)
+
+
+def _check_labels(path: Any, data: dict) -> None:
+    """Each `label_*` is one string: the reader compares it with a vocabulary, and arrays never match."""
+    for key in (k for k in data if k.startswith(LABEL_PREFIX)):
+        value = np.asarray(data[key])
+        if value.ndim != 0 or not _of(value, np.str_):
+            raise EpisodeError(f"{path}: '{key}' must be a 0-d string (a label of the episode's utterance), not "
+                               f"{value.dtype} {value.shape}")
+
+
+def label_members(labels: dict[str, str]) -> dict[str, str]:
+    """The env's `info["labels"]` as the episode's members: {`label_<name>`: value}, empty values left out."""
+    return {LABEL_PREFIX + str(name): str(value) for name, value in labels.items() if str(value)}
+
+
+def label_keys(names: Iterable[str]) -> tuple[str, ...]:
+    """The members holding labels `names` (to load just those with `load_episode(keys=...)`)."""
+    return tuple(LABEL_PREFIX + name for name in names)
+
+
+def episode_labels(data: dict) -> dict[str, str]:
+    """The labels an episode (as loaded) holds: {name: value}."""
+    return {k[len(LABEL_PREFIX):]: str(v) for k, v in data.items() if k.startswith(LABEL_PREFIX)}
+
+
+def condition_codes(labels: Mapping[str, str], condition: Condition) -> np.ndarray:
+    """int64 [C]: per (label name, vocabulary) of `condition`, 1 + the index of `labels`' value in the
+    vocabulary, else 0 ("none": the label is missing, or its value was never seen in the train split)."""
+    codes = np.zeros(len(condition), np.int64)
+    for c, (name, vocabulary) in enumerate(condition):
+        value = labels.get(name)
+        if value in vocabulary:
+            codes[c] = 1 + list(vocabulary).index(value)
+    return codes
 
 
 def iter_episode_names(folder: Path | str) -> Iterator[tuple[str, tuple[int, int, int]]]:
@@ -264,7 +305,8 @@ class EpisodeBuilder:
         return len(self.rewards) - 1
 
     def finish(self, **ids: Any) -> dict[str, np.ndarray]:
-        """The episode's arrays, ids (utterance_id, worker, episode, split) as 0-d arrays."""
+        """The episode's arrays, ids (utterance_id, worker, episode, split, and `label_<name>`: see
+        `label_members`) as 0-d arrays."""
         T = self.length
         action = np.zeros((T + 1, self.n_actions), np.float32)
         action[1 + np.arange(T), np.asarray(self.actions, np.int64)] = 1.0

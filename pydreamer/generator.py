@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_names, save_episode
+from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_names, label_members, save_episode
 from pydreamer.policy import make_policy
 from pydreamer.replay_layout import ReplayLayout
 from runtime.files import remove_stale_temporaries
@@ -130,7 +130,7 @@ def run_generator(
                 break
         T = builder.length
         episode = builder.finish(utterance_id=str(info.get("utterance_id", "")), worker=worker, episode=index,
-                                 split=split)
+                                 split=split, **label_members(info.get("labels") or {}))
         save_episode(folder / episode_filename(worker, index, T), episode)
         index += 1
         episodes += 1

@@ -91,8 +91,15 @@ def _setup(conf: Mapping[str, Any]) -> dict:
     from envs import MissingTokensError, env_dims
     from runtime.tracking import RunNotFound, local_artifact_dir, start_or_resume_run
 
+    from tokenizer.bucket import local_data_dir
+    from tokenizer.layout import DataLayout
+    from tokenizer.tokens import condition_vocabulary
+
     try:
         dims = env_dims(conf)
+        # the labels it is conditioned on and their train values: checked before a run is opened or resumed
+        conditions = condition_vocabulary(DataLayout.of(local_data_dir(conf["data_dir"])), conf["condition"]) \
+            if conf["condition"] else []
         run = start_or_resume_run(conf, os.environ.get("MLFLOW_RUN_ID") or conf["resume_id"] or None)
     except (MissingTokensError, RunNotFound, ValueError) as e:
         return {"error": str(e)}
@@ -104,7 +111,7 @@ def _setup(conf: Mapping[str, Any]) -> dict:
     # a bucket is the checkpoints' home itself (the run's replay_dir tag names it): they are not copied into the run
     log_artifacts = not isinstance(replay_dir, RemotePath) and (
         artifacts is None or artifacts.resolve() != replay_dir.resolve())
-    return {"dims": dict(dims), "replay_dir": str(replay_dir), "log_artifacts": log_artifacts}
+    return {"dims": dict(dims), "replay_dir": str(replay_dir), "log_artifacts": log_artifacts, "conditions": conditions}
 
 
 def _record_tokenizer(conf: Mapping[str, Any], run) -> None:
@@ -135,7 +142,7 @@ def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks
     if "error" in setup:
         parser.exit(2, f"{parser.prog}: error: {setup['error']}\n")
     replay_dir, dims = store_path(setup["replay_dir"]), setup["dims"]
-    learner = Learner(conf, replay_dir, dims, device, ranks)
+    learner = Learner(conf, replay_dir, dims, device, ranks, conditions=setup["conditions"])
     learner.log_artifacts = setup["log_artifacts"]
     if ranks.is_main:
         import mlflow

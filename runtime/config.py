@@ -177,7 +177,7 @@ def load_config(
 _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_dim codebook_size tokens_per_step
     time_downsample sample_rate n_fft win_length hop_length n_mels griffin_lim_iters shard_frames encode_batch_frames
     batch_size batch_length n_steps log_interval eval_interval save_interval eval_episodes eval_max_steps eval_samples
-    overshoot_starts deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
+    overshoot_starts condition_dim deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
     n_env_steps dream_samples dream_griffin_lim_iters contrastive_dim evaluate_horizons learners maskgit_block
@@ -188,7 +188,7 @@ _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_worker
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()
-_FRACTION = "unimix vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix".split()
+_FRACTION = "unimix vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix condition_dropout".split()
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
     "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
@@ -244,6 +244,10 @@ def validate(conf: Mapping[str, Any]) -> None:
         if (not isinstance(f, list) or len(f) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in f)
                 or abs(sum(f) - 1) > 1e-6 or f[0] <= 0):
             raise bad("split_fractions", "expected three fractions train,val,test that add up to 1 (e.g. 0.8,0.1,0.1)")
+    cond = conf.get("condition")
+    if "condition" in conf and (not isinstance(cond, list) or len(set(map(str, cond))) != len(cond)
+                                or not all(isinstance(x, str) and re.fullmatch(r"[a-z][a-z0-9_]*", x) for x in cond)):
+        raise bad("condition", "expected corpus label names without repeats, e.g. language or language,voice")
     langs = conf.get("synth_languages")
     if "synth_languages" in conf and (not isinstance(langs, list) or not langs
                                       or not all(isinstance(x, str) and x.strip() for x in langs)):
@@ -266,14 +270,7 @@ def validate(conf: Mapping[str, Any]) -> None:
         raise bad("win_length", f"must not exceed n_fft ({conf['n_fft']})")
     if "transformer_dim" in conf and "transformer_heads" in conf and conf["transformer_dim"] % conf["transformer_heads"]:
         raise bad("transformer_dim", f"must be a multiple of transformer_heads ({conf['transformer_heads']})")
-    if conf.get("world_model") == "mel_rssm" and conf.get("observation") != "mel":
-        raise bad("world_model", "mel_rssm reads each step's log-mel frames: it needs observation mel (the `mel` section)")
-    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit", "mel_rssm"):
-        name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)",
-                "mel_rssm": "log-mel RSSM (mel_rssm)"}[conf["world_model"]]
-        raise bad("wm_objective", f"the {name} world model has no latent to train contrastively (use world_model rssm)")
-    if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
-        raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")
+    _check_world_model(conf, bad)
     if conf.get("vq_causal") is True and conf.get("mel_norm") == "utterance":
         raise bad("mel_norm", "vq_causal true needs mel_norm corpus (or auto): an utterance's own mean and std "
                               "carry its future into every token")
@@ -282,6 +279,21 @@ def validate(conf: Mapping[str, Any]) -> None:
             raise bad(key, "expected true or false")
     if "device" in conf:
         _check_device(str(conf["device"]))
+
+
+def _check_world_model(conf: Mapping[str, Any], bad) -> None:
+    """What the chosen world model needs of the other keys (its observation, objective, conditioning)."""
+    if conf.get("world_model") == "mel_rssm" and conf.get("observation") != "mel":
+        raise bad("world_model", "mel_rssm reads each step's log-mel frames: it needs observation mel (the `mel` section)")
+    if conf.get("world_model") == "maskgit" and conf.get("condition"):
+        raise bad("condition", "the maskgit world model's block decoder is not conditioned yet: use rssm, transformer "
+                               "or mel_rssm, or condition: []")
+    if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit", "mel_rssm"):
+        name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)",
+                "mel_rssm": "log-mel RSSM (mel_rssm)"}[conf["world_model"]]
+        raise bad("wm_objective", f"the {name} world model has no latent to train contrastively (use world_model rssm)")
+    if conf.get("wm_objective") == "contrastive" and not 0.01 <= conf.get("contrastive_temperature", 0.1) <= 10:
+        raise bad("contrastive_temperature", "must lie in [0.01, 10] (the learned temperature's floor is 0.01)")
 
 
 def _check_device(name: str) -> None:
@@ -338,23 +350,13 @@ def parse_args(argv: Sequence[str] | None = None, parser=None, path: Path | str 
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m runtime.config",
-                                     description="Print a merged config, or the reference of every key.")
+    parser = argparse.ArgumentParser(prog="python -m runtime.config", description="Print a merged config (the "
+                                     "reference of every key: python -m runtime.config_reference).")
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
-    parser.add_argument("--reference", action="store_true", help="the Markdown reference of every key of `defaults`")
-    parser.add_argument("--update", metavar="README", help="with --reference: rewrite the reference block of this file")
     args, rest = parser.parse_known_args(argv)
     try:
-        from runtime.config_reference import reference_markdown, update_reference
-
-        if args.reference and args.update:
-            changed = update_reference(args.update)
-            print(f"{args.update}: config reference {'updated' if changed else 'already up to date'}")
-        elif args.reference:
-            print(reference_markdown(), end="")
-        else:
-            print(yaml.safe_dump(dict(load_config(args.configs, rest)), sort_keys=False), end="")
-    except (ConfigError, OSError) as e:
+        print(yaml.safe_dump(dict(load_config(args.configs, rest)), sort_keys=False), end="")
+    except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return 0
 

@@ -14,6 +14,13 @@ CODEBOOK = 32
 G = 4
 
 
+def corpus_labels(split: str, u: int) -> dict[str, str]:
+    """The labels `make_token_corpus(labels=True)` gives utterance u of a split: language alternates, the
+    train voices are m0..m2 while val and test add f9 (never heard in train), and every 4th has no kind."""
+    voice = f"m{u % 3}" if split == "train" or u == 0 else "f9"
+    return {"language": ("de", "en")[u % 2], "voice": voice, **({"kind": "counting"} if u % 4 else {})}
+
+
 def make_token_corpus(
     data_dir: Path,
     n_utterances: dict[str, int] | None = None,
@@ -23,9 +30,11 @@ def make_token_corpus(
     shard_rows: int = 150,
     seed: int = 0,
     meta: bool = True,
+    labels: bool = False,
 ) -> Path:
     """`<data_dir>/tokens/{split}/shard-*.npz` + meta.json, with every utterance's tokens
-    recognisable: step t of utterance u holds tokens derived from (u, t)."""
+    recognisable: step t of utterance u holds tokens derived from (u, t). With `labels`, `label_*`
+    arrays as `corpus_labels` says ('' where none) and meta.json's `labels` (the train values)."""
     rng = np.random.default_rng(seed)
     n_utterances = n_utterances or {"train": 12, "val": 3, "test": 2}
     for split, n in n_utterances.items():
@@ -34,13 +43,19 @@ def make_token_corpus(
                 T = int(rng.integers(lengths[0], lengths[1] + 1))
                 tokens = rng.integers(0, codebook_size, size=(T, tokens_per_step)).astype(np.int16)
                 voice = rng.random(T).astype(np.float32)
+                utt_labels = corpus_labels(split, u) if labels else {}
                 writer.add(
                     per_step={"tokens": tokens, "voice": voice},
-                    per_utterance={"utterance_id": f"{split}-{u:03d}", "speaker": f"spk{u % 3}", "source": "test"},
+                    per_utterance={"utterance_id": f"{split}-{u:03d}", "speaker": f"spk{u % 3}", "source": "test",
+                                   **{f"label_{k}": utt_labels.get(k, "") for k in ("kind", "language", "voice")
+                                      if labels}},
                 )
+    vocab = {k: sorted({v for u in range(n_utterances.get("train", 0)) for n, v in corpus_labels("train", u).items()
+                        if n == k}) for k in ("kind", "language", "voice")}
     if meta:
         (data_dir / "tokens" / "meta.json").write_text(
-            json.dumps({"codebook_size": codebook_size, "tokens_per_step": tokens_per_step, "steps_per_second": 25.0})
+            json.dumps({"codebook_size": codebook_size, "tokens_per_step": tokens_per_step, "steps_per_second": 25.0,
+                        **({"labels": vocab} if labels else {})})
         )
     return data_dir
 
@@ -61,6 +76,12 @@ def _tracking_uri_stays_in_its_test():
 def token_dir(tmp_path_factory) -> Path:
     """A tiny token corpus: 12 train, 3 val, 2 test utterances of 20..60 steps, in several shards."""
     return make_token_corpus(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def labelled_token_dir(tmp_path_factory) -> Path:
+    """The tiny corpus with conditioning labels (`corpus_labels`) in its shards and meta.json."""
+    return make_token_corpus(tmp_path_factory.mktemp("labelled"), labels=True)
 
 
 @pytest.fixture

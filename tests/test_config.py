@@ -116,7 +116,7 @@ def test_readme_documents_every_config_key():
     assert REFERENCE_START in readme, "README.md has no configuration reference block"
     block = readme.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
     assert block == reference_markdown().strip(), \
-        "README.md's configuration reference is stale: run python -m runtime.config --reference --update README.md"
+        "README.md's configuration reference is stale: run python -m runtime.config_reference --update README.md"
 
 
 def test_a_key_without_a_comment_fails_the_reference(tmp_path):

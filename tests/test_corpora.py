@@ -3,7 +3,7 @@ import os
 import pytest
 
 from audio_fixtures import write_clip
-from tokenizer.corpora import CorpusError, list_commonvoice, list_folder
+from tokenizer.corpora import CorpusError, label_names, list_commonvoice, list_corpus, list_folder
 
 
 def _official(root, rows):
@@ -70,3 +70,29 @@ def test_unreadable_folder_is_skipped_with_reason(tmp_path, monkeypatch):
     records, skipped = list_folder(tmp_path)
     assert len(records) == 1
     assert any("locked" in s.path and "unreadable folder" in s.reason for s in skipped)
+
+
+def test_listing_knows_the_conditioning_labels(tmp_path):
+    from runtime.config import load_config
+
+    synth = load_config(["defaults", "audio", "tiny"])
+    records, _ = list_corpus(synth)
+    r = records[0]
+    assert r.label_map == {"language": r.synth.language, "voice": r.speaker.partition("+")[2], "kind": r.synth.kind}
+    assert label_names(records) == ["kind", "language", "voice"] and hash(r)
+
+    root = tmp_path / "cv"
+    for i in range(3):
+        write_clip(root / "clips" / f"c{i}.mp3", seconds=0.3, seed=i, fmt="MP3")
+    (root / "validated.tsv").write_text("client_id\tpath\tsentence\tage\tgender\taccents\n"
+                                        "alice\tc0.mp3\thi\ttwenties\tfemale\tScottish English\n"
+                                        "bob\tc1.mp3\thi\t\tmale\t\n")
+    records, _ = list_commonvoice(root)
+    assert [r.label_map for r in records] == [
+        {"speaker": "alice", "age": "twenties", "gender": "female", "accent": "Scottish English"},
+        {"speaker": "bob", "gender": "male"}]
+    (root / "validated.tsv").write_text("path\tsentence\taccent\nc2.mp3\thi\tus\n")  # no client_id: no speaker
+    assert [r.label_map for r in list_commonvoice(root)[0]] == [{"accent": "us"}]
+
+    write_clip(tmp_path / "f" / "anna" / "x.wav", seconds=0.3)
+    assert [r.label_map for r in list_folder(tmp_path / "f")[0]] == [{"speaker": "anna"}]

@@ -43,17 +43,18 @@ def make_dream_data(root):
     return data
 
 
-def make_run(root, data, world_model="rssm"):
+def make_run(root, data, world_model="rssm", conditions=()):
     """A run as launch.py leaves it: params, replay_dir tag, tokenizer artifact, a checkpoint (untrained weights)."""
     observation = ["--observation", "mel"] if world_model == "mel_rssm" else []
+    condition = ["--condition", ",".join(n for n, _ in conditions)] if conditions else []
     conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(data), "--mlflow_dir", str(root / "mlruns"),
                                                         "--codebook_size", str(K), "--world_model", world_model,
-                                                        "--context_steps", "16", *observation])
-    replay = root / f"replay-{world_model}"
+                                                        "--context_steps", "16", *observation, *condition])
+    replay = root / f"replay-{world_model}{'-conditioned' if conditions else ''}"
     with start_or_resume_run(conf, tags={"replay_dir": str(replay)}) as run:
         layout = DataLayout.of(data)
         record_tokenizer(run, layout.vqvae, layout.token_meta)
-    save_checkpoint(checkpoint_path(replay), Dreamer(conf, K, G, 1), None, 5)
+    save_checkpoint(checkpoint_path(replay), Dreamer(conf, K, G, 1, conditions=conditions), None, 5)
     return run.info.run_id
 
 
@@ -298,3 +299,44 @@ def test_the_masked_decoder_and_the_log_mel_model_dream_through_the_command(tiny
     tokens = np.load(out / "tokens.npz")
     kind = np.floating if world_model == "mel_rssm" else np.integer  # a log-mel model dreams steps of frames
     assert np.issubdtype(tokens["unconditional"].dtype, kind) and len(tokens["unconditional"]) == 2
+
+
+def _labelled_train_mels(data) -> None:
+    """Train-split log-mels whose clips carry a language: what the alignment classifier is fitted on."""
+    conf = load_config(["defaults", "audio", "tiny"])
+    with ShardWriter(DataLayout.of(data).mels("train")) as w:
+        for i in range(12):
+            f = log_mel_features(speechlike(1.5, seed=10 + i, pitch=(110.0, 220.0)[i % 2]), MelSettings.from_conf(conf),
+                                 conf["vad_db"])
+            w.add(per_step={"mel": f["mel"].astype("float16"), "voice": f["voice"]},
+                  per_utterance={"utterance_id": f"tr{i}", "speaker": "s", "source": "t", "mean": f["mean"],
+                                 "std": f["std"], "label_language": ("de", "en")[i % 2]})
+
+
+def test_conditioned_dreams_a_row_per_value_scored_by_a_classifier_and_unknown_values_exit_2(tiny_run, tmp_path,
+                                                                                             capsys):
+    root, plain_run = tiny_run
+    _labelled_train_mels(root / "data")
+    run_id = make_run(root, root / "data", conditions=[("language", ["de", "en"])])
+    out = tmp_path / "grid"
+    assert _dream(root, run_id, out, "--no_log", "--grid_dreams", "2") == 0  # default: a row per value of each label
+    assert len(list((out / "conditioned" / "language-de").glob("*.wav"))) == 2
+    assert (out / "conditioned_language.png").is_file() and "conditioned_language.png" in (out / "index.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditioned"] == {"language=de": 2, "language=en": 2}
+    score = summary["alignment"]["language"]
+    assert score["n"] == 4 and score["chance"] == 0.5 and 0.0 <= score["acc"] <= 1.0
+    assert 0.0 <= summary["metrics"]["dream/condition/language/real_acc"] <= 1.0
+    assert "Conditional alignment" in (out / "acoustics.md").read_text()
+    fixed = tmp_path / "es"
+    assert _dream(root, run_id, fixed, "--no_log", "--condition", "language=en") == 0
+    summary = json.loads((fixed / "summary.json").read_text())
+    assert summary["conditioned"] == {} and set(summary["alignment"]["language"]["per_value"]) == {"en"}
+    for bad_run, option, message in ((run_id, "language=fr", "unknown language 'fr'; the model knows de, en"),
+                                     (run_id, "voice=m1", "not conditioned on 'voice'; its labels: language"),
+                                     (plain_run, "language=de", "trained without conditioning")):
+        with pytest.raises(SystemExit) as e:
+            _dream(root, bad_run, tmp_path / "bad", "--condition", option)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

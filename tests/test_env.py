@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.audio_token_env import AudioTokenEnv
-from tests.conftest import CODEBOOK, G, make_token_corpus
+from tests.conftest import CODEBOOK, G, corpus_labels, make_token_corpus
 from tokenizer.layout import DataLayout
 from tokenizer.tokens import MissingTokensError, TokenSplit
 
@@ -30,6 +30,17 @@ def test_registered_env_passes_gymnasium_checker(token_dir):
     check_env(env.unwrapped)
     assert env.observation_space["tokens"].nvec.tolist() == [CODEBOOK] * G
     assert env.action_space == gym.spaces.Discrete(1)
+
+
+def test_info_says_the_utterances_labels(labelled_token_dir, token_dir):
+    env = gym.make("AudioTokens-v0", data_dir=labelled_token_dir, split="val", order="sequential")
+    check_env(env.unwrapped)
+    for _ in range(3):
+        *_, infos = run_episode(env)
+        split, u = infos[0]["utterance_id"].split("-")
+        assert all(i["labels"] == corpus_labels(split, int(u)) for i in infos)  # every step; val-000 has no kind
+    *_, infos = run_episode(AudioTokenEnv(token_dir))  # a corpus without labels
+    assert all(i["labels"] == {} for i in infos)
 
 
 def test_episode_replays_the_utterance_step_by_step(token_dir):
@@ -80,7 +91,7 @@ def test_workers_share_the_split_without_duplicates(token_dir):
 def test_reset_options_pick_an_utterance(token_dir):
     env = AudioTokenEnv(token_dir, split="val")
     _, info = env.reset(options={"utterance": "val-001"})
-    assert info == {"utterance_id": "val-001", "step": 0}
+    assert info == {"utterance_id": "val-001", "step": 0, "labels": {}}
     with pytest.raises(ValueError, match="nope"):
         env.reset(options={"utterance": "nope"})
 

@@ -72,6 +72,29 @@ def test_episodes_hold_their_utterances(conf, tmp_path, token_dir):
     assert stats["steps"] == total
 
 
+def test_episodes_keep_their_utterances_labels_into_the_batches(conf, tmp_path, labelled_token_dir):
+    from pydreamer.data import episode_batch, make_replay_loader, replay_condition
+    from tests.conftest import corpus_labels
+
+    conf.update(data_dir=str(labelled_token_dir), condition=["voice", "kind"], data_workers=0, batch_size=4,
+                batch_length=12)
+    run_generator(conf, tmp_path, n_episodes=6)
+    episodes = episodes_of(tmp_path)
+    for ep in episodes:
+        split, u = str(ep["utterance_id"]).split("-")
+        labels = {k[len("label_"):]: str(v) for k, v in ep.items() if k.startswith("label_")}
+        assert labels == corpus_labels(split, int(u)) and all(ep[f"label_{k}"].shape == () for k in labels)
+    condition = replay_condition(conf)
+    assert condition == [("voice", ["m0", "m1", "m2"]), ("kind", ["counting"])]
+    arrays, mask = episode_batch(episodes, 100, condition)
+    for b, ep in enumerate(episodes):
+        labels = corpus_labels("train", int(str(ep["utterance_id"]).split("-")[1]))
+        want = [1 + int(labels["voice"][1]), 1 if "kind" in labels else 0]
+        assert (arrays["condition"][mask[:, b], b] == want).all()
+    batch = next(iter(make_replay_loader(conf, tmp_path)))  # every step holds the ids of one of these episodes
+    assert {tuple(c) for c in batch["condition"].reshape(-1, 2).tolist()} <= {tuple(c) for c in arrays["condition"][0]}
+
+
 def test_workers_share_utterances_and_replay_epoch_after_epoch(conf, tmp_path, token_dir):
     n_train = len(TokenSplit(DataLayout.of(token_dir), "train"))
     seen = {}

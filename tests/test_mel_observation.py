@@ -17,7 +17,7 @@ from pydreamer.data import make_replay_loader
 from pydreamer.episodes import EpisodeError, list_episodes, load_episode, save_episode
 from pydreamer.generator import run_generator
 from runtime.config import load_config
-from tests.conftest import CODEBOOK, make_token_corpus
+from tests.conftest import CODEBOOK, corpus_labels, make_token_corpus
 from tokenizer.layout import DataLayout
 from tokenizer.shards import ShardWriter, iter_rows
 from tokenizer.split import SPLITS
@@ -28,11 +28,11 @@ MEL_MEAN, MEL_STD = -30.0, 15.0
 D = DS * N_MELS
 
 
-def make_mel_corpus(root: Path) -> tuple[Path, dict]:
+def make_mel_corpus(root: Path, labels: bool = False) -> tuple[Path, dict]:
     """A token corpus, every split's log-mels (z-scored per utterance, F = DS * T - 1 frames: a short last
     step), written in another order and other shards than the tokens; meta.json with time_downsample and
     the corpus' mel_mean, mel_std. Returns the folder and {utterance id: (z [F, n_mels], mean, std)}."""
-    data = make_token_corpus(root, {"train": 5, "val": 2, "test": 2}, lengths=(8, 20))
+    data = make_token_corpus(root, {"train": 5, "val": 2, "test": 2}, lengths=(8, 20), labels=labels)
     layout = DataLayout.of(data)
     rng = np.random.default_rng(1)
     mels = {}
@@ -108,6 +108,14 @@ def test_each_step_holds_its_frames_on_the_corpus_scale_and_the_same_tokens(mel_
             np.testing.assert_array_equal(row["tokens"], token_row["tokens"])
     uid, rows = run_episode(mel_env, options={"utterance": "train-003"})
     np.testing.assert_allclose(np.stack([r["mel"] for r in rows]), expected_steps(*mels[uid]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_mel_env_says_the_utterances_labels_too(tmp_path):
+    data, _ = make_mel_corpus(tmp_path / "d", labels=True)
+    env = AudioTokenEnv(data, order="sequential", observation="mel")
+    for u in range(5):
+        _, info = env.reset(options={"utterance": f"train-{u:03d}"})
+        assert info["labels"] == corpus_labels("train", u) and env.step(0)[4]["labels"] == info["labels"]
 
 
 def test_missing_log_mels_or_statistics_are_clear_errors(tmp_path):

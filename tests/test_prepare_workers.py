@@ -107,6 +107,7 @@ def test_two_workers_then_merge_give_the_one_process_folder(one_process, mlruns,
     assert _shards(data, "tokens") == _shards(one_process, "tokens")
     drop = "encode_realtime_factor"
     assert _json(data / "tokens" / "meta.json", drop) == _json(one_process / "tokens" / "meta.json", drop)
+    assert set(_json(data / "tokens" / "meta.json")["labels"]) == {"kind", "language", "voice"}
     assert (data / "settings" / "encode.json").read_text() == (one_process / "settings" / "encode.json").read_text()
     assert not (data / "parts").exists()
     assert _run("merge", data, mlruns) == 2 and "nothing to merge" in capsys.readouterr().err

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pydreamer.data import ReplayReader, ReplayStoreIndex, make_replay_loader
+from pydreamer.data import ReplayReader, ReplayStoreIndex, episode_batch, make_replay_loader
 from pydreamer.episodes import (
     EpisodeError,
+    EpisodeBuilder,
     episode_filename,
     episode_length,
     list_episodes,
@@ -175,3 +176,85 @@ def test_dataloader_workers_make_distinct_continuing_streams(tmp_path, conf):
         assert (tag[1:][go_on] == tag[:-1][go_on]).all()
         assert (row[1:][go_on] == row[:-1][go_on] + 1).all()
     del it, loader
+
+
+# ---- conditioning labels: episode members -> `condition` ids in the batches ------------------------------
+
+CONDITION = [("language", ["de", "en"]), ("voice", ["m1", "m2"])]
+LABELS = {0: {"language": "de", "voice": "m1"}, 1: {"language": "en", "voice": "f9"},  # f9: never heard in train
+          2: {"language": "xx", "kind": "counting"}, 3: {}}
+CODES = {0: [1, 1], 1: [2, 0], 2: [0, 0], 3: [0, 0]}  # 1 + index in the vocabulary; 0: none or unknown
+
+
+def labelled_episode(n: int, tag: int) -> dict:
+    labels = {f"label_{k}": np.asarray(v) for k, v in LABELS[tag % 4].items()}
+    return {**make_episode(n, tag), **labels}
+
+
+def test_episodes_keep_their_labels_and_the_builder_writes_them(tmp_path):
+    builder = EpisodeBuilder({"tokens": np.zeros(2, np.int64)}, 1)
+    builder.add(0, {"tokens": np.ones(2, np.int64)}, 0.5, True)
+    ep = builder.finish(utterance_id="u", worker=0, episode=0, split="train", label_voice="m1", label_language="de")
+    back = load_episode(save_episode(tmp_path / episode_filename(0, 0, 1), ep))
+    assert back["label_voice"].shape == () and str(back["label_voice"]) == "m1" and str(back["label_language"]) == "de"
+    assert "label_voice" not in load_episode(tmp_path / episode_filename(0, 0, 1), keys=("label_language",))
+
+
+def test_a_label_that_is_not_a_string_is_refused_naming_the_key(tmp_path, caplog):
+    with pytest.raises(EpisodeError, match="'label_voice' must be a 0-d string"):
+        save_episode(tmp_path / "a.npz", {**make_episode(5, 0), "label_voice": np.array(["m1", "m2"])})
+    folder = tmp_path / "episodes" / "w0"
+    fill_store(tmp_path / "episodes", [20])
+    bad = folder / episode_filename(0, 1, 20)
+    np.savez(bad, **{**make_episode(20, 1), "label_voice": np.asarray(3)})  # another writer's file
+    with pytest.raises(EpisodeError, match=rf"{bad.name}: 'label_voice' must be a 0-d string"):
+        load_episode(bad)
+    reader = ReplayReader(tmp_path, batch_size=2, batch_length=30, seed=0, condition=CONDITION)
+    with caplog.at_level(logging.WARNING):
+        batch = next(iter(reader))
+    assert reader.n_skipped == 1 and "label_voice" in batch["skipped"][0] and "label_voice" in caplog.text
+    assert (batch["tokens"][:, :, 0] == 0).all() and (batch["condition"] == 0).all()  # episode 0 has no labels
+
+
+def test_batches_hold_each_steps_own_episodes_condition(tmp_path):
+    for i, n in enumerate([5, 7, 9, 11, 6, 8]):
+        save_episode(tmp_path / "episodes" / "w0" / episode_filename(0, i, n), labelled_episode(n, i))
+    reader = ReplayReader(tmp_path, batch_size=4, batch_length=16, seed=0, condition=CONDITION)
+    assert reader.load_keys[-2:] == ("label_language", "label_voice")  # label_kind is never read
+    it = iter(reader)
+    spans = 0
+    for _ in range(6):
+        batch = next(it)
+        cond, tags, resets = batch["condition"], batch["tokens"][:, :, 0].numpy(), batch["reset"].numpy()
+        assert cond.shape == (16, 4, 2) and cond.dtype == torch.int64
+        for t in range(16):
+            for b in range(4):
+                assert cond[t, b].tolist() == CODES[tags[t, b] % 4], (t, b)
+        spans += int(sum(tags[t, b] % 4 != tags[t - 1, b] % 4 for t in range(1, 16) for b in range(4) if resets[t, b]))
+    assert spans > 5  # chunks that span two episodes with other labels
+    assert "condition" not in next(iter(ReplayReader(tmp_path, batch_size=2, batch_length=4, seed=0)))
+
+
+def test_eval_batches_fill_condition_the_same_way():
+    eps = [labelled_episode(5, 0), labelled_episode(8, 1), labelled_episode(3, 3)]
+    arrays, mask = episode_batch(eps, 7, condition=CONDITION)
+    assert arrays["condition"].shape == (7, 3, 2) and arrays["condition"].dtype == np.int64
+    for b, tag in enumerate((0, 1, 3)):
+        assert (arrays["condition"][mask[:, b], b] == CODES[tag]).all() and (arrays["condition"][~mask[:, b], b] == 0).all()
+    assert "condition" not in episode_batch(eps, 7)[0]
+
+
+def test_the_loader_reads_the_vocabulary_from_the_corpus(tmp_path, conf, labelled_token_dir):
+    from tokenizer.tokens import ConditionError
+
+    for i, n in enumerate([10, 12, 14, 16]):
+        save_episode(tmp_path / "episodes" / "w0" / episode_filename(0, i, n), labelled_episode(n, i))
+    conf.update(data_workers=0, batch_size=3, batch_length=10, condition=["voice"])
+    with pytest.raises(ConditionError, match="has no labels"):  # the conf fixture's corpus has none
+        make_replay_loader(conf, tmp_path)
+    conf.data_dir = str(labelled_token_dir)  # voices m0, m1, m2 in its train split
+    batch = next(iter(make_replay_loader(conf, tmp_path)))
+    want = {0: 2, 1: 0, 2: 0, 3: 0}
+    tags = batch["tokens"][:, :, 0].numpy()
+    assert batch["condition"].shape == (10, 3, 1)
+    assert (batch["condition"][:, :, 0].numpy() == np.vectorize(want.get)(tags)).all()

@@ -72,6 +72,8 @@ def test_prepare_train_encode_evaluate(messy_folder, tmp_path, capsys):
     assert u["tokens"].dtype == np.int16 and u["tokens"].shape[1] == 4 and u["tokens"].max() < 1024
     assert u["voice"].shape == (len(u["tokens"]),) and 0 <= u["voice"].min() and u["voice"].max() <= 1
     assert u["source"].endswith((".wav", ".mp3")) and u["speaker"].startswith("spk")
+    assert all(v["label_speaker"] == v["speaker"] for v in utts)  # a folder corpus' one label
+    assert meta["labels"] == {"speaker": sorted({v["speaker"] for v in utts})}  # the train split's values
 
     assert main(_args("evaluate", data, tmp_path)) == 0
     metrics = json.loads((data / "tokenizer" / "metrics.json").read_text())
@@ -152,7 +154,10 @@ def test_synth_prepare_is_deterministic_and_pool_matches_inline(tmp_path):
     for workers in (1, 2):
         data = tmp_path / f"w{workers}"
         assert main(_args("prepare", data, tmp_path, "--max_files", "6", "--prepare_workers", str(workers))) == 0
-        runs.append([(u["utterance_id"], u["speaker"], u["mel"].tobytes()) for s in ("train", "val", "test")
-                     for u in iter_utterances(data / "mels" / s)])
+        runs.append([(u["utterance_id"], u["speaker"], u["mel"].tobytes(), u["label_language"], u["label_voice"],
+                      u["label_kind"]) for s in ("train", "val", "test") for u in iter_utterances(data / "mels" / s)])
     assert len(runs[0]) == 6 and runs[0] == runs[1]
-    assert all(uid.startswith("synth-") and "+" in spk for uid, spk, _ in runs[0])
+    assert all(uid.startswith("synth-") and "+" in spk for uid, spk, *_ in runs[0])
+    # the conditioning labels: the voice's language and timbre, and what kind of text it says
+    assert all(spk == f"{lang}+{voice}" and kind in ("counting", "syllables", "sentence")
+               for _, spk, _, lang, voice, kind in runs[0])

@@ -1,7 +1,10 @@
 """Corpora: what utterances exist and who speaks them, before any audio is decoded.
 
 Listing is cheap (file names and metadata tables only), so the speaker-disjoint split can
-be decided before the slow decoding streams through the corpus. Problems found while
+be decided before the slow decoding streams through the corpus. Listing is also the one place
+that knows each utterance's conditioning labels (string name -> string value: the built-in
+corpus' language, voice and kind; Common Voice's speaker, gender, age, accent; a folder's
+speaker), which the stages after it carry along as `label_<name>` arrays. Problems found while
 listing (a missing clip, an unreadable folder, a malformed row) are returned as skipped
 entries with their reason; they never stop the listing.
 """
@@ -12,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from tokenizer.audio_io import AUDIO_EXTENSIONS
 
@@ -27,6 +30,21 @@ class UtteranceSource:
     speaker: str
     path: str = ""            # the audio file ('' for synthesized utterances)
     synth: Optional[Any] = None  # tokenizer.synth.SynthUtterance for the built-in corpus
+    labels: tuple[tuple[str, str], ...] = ()  # (name, value) pairs sorted by name, values non-empty
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def make_labels(**values: str) -> tuple[tuple[str, str], ...]:
+    """Conditioning labels as UtteranceSource keeps them (hashable): sorted, empty values left out."""
+    return tuple(sorted((k, str(v).strip()) for k, v in values.items() if str(v or "").strip()))
+
+
+def label_names(records: Iterable[UtteranceSource]) -> list[str]:
+    """Every label name any utterance of the corpus has, sorted: the `label_*` arrays its shards hold."""
+    return sorted({name for r in records for name, _ in r.labels})
 
 
 @dataclass(frozen=True)
@@ -46,10 +64,12 @@ def _safe_id(text: str) -> str:
 def list_corpus(conf: Mapping[str, Any]) -> tuple[list[UtteranceSource], list[Skipped]]:
     source = conf["source"]
     if source == "synth":
-        from tokenizer.synth import plan_synth_corpus
+        from tokenizer.synth import plan_synth_corpus, timbre_of
 
         plan = plan_synth_corpus(conf)
-        return [UtteranceSource(u.utterance_id, u.speaker, "", u) for u in plan], []
+        return [UtteranceSource(u.utterance_id, u.speaker, "", u,
+                                make_labels(language=u.language, voice=timbre_of(u.speaker), kind=u.kind))
+                for u in plan], []
     root = Path(conf["data_root"] or "")
     if not conf["data_root"]:
         raise CorpusError(f"source '{source}' needs --data_root (the folder to read)")
@@ -113,11 +133,19 @@ def _read_table(table: Path, delimiter: str, file_column: str, candidates) -> tu
                     continue
                 uid = _safe_id(Path(name).with_suffix("").as_posix())
                 # Without a client_id every clip is its own speaker; the split then says it is utterance-level.
-                speaker = (row.get("client_id") or "").strip() or f"unknown:{uid}"
-                records.append(UtteranceSource(uid, speaker, str(path)))
+                client = (row.get("client_id") or "").strip()
+                speaker = client or f"unknown:{uid}"
+                records.append(UtteranceSource(uid, speaker, str(path), labels=_commonvoice_labels(row, client)))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise CorpusError(f"cannot read {table}: {e}") from None
     return records, skipped
+
+
+def _commonvoice_labels(row: Mapping[str, Any], client: str) -> tuple[tuple[str, str], ...]:
+    """speaker (a clip without a client_id has none: one value per clip conditions on nothing), and the
+    gender, age and accent columns where the table has them (newer releases call accent `accents`)."""
+    cell = lambda key: (row.get(key) or "").strip()  # noqa: E731
+    return make_labels(speaker=client, gender=cell("gender"), age=cell("age"), accent=cell("accents") or cell("accent"))
 
 
 # ---- any folder ----------------------------------------------------------------------------
@@ -158,5 +186,6 @@ def list_folder(root: Path, speaker_rule: str = "parent", speaker_regex: str = "
                 speaker = m.group(1) if m.groups() else m.group(0)
             else:
                 speaker = rel.parent.as_posix() if rel.parent != Path(".") else root.name
-            records.append(UtteranceSource(_safe_id(rel.with_suffix("").as_posix()), speaker, str(path)))
+            records.append(UtteranceSource(_safe_id(rel.with_suffix("").as_posix()), speaker, str(path),
+                                           labels=make_labels(speaker=speaker)))
     return records, skipped

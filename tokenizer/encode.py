@@ -1,8 +1,9 @@
 """Stage 3, encode: every split's log-mels -> token shards for the environment.
 
 Per utterance: tokens [T, G] int16, the voice activity of each step (the environment's
-reward), speaker, utterance id and source. Utterances shorter than `min_steps` are
-dropped and counted: too short to learn any dynamics from.
+reward), speaker, utterance id, source and every `label_<name>` of the log-mel shards (the
+conditioning labels; meta.json's `labels` lists the train split's values of each). Utterances
+shorter than `min_steps` are dropped and counted: too short to learn any dynamics from.
 
 On several hosts (`--worker i --n_workers N`, see tokenizer/parts.py) the log-mel shards of
 train, val and test are numbered in that order and worker i encodes those numbered i modulo N
@@ -31,7 +32,7 @@ from runtime.files import atomic_write_text, file_sha256
 from tokenizer.layout import DataLayout
 from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, publish, staging
 from tokenizer.records import settings_record
-from tokenizer.shards import ShardWriter, read_shard, shard_paths
+from tokenizer.shards import LABEL_PREFIX, ShardWriter, read_shard, shard_paths
 from tokenizer.split import SPLITS
 from tokenizer.tokens import TokenSpec, write_token_meta
 from tokenizer.vqvae import VQVAE, load_vqvae
@@ -73,6 +74,7 @@ def encode_shard(mel_shard: Path, out_folder: Path, model: VQVAE, device: torch.
     many processes encode.
     """
     stats: dict[str, Any] = {"kept": 0, "dropped": 0, "seconds": 0.0, "means": [], "stds": [], "files": []}
+    labels: dict[str, set[str]] = {}  # label name -> the values of the kept utterances
     fps = MelSettings.from_conf(conf).frames_per_second
     with ShardWriter(out_folder, max(1, conf["shard_frames"] // model.ds), prefix=mel_shard.stem) as writer:
         for utt, tokens, _ in tokenize(model, read_shard(mel_shard), device, conf["encode_batch_frames"]):
@@ -80,14 +82,18 @@ def encode_shard(mel_shard: Path, out_folder: Path, model: VQVAE, device: torch.
             if len(tokens) < conf["min_steps"]:
                 stats["dropped"] += 1
                 continue
+            label_keys = sorted(k for k in utt if k.startswith(LABEL_PREFIX))
             writer.add(
                 per_step={"tokens": tokens.astype(np.int16), "voice": step_voice(utt["voice"], len(tokens), model.ds)},
-                per_utterance={k: utt[k] for k in ("utterance_id", "speaker", "source")},
+                per_utterance={k: utt[k] for k in ("utterance_id", "speaker", "source", *label_keys)},
             )
+            for k in label_keys:
+                labels.setdefault(k[len(LABEL_PREFIX):], set()).update([str(utt[k])] if str(utt[k]) else [])
             stats["kept"] += 1
             stats["means"].append(utt["mean"])
             stats["stds"].append(utt["std"])
     stats["files"] = [f"{writer.prefix}-{k:05d}.npz" for k in range(writer.n_shards)]
+    stats["labels"] = {name: sorted(values) for name, values in sorted(labels.items())}
     return stats
 
 
@@ -136,16 +142,21 @@ def _encode_jobs(conf: Mapping[str, Any], layout: DataLayout, model: VQVAE, devi
 def _finish_meta(meta: dict[str, Any], conf: Mapping[str, Any], split_of: Mapping[int, str],
                  stats: Mapping[int, Mapping[str, Any]], seconds: float) -> dict[str, Any]:
     """Counts and statistics summed over the shards in their order (so they do not depend on who
-    encoded which), the short-drop warnings, the speed."""
+    encoded which), the label vocabularies (every label name of the corpus, with its train values),
+    the short-drop warnings, the speed."""
     means, stds, audio_seconds = [], [], 0.0
+    labels: dict[str, set[str]] = {}
     for number in sorted(stats):
         split, st = split_of[number], stats[number]
         meta["splits"][split] += st["kept"]
         meta["dropped_short"][split] += st["dropped"]
         audio_seconds += st["seconds"]
+        for name, values in st.get("labels", {}).items():  # parts recorded before labels: none
+            labels.setdefault(name, set()).update(values if split == "train" else ())
         if split == "train":
             means += st["means"]
             stds += st["stds"]
+    meta["labels"] = {name: sorted(values) for name, values in sorted(labels.items())}
     if sum(meta["splits"].values()) == 0:
         raise ValueError(f"encode: no utterance has at least min_steps={conf['min_steps']} steps; lower --min_steps")
     warnings = short_drop_warnings(meta["splits"], meta["dropped_short"], conf["min_steps"], conf["max_short_drop_fraction"],

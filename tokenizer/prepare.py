@@ -20,19 +20,19 @@ import shutil
 import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from tokenizer.audio_io import UnusableAudio, load_audio, to_mono_16k
-from tokenizer.corpora import Skipped, UtteranceSource, list_corpus
+from tokenizer.corpora import Skipped, UtteranceSource, label_names, list_corpus
 from tokenizer.features import MelSettings, bandwidth_summary, log_mel_features
 from tokenizer.layout import DataLayout
 from runtime.files import atomic_write_text
 from tokenizer.parts import PartError, Share, check_indices, check_worker_start, collect, fingerprint, publish, staging
 from tokenizer.records import stage_settings
-from tokenizer.shards import ShardWriter, iter_rows, shard_paths
+from tokenizer.shards import LABEL_PREFIX, ShardWriter, iter_rows, shard_paths
 from tokenizer.split import SPLITS, Placed, assign_splits, disjointness, disjointness_line
 from tokenizer.synth import timbre_of
 
@@ -112,17 +112,21 @@ def _processed(conf: Mapping[str, Any], records: list[UtteranceSource], desc: st
             pool.terminate()
 
 
-def _keep(index: int, res: dict, assignment: Mapping[str, str], writers: Mapping[str, ShardWriter]) -> dict:
-    """Write one processed utterance to its split's shards; returns what the manifest needs of it."""
+def _keep(index: int, res: dict, assignment: Mapping[str, str], writers: Mapping[str, ShardWriter],
+          names: Sequence[str] = ()) -> dict:
+    """Write one processed utterance to its split's shards; returns what the manifest needs of it.
+    Every utterance gets a `label_<name>` for each of the corpus' label `names` ('' where it has none),
+    since every utterance of a shard holds the same arrays."""
     rec = res["rec"]
     if not res["ok"]:
         return {"i": index, "path": _where(rec), "reason": res["reason"]}
     split = assignment[rec.utterance_id]
     f = res["feats"]
+    labels = rec.label_map
     writers[split].add(
         per_step={"mel": f["mel"].astype("float16"), "voice": f["voice"]},
         per_utterance={"utterance_id": rec.utterance_id, "speaker": rec.speaker, "source": _where(rec),
-                       "mean": f["mean"], "std": f["std"]},
+                       "mean": f["mean"], "std": f["std"], **{LABEL_PREFIX + n: labels.get(n, "") for n in names}},
     )
     entry = {"i": index, "path": _where(rec), "split": split, "speaker": rec.speaker, "seconds": res["seconds"],
              "band_bins": int(f["band_bins"]), "notes": list(res["notes"])}
@@ -215,9 +219,10 @@ def prepare(conf: Mapping[str, Any], layout: DataLayout) -> dict:
         shutil.rmtree(layout.mels(split), ignore_errors=True)
     writers = {s: ShardWriter(layout.mels(s), conf["shard_frames"]) for s in SPLITS}
     tally = _Tally(listing_skips)
+    names = label_names(records)
     with _processed(conf, records) as results:
         for i, res in enumerate(results):
-            tally.add(_keep(i, res, assignment, writers))
+            tally.add(_keep(i, res, assignment, writers, names))
     for w in writers.values():
         w.close()
     manifest = tally.manifest(conf, _listing(records, listing_skips, mode), time.time() - started)
@@ -248,9 +253,10 @@ def prepare_part(conf: Mapping[str, Any], layout: DataLayout, share: Share, forc
     entries = []
     with staging(layout, "prepare", share) as folder:
         writers = {s: ShardWriter(folder / "mels" / s, conf["shard_frames"]) for s in SPLITS}
+        names = label_names(records)  # of the whole listing: every part's shards hold the same arrays
         with _processed(conf, [records[i] for i in mine], desc=f"prepare {share.name}") as results:
             for i, res in zip(mine, results):
-                entries.append(_keep(i, res, assignment, writers))
+                entries.append(_keep(i, res, assignment, writers, names))
         for w in writers.values():
             w.close()
         record = {"stage": "prepare", "worker": share.worker, "n_workers": share.n_workers, "made_with": made_with,

@@ -3,7 +3,8 @@
 A shard holds, without pickles:
 - `offsets` int64 [N+1]: utterance i spans rows offsets[i]:offsets[i+1] of every per-step array;
 - per-step arrays concatenated along axis 0 (e.g. `mel` [sum F, 80], `tokens` [sum T, G], `voice` [sum T]);
-- per-utterance arrays of length N (e.g. `utterance_id`, `speaker`, `source` as unicode, `mean`, `std`);
+- per-utterance arrays of length N (e.g. `utterance_id`, `speaker`, `source` as unicode, `mean`, `std`;
+  `label_<name>` unicode: the utterance's conditioning label `name`, '' where it has none);
 - `step_keys` [K] unicode: which arrays are per-step (the rest, but `offsets`, are per-utterance).
 
 Writers stream: they hold at most one shard in memory and write it to a temporary name
@@ -19,7 +20,7 @@ import numpy as np
 from runtime.files import atomic_save_npz
 
 SHARD_GLOB = "shard-*.npz"
-
+LABEL_PREFIX = "label_"  # per-utterance `label_<name>` arrays: conditioning labels, carried stage to stage
 
 
 class ShardWriter:

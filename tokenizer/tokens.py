@@ -1,12 +1,17 @@
 """The token corpus: the one reader and writer of `<data_dir>/tokens/` (the tokenizer's output).
 
-    tokens/meta.json                  codebook size, tokens per step, steps per second, mel statistics
+    tokens/meta.json                  codebook size, tokens per step, steps per second, mel statistics,
+                                      `labels`: {label name: sorted distinct values in the train split}
     tokens/{train,val,test}/shard-*.npz   utterance shards (see shards.py): per step `tokens` [T, G]
                                       int16 and `voice` [T]; per utterance `utterance_id`, `speaker`, `source`
+                                      and `label_<name>` (a conditioning label; '' where the utterance has none)
 
 The env, the learner, the evaluator, the benchmarks and the tests read it through here, so
 the format has one owner: `TokenSpec` says what a step is, `TokenSplit` indexes one split
-lazily (a few bytes per utterance) and reads validated utterances from their shards.
+lazily (a few bytes per utterance) and reads validated utterances from their shards;
+`condition_vocabulary` says what a model conditioned on some labels can be told. A corpus
+prepared before labels were kept has no `label_*` arrays and no meta `labels`: it reads as a
+corpus without labels.
 """
 from __future__ import annotations
 
@@ -14,13 +19,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from runtime.files import atomic_write_text
 from tokenizer.layout import DataLayout
-from tokenizer.shards import shard_paths
+from tokenizer.shards import LABEL_PREFIX, shard_paths
 from tokenizer.split import SPLITS
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,10 @@ class MissingTokensError(FileNotFoundError):
 
 class ShardError(ValueError):
     """A token shard that cannot be used; the message names the file and the reason."""
+
+
+class ConditionError(ValueError):
+    """Conditioning on a label the corpus does not have; one line naming the data folder and the label."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +115,15 @@ class TokenSplit:
         self.spec = spec
         self.skipped_shards: dict[str, str] = {}  # shard path -> why it is not used
         shards, shard_of, row_of, ids, speakers, lengths = [], [], [], [], [], []
+        labels: list[dict[str, np.ndarray]] = []  # per shard: label name -> per-utterance values
         for path in shard_paths(self.folder) if self.folder.is_dir() else []:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     offsets, uids = z["offsets"], z["utterance_id"]
                     spk = z["speaker"] if "speaker" in z.files else np.full(len(uids), "")
+                    lab = {k[len(LABEL_PREFIX):]: z[k].astype(str) for k in z.files if k.startswith(LABEL_PREFIX)}
+                if any(v.shape != uids.shape for v in lab.values()):
+                    raise ValueError(f"label arrays {sorted(lab)} do not hold one value per utterance")
                 if len(offsets) != len(uids) + 1:
                     raise ValueError(f"{len(offsets)} offsets for {len(uids)} utterances")
             except Exception as e:
@@ -121,11 +134,16 @@ class TokenSplit:
             ids.append(uids.astype(str))
             speakers.append(spk.astype(str))
             lengths.append(np.diff(offsets).astype(np.int64))
+            labels.append(lab)
             shards.append(path)
         cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
         self.shards: list[Path] = shards
         self.shard_of, self.row_of = cat(shard_of, np.int32), cat(row_of, np.int32)
         self.ids, self.speakers, self.lengths = cat(ids, str), cat(speakers, str), cat(lengths, np.int64)
+        # label name -> per-utterance value ('' where none), like `speakers`
+        self.labels: dict[str, np.ndarray] = {
+            name: cat([lab.get(name, np.full(len(u), "")) for lab, u in zip(labels, ids)], str)
+            for name in sorted({n for lab in labels for n in lab})}
         self._cache_no, self._cache = -1, None
         if not len(self.ids):
             bad = (f" ({len(self.skipped_shards)} unreadable: {'; '.join(self.skipped_shards.values())})"
@@ -168,7 +186,8 @@ class TokenSplit:
         return data
 
     def utterance(self, u: int, keys: tuple[str, ...] = ("tokens", "voice")) -> dict:
-        """Utterance number `u` of the index: its per-step arrays (tokens as int64) and its id."""
+        """Utterance number `u` of the index: its per-step arrays (tokens as int64), its id, speaker and
+        `labels` {name: value} (the non-empty ones)."""
         data = self.load_shard(int(self.shard_of[u]), keys)
         i = int(self.row_of[u])
         a, b = int(data["offsets"][i]), int(data["offsets"][i + 1])
@@ -177,6 +196,7 @@ class TokenSplit:
             out["tokens"] = out["tokens"].astype(np.int64)
         out["utterance_id"] = str(self.ids[u])
         out["speaker"] = str(self.speakers[u])
+        out["labels"] = {name: str(v[u]) for name, v in self.labels.items() if str(v[u])}
         return out
 
     def find(self, utterance_id: str) -> int:
@@ -194,3 +214,26 @@ class TokenSplit:
                 yield self.utterance(u)
             except ShardError as e:
                 self.skip_shard(self.shards[int(self.shard_of[u])], e)
+
+
+def condition_vocabulary(layout: DataLayout, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(name, the train split's values from meta.json) for each requested label, in order: what a model
+    conditioned on `names` can be told (any other value, e.g. a test-only voice, is "none").
+    ConditionError, one line, when the corpus lacks a label; with no names nothing is read."""
+    if not names:
+        return []
+    if not layout.token_meta.is_file():
+        raise ConditionError(f"condition {list(names)}: no {layout.token_meta} in data_dir {layout.data_dir_arg}: "
+                             f"create the tokens with `{MAKE_TOKENS_COMMAND.format(data_dir=layout.data_dir_arg)}`")
+    known = read_token_meta(layout).get("labels") or {}
+    for name in names:
+        if name in known:
+            continue
+        if not known:
+            raise ConditionError(
+                f"condition: data_dir {layout.data_dir_arg} has no labels, so label '{name}' is unknown: the corpus "
+                f"was prepared before labels were kept; remove its mels/ and tokens/ folders or use a new "
+                f"--data_dir and run the tokenizer again")
+        raise ConditionError(f"condition: data_dir {layout.data_dir_arg} has no label '{name}'; its labels: "
+                             f"{', '.join(sorted(known))}")
+    return [(name, [str(v) for v in known[name]]) for name in names]

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydreamer.dreams.alignment import alignment_metrics
 from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary,
                                      perceptual_scores, rhythm_of_completions)
 from pydreamer.dreams.results import ALPHAS, DreamResults
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the run's dream_griffin_lim_iters)")
     p.add_argument("--perceptual", action=argparse.BooleanOptionalAction,
                    help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip (the run's dream_perceptual)")
+    p.add_argument("--condition", action="append", default=[], metavar="LABEL[=VALUE]",
+                   help="a conditioned run: LABEL=VALUE dreams every dream on that value (repeat for more labels); "
+                        "LABEL alone dreams from nothing on each of its values, a row each, scored by a classifier of "
+                        "the label (default: every label the run is conditioned on, alone)")
+    p.add_argument("--grid_dreams", type=int, help="dreams from nothing per value of a LABEL row (default: "
+                   "--unconditional, at most 64 over all the label's values, at least 2)")
     p.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     p.add_argument("--no_log", action="store_true", help="write --out only; log nothing into the run")
     return p
@@ -129,6 +136,34 @@ def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float,
         except (UnusableAudio, ValueError) as e:
             raise RunError(f"prompt {path}: {str(e).removeprefix(Path(path).name + ': ')}") from None
     return clips
+
+
+def parse_conditions(given: list[str], wm) -> tuple[dict[str, str], list[str]]:
+    """`--condition` options -> (label -> value every dream is conditioned on, labels dreamt a row per value);
+    a RunError (exit 2) listing the known labels or values for one the model was not trained with. Without any,
+    a conditioned model dreams a row per value of each of its labels."""
+    from pydreamer.models.conditioning import UnknownCondition
+
+    known = dict(wm.conditioning.vocabulary) if wm.conditioning is not None else {}
+    if not given:
+        return {}, list(known)
+    if not known:
+        raise RunError(f"--condition: this {wm.kind} run was trained without conditioning (its config's "
+                       "`condition` is empty); train one with --condition LABEL")
+    fixed, rows = {}, []
+    for item in given:
+        label, _, value = item.partition("=")
+        try:
+            wm.conditioning.ids({label: value} if value else {})
+            if label not in known:
+                raise UnknownCondition(f"the model is not conditioned on '{label}'; its labels: {', '.join(known)}")
+        except UnknownCondition as e:
+            raise RunError(f"--condition {item}: {e}") from None
+        if value:
+            fixed[label] = value
+        else:
+            rows.append(label)
+    return fixed, [r for r in rows if r not in fixed]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +243,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         from pydreamer.dreams.audio import MelStepCodec
 
         codec = MelStepCodec.of(codec, meta["mel_mean"], meta["mel_std"])
+    args.fixed, args.rows = parse_conditions(args.condition, model.wm)
     args.imagination = model.wm.imagine_by(args.imagination)  # what it will do (the Transformer has one way only)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds, conf["vad_db"])
@@ -235,19 +271,48 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
                        f"test completions or acoustic table")
     for c in prompts:
         r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
-    r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
-    vad_db = setup.conf["vad_db"]  # prompts start at their first voiced step, as the corpus' voice activity says
-    r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
-                           for name, db in real[:args.warm]])
-    user = prompts[:len(args.prompt)]
-    test = [codec.encode_prompt(name, db, args.prompt_seconds, vad_db=vad_db) for name, db in real[:args.test_prompts]] \
-        if not args.prompt else []
-    r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
-    pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
-    r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
+    with setup.model.wm.conditioned(args.fixed):  # every dream below on the values given (none given: as trained)
+        r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
+        vad_db = setup.conf["vad_db"]  # prompts start at their first voiced step, as the corpus' voice activity says
+        r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
+                               for name, db in real[:args.warm]])
+        user = prompts[:len(args.prompt)]
+        test = [codec.encode_prompt(name, db, args.prompt_seconds, vad_db=vad_db)
+                for name, db in real[:args.test_prompts]] if not args.prompt else []
+        r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
+        pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
+        r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
+        for label in args.rows:  # a row of dreams from nothing per value of the label
+            values = dict(setup.model.wm.conditioning.vocabulary)[label]
+            n = args.grid_dreams or max(2, min(args.unconditional, 64 // len(values)))
+            for value in values:
+                with setup.model.wm.conditioned({**args.fixed, label: value}):
+                    r.conditioned[f"{label}={value}"] = dreamer.unconditional(n)
     measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
+    r.alignment = score_alignment(args, layout, r, setup.model.wm)
+    r.metrics.update(alignment_metrics(r.alignment))
     r.seconds = time.time() - t_start
     return r
+
+
+def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm) -> dict:
+    """Per conditioned label, a classifier fitted on real train clips names each conditioned dream's value: the
+    rows of a LABEL (each value's dreams), or a LABEL=VALUE's dreams from nothing. {} when the corpus' clips
+    carry no such labels (a note says so)."""
+    from pydreamer.dreams.alignment import LabelClassifier, alignment
+
+    out = {}
+    for label in [*args.rows, *[f for f in args.fixed if f not in args.rows]]:
+        dreams = ({k.split("=", 1)[1]: [d.db for d in ds] for k, ds in r.conditioned.items()
+                   if k.split("=", 1)[0] == label} if label in args.rows
+                  else {args.fixed[label]: [d.db for d in r.uncond]})
+        try:
+            classifier = LabelClassifier.fit(layout, label, dict(wm.conditioning.vocabulary)[label], seed=args.seed)
+        except (ValueError, OSError) as e:
+            r.notes.append(f"no alignment score for {label}: {e}")
+            continue
+        out[label] = alignment(classifier, dreams)
+    return out
 
 
 def _kind_of(data_dir):

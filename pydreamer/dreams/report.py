@@ -273,17 +273,18 @@ def completion_png(path: Path, title: str, true_db: np.ndarray, dreams: Sequence
     _save(fig, path)
 
 
-def grid_png(path: Path, title: str, dbs: Sequence[np.ndarray], fps: float, cols: int = 2) -> None:
-    """Dreams side by side in a grid, one colour scale."""
+def grid_png(path: Path, title: str, dbs: Sequence[np.ndarray | None], fps: float, cols: int = 2,
+             titles: Sequence[str] | None = None) -> None:
+    """Dreams side by side in a grid, one colour scale (a None leaves its panel empty)."""
     plt = _plt()
     rows = -(-len(dbs) // cols)
-    vmin, vmax = _scale(dbs)
+    vmin, vmax = _scale([db for db in dbs if db is not None])
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 1.9 * rows + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
-        if i >= len(dbs):
+        if i >= len(dbs) or dbs[i] is None:
             ax.axis("off")
             continue
-        im = _panel(ax, dbs[i], fps, vmin, vmax, f"dream {i}")
+        im = _panel(ax, dbs[i], fps, vmin, vmax, titles[i] if titles else f"dream {i}")
         ax.set_xlabel("seconds", fontsize=8)
     fig.suptitle(title)
     fig.colorbar(im, ax=axes.ravel().tolist(), pad=0.01, label="dB")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pydreamer.dreams.alignment import alignment_markdown
 from pydreamer.dreams.acoustics import MetricComparison, comparison_markdown, write_comparison_csv
 from pydreamer.dreams.audio import Completion, Dream, Timer
 from pydreamer.dreams.page import listening_page
@@ -35,6 +36,8 @@ class DreamResults:
     warm: list[Dream] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     mix: list[Dream] = field(default_factory=list)
+    conditioned: dict[str, list[Dream]] = field(default_factory=dict)  # "label=value" -> dreams from nothing on it
+    alignment: dict[str, dict] = field(default_factory=dict)  # label -> how a classifier hears them (alignment.py)
     tables: dict[str, list[MetricComparison]] = field(default_factory=dict)
     per_clip: dict = field(default_factory=dict)
     silent: dict[str, float] = field(default_factory=dict)  # per group, the fraction of clips with no speech
@@ -97,6 +100,16 @@ class DreamResults:
                            f"{a.seconds:g} s dreamt (T={a.temperature:g}, {a.imagination} imagination)", c.true_db, [d.db for d in c.dreams],
                            c.dreams[0].prompt_s, fps)
             files.append(f"{folder}.png")
+        for label in dict.fromkeys(k.split("=", 1)[0] for k in self.conditioned):  # a picture per label, a row per value
+            rows = {k.split("=", 1)[1]: ds for k, ds in self.conditioned.items() if k.split("=", 1)[0] == label}
+            for value, ds in rows.items():
+                for d in ds:
+                    wav(f"conditioned/{label}-{_slug(value)}/{d.name}.wav", d.wave)
+            cols = min(4, max(len(ds) for ds in rows.values()))
+            grid_png(stage / f"conditioned_{label}.png", f"{kind}: dreams from nothing conditioned on {label}, a row "
+                     "per value", [ds[i].db if i < len(ds) else None for ds in rows.values() for i in range(cols)], fps,
+                     cols=cols, titles=[f"{label} {v} #{i}" for v in rows for i in range(cols)])
+            files.append(f"conditioned_{label}.png")
         if self.mix:
             wav("interpolation.wav", np.concatenate([d.wave for d in self.mix]))
             strip_png(stage / "interpolation.png", f"{kind}: dreams from mixtures of two prompts' states",
@@ -116,6 +129,8 @@ class DreamResults:
         arrays["completion_names"] = np.array([c.clip.name for c in self.completions], dtype=str)
         if self.mix:
             arrays["interpolation"] = np.stack([d.tokens for d in self.mix])
+        for key, ds in self.conditioned.items():
+            arrays[f"conditioned_{key}"] = np.stack([d.tokens for d in ds])
         return arrays
 
     def ends(self) -> dict[str, dict[str, float]]:
@@ -154,6 +169,9 @@ class DreamResults:
                   f"(test prompts are completed only without --prompt; had {self.n_tested}).\n")
         md.append(rhythm_markdown(self.rhythm))
         md.append(perceptual_markdown(self.perceptual, self.vocoder))
+        if getattr(a, "fixed", None):
+            md.append("Every dream above is conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + ".\n")
+        md.append(alignment_markdown(self.alignment))
         if not self.mix:
             md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
         md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "
@@ -176,6 +194,7 @@ class DreamResults:
             "per_clip": self.per_clip, "silent_fraction": self.silent, "ends": self.ends(), "rhythm": self.rhythm,
             "perceptual": self.perceptual,
             "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
+            "conditioned": {k: len(ds) for k, ds in self.conditioned.items()}, "alignment": self.alignment,
             "files": files,
         }
 

@@ -89,7 +89,8 @@ def evaluate_episodes(model: Dreamer, episodes: list[dict], conf: Mapping[str, A
         m = torch.from_numpy(mask).to(device)
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with ctx:
-            scored = model.wm.eval_sums(batch, m, model.eval_samples)
+            # unconditioned, as `evaluate` scores
+            scored = model.wm.eval_sums(model.wm.conditioned_batch(batch, labels=False), m, model.eval_samples)
             value = model.ac.critic(scored.features).float() if model.ac is not None else None
         for name, (total, count) in scored.sums.items():
             acc = sums.setdefault(name, [0.0, 0.0])

@@ -15,6 +15,7 @@ import torch
 from pydreamer.learner.eval_metrics import evaluate_episodes
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import args_differ, build_model, load_checkpoint, restore, save_checkpoint
+from pydreamer.models.conditioning import Vocabulary
 from pydreamer.replay_layout import CHECKPOINTS, checkpoint_path
 from runtime import distributed
 from runtime.distributed import SINGLE, Ranks
@@ -45,14 +46,14 @@ class Learner:
     """Owns the model, its optimizers, the step counter and the carried recurrent states."""
 
     def __init__(self, conf: Mapping[str, Any], replay_dir: Path | str, dims: Mapping[str, int],
-                 device: torch.device | str = "cpu", ranks: Ranks = SINGLE):
+                 device: torch.device | str = "cpu", ranks: Ranks = SINGLE, conditions: Vocabulary = ()):
         self.conf = conf
         self.replay_dir = store_path(replay_dir)  # a folder, or s3://bucket/prefix
         self.device = torch.device(device)
         self.ranks = ranks  # this process among the learner ranks (one, unless started by torchrun)
         self.amp = bool(conf["amp"]) and self.device.type == "cuda"
         torch.manual_seed(conf["seed"])  # the same initial weights on every rank
-        self.model = Dreamer(conf, **dims).to(self.device)
+        self.model = Dreamer(conf, **dims, conditions=conditions).to(self.device)
         if ranks.rank:  # ... and each rank its own random draws (latents, imagination starts, dropout)
             torch.manual_seed(conf["seed"] * 100_003 + ranks.rank)
         self.optimizers = self.model.make_optimizers(conf)

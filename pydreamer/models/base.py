@@ -15,12 +15,14 @@ A new world model is one module here and one line in `WORLD_MODELS` (dreamer.py)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .conditioning import Conditioning, UnknownCondition, Vocabulary
 from .functions import LN2
 
 # `latent` (DreamerV2): the prior draws each next latent state, tokens are read off it and never fed back;
@@ -53,11 +55,16 @@ class WorldModel(nn.Module, ABC):
     imaginations: ClassVar[tuple[str, ...]] = ("tokens",)
     imagination: str = "tokens"
 
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
         super().__init__()
         self.n_tokens = int(n_tokens)
         self.tokens_per_step = int(tokens_per_step)
         self.action_dim = int(action_dim)
+        self.conditioning = Conditioning(conditions, conf["condition_dim"], conf["condition_dropout"]) \
+            if conditions else None
+        # What the model reads between two steps: the action, then the condition's embedding (conditioning.py).
+        self.action_input_dim = self.action_dim + (self.conditioning.dim if self.conditioning is not None else 0)
 
     # ---- shared plumbing ------------------------------------------------------------------
     def check_tokens(self, tokens: torch.Tensor) -> None:
@@ -69,18 +76,59 @@ class WorldModel(nn.Module, ABC):
 
     def null_action(self, n: int, device: torch.device | str, first: bool = False) -> torch.Tensor:
         """The action leading to a step of the audio env's episodes: the null action (index 0), or zeros
-        before an episode's first step (no action led to it). The one place it is built."""
+        before an episode's first step (no action led to it), with the fixed condition. The one place it is built."""
         a = torch.zeros(n, self.action_dim, device=device)
         if not first:
             a[:, 0] = 1.0
-        return a
+        return self.with_condition(a)
 
     def episode_actions(self, n_steps: int, device: torch.device | str) -> torch.Tensor:
         """The actions [T, 1, A] of one utterance replayed as an episode: none before its first step, the null
-        action before every later one (what the replay store holds, so what training saw)."""
+        action before every later one (what the replay store holds, so what training saw), with the fixed condition."""
         action = torch.zeros(n_steps, 1, self.action_dim, device=device)
         action[1:, :, 0] = 1.0
-        return action
+        return self.with_condition(action)
+
+    # ---- conditioning (conditioning.py) -------------------------------------------------
+    def with_condition(self, action: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The action [..., A] with the condition's embedding appended ([..., A + condition_dim]): of `ids`
+        [..., C] where given, else of the fixed condition (none, or what `conditioned` set). Unconditioned
+        models: the action as it is."""
+        if self.conditioning is None or action.shape[-1] == self.action_input_dim:
+            return action
+        if ids is None:
+            ids = self.conditioning.fixed.expand(*action.shape[:-1], -1)
+        return torch.cat([action, self.conditioning.embed(ids).to(action.dtype)], -1)
+
+    def conditioned_batch(self, batch: Mapping[str, torch.Tensor], labels: bool = True) -> Mapping[str, torch.Tensor]:
+        """A training or eval batch whose `action` carries each step's condition: the batch's label ids with
+        `condition_dropout` while training (`labels`), else none. Unconditioned models: the batch as it is."""
+        if self.conditioning is None:
+            return batch
+        ids = batch.get("condition") if labels else None
+        if ids is not None and self.training:
+            ids = self.conditioning.drop(ids)
+        if ids is None:
+            ids = torch.zeros(*batch["action"].shape[:-1], len(self.conditioning.names), dtype=torch.long,
+                              device=batch["action"].device)
+        return {**batch, "action": self.with_condition(batch["action"], ids)}
+
+    @contextmanager
+    def conditioned(self, values: Mapping[str, str] | None):
+        """Forecast and imagine conditioned on label `values` (name -> value; None or {}: none) inside the block.
+        An unknown label or value raises UnknownCondition listing the known ones."""
+        if not values:
+            yield self
+            return
+        if self.conditioning is None:
+            raise UnknownCondition(f"this {self.kind} model was trained without conditioning; "
+                                   f"it cannot dream a given {', '.join(values)}")
+        before = self.conditioning.fixed.clone()
+        self.conditioning.fixed.copy_(self.conditioning.ids(values))
+        try:
+            yield self
+        finally:
+            self.conditioning.fixed.copy_(before)
 
     @property
     def device(self) -> torch.device:

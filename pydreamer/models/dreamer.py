@@ -17,6 +17,7 @@ from torch.profiler import record_function
 
 from .actor_critic import ActorCritic
 from .base import WorldModel
+from .conditioning import Vocabulary
 from .functions import map_state
 from .maskgit import MaskGITWorldModel
 from .mel_world_model import MelRSSMWorldModel
@@ -34,15 +35,23 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Dreamer(nn.Module):
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
         super().__init__()
         self.dims = {"n_tokens": int(n_tokens), "tokens_per_step": int(tokens_per_step), "action_dim": int(action_dim)}
         if conf["world_model"] not in WORLD_MODELS:
             raise ValueError(f"world_model must be one of {', '.join(WORLD_MODELS)}, not {conf['world_model']!r}")
-        self.wm: WorldModel = WORLD_MODELS[conf["world_model"]](conf, n_tokens, tokens_per_step, action_dim)
+        # The labels and their values it is conditioned on (the train split's, from tokens/meta.json): part of
+        # what a checkpoint rebuilds, so a dream's `--condition language=es` means what it meant in training.
+        self.conditions = [(str(n), [str(v) for v in vs]) for n, vs in conditions]
+        conditioned = {"conditions": self.conditions} if self.conditions else {}  # a model that has none need not take it
+        self.wm: WorldModel = WORLD_MODELS[conf["world_model"]](conf, n_tokens, tokens_per_step, action_dim,
+                                                                **conditioned)
         self.ac = ActorCritic(conf, self.wm.latent_dim, action_dim) if self.wm.has_latent else None
         # What a checkpoint carries to rebuild this very model (nanoGPT's model_args): see model_args().
-        self.arch = {k: conf[k] for k in self.wm.arch_keys + (ACTOR_CRITIC_KEYS if self.ac is not None else ())}
+        keys = self.wm.arch_keys + (ACTOR_CRITIC_KEYS if self.ac is not None else ()) + (
+            ("condition_dim",) if self.conditions else ())
+        self.arch = {k: conf[k] for k in keys}
         self.grad_clip = conf["grad_clip"]
         self.target_interval = conf["target_interval"]
         self.eval_samples = conf["eval_samples"]
@@ -60,7 +69,8 @@ class Dreamer(nn.Module):
 
     def model_args(self) -> dict:
         """The world model's kind, dimensions and architecture keys: all it takes to build it again."""
-        return {"world_model": self.wm.kind, **self.dims, "conf": dict(self.arch)}
+        conditioned = {"conditions": [[n, list(vs)] for n, vs in self.conditions]} if self.conditions else {}
+        return {"world_model": self.wm.kind, **self.dims, **conditioned, "conf": dict(self.arch)}
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu"):
         return self.wm.initial_state(batch_size, device)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conditioning import Vocabulary
 from .base import EvalSums, logit_bits_and_hits
 from .functions import LN2, sample_index
 from .transformer import TransformerOutput, TransformerState, TransformerWorldModel
@@ -106,8 +107,9 @@ class MaskGITWorldModel(TransformerWorldModel):
     fair_samples = 8
     arch_keys = TransformerWorldModel.arch_keys + ("maskgit_block", "maskgit_layers", "maskgit_iterations")
 
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim, conditions)
         self.block_steps = int(conf["maskgit_block"])
         self.iterations = int(conf["maskgit_iterations"])
         self.starts = int(conf["maskgit_starts"])

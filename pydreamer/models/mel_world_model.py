@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conditioning import Vocabulary
 from .base import EvalSums, WorldModel, seeded
 from .decoders import ScalarHead
 from .functions import categorical_kl, mlp, symexp, symlog
@@ -74,8 +75,9 @@ class MelRSSMWorldModel(RSSMLatent, WorldModel):
     imaginations = ("latent",)
     imagination = "latent"
 
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim, conditions)
         self.mel_dim = int(conf["time_downsample"]) * int(conf["n_mels"])
         self.kl_balance, self.kl_weight, self.free_nats = conf["kl_balance"], conf["kl_weight"], conf["free_nats"]
         self.reward_weight, self.terminal_weight = conf["reward_weight"], conf["terminal_weight"]
@@ -83,7 +85,7 @@ class MelRSSMWorldModel(RSSMLatent, WorldModel):
         self.overshoot_starts = conf["overshoot_starts"]
         hidden = conf["hidden_dim"]
         self.encoder = mlp(self.mel_dim, hidden, conf["embed_dim"], layers=2)
-        self.rssm = RSSM(conf["embed_dim"], action_dim, conf["deter_dim"], conf["stoch_dim"], conf["stoch_discrete"],
+        self.rssm = RSSM(conf["embed_dim"], self.action_input_dim, conf["deter_dim"], conf["stoch_dim"], conf["stoch_discrete"],
                          hidden, unimix=conf["unimix"])
         feat = self.rssm.feature_dim
         self.decoder = GaussianHead(feat, hidden, self.mel_dim)
@@ -105,6 +107,7 @@ class MelRSSMWorldModel(RSSMLatent, WorldModel):
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> MelOutput:
+        batch = self.conditioned_batch(batch)
         x = batch["mel"].float()
         embed = self.encoder(symlog(x))
         states, post, prior, last = self.rssm.observe(embed, batch["action"], batch["reset"].bool(), state)
@@ -253,4 +256,4 @@ class MelRSSMWorldModel(RSSMLatent, WorldModel):
         """The posterior after one more observed step (log-mel [B, D])."""
         reset = torch.zeros(1, steps.shape[0], dtype=torch.bool, device=steps.device)
         embed = self.encoder(symlog(steps.float().unsqueeze(0)))
-        return self.rssm.observe(embed, action.unsqueeze(0), reset, state)[3]
+        return self.rssm.observe(embed, self.with_condition(action).unsqueeze(0), reset, state)[3]

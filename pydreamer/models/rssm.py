@@ -139,7 +139,7 @@ class RSSMLatent:
         return self.rssm.feature_dim
 
     def imagine_latent(self, state: State, action: torch.Tensor) -> State:
-        return self.rssm.imagine_step(state, action)[0]
+        return self.rssm.imagine_step(state, self.with_condition(action))[0]
 
     def latent_features(self, state: State) -> torch.Tensor:
         return RSSM.features(state)

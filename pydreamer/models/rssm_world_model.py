@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from .conditioning import Vocabulary
 from .base import IMAGINATIONS, EvalSums, WorldModel, bits_and_hits, seeded
 from .contrastive import ContrastiveHead
 from .decoders import ScalarHead, TokenDecoder
@@ -45,8 +46,9 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
     imaginations = IMAGINATIONS
     imagination = "latent"
 
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim, conditions)
         self.kl_balance = conf["kl_balance"]
         self.kl_weight = conf["kl_weight"]
         self.free_nats = conf["free_nats"]
@@ -56,7 +58,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         self.encoder = TokenEncoder.from_conf(conf, n_tokens, tokens_per_step)
         self.rssm = RSSM(
             self.encoder.out_dim,
-            action_dim,
+            self.action_input_dim,
             deter_dim=conf["deter_dim"],
             stoch_dim=conf["stoch_dim"],
             stoch_discrete=conf["stoch_discrete"],
@@ -83,6 +85,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         self.terminal_head = ScalarHead(feat, hidden)
 
     def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> WorldModelOutput:
+        batch = self.conditioned_batch(batch)
         tokens = batch["tokens"]
         self.check_tokens(tokens)
         embed = self.encoder(tokens)
@@ -270,7 +273,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
                 n = s.deter.shape[0] // samples
                 steps = []
                 for _ in range(horizon):
-                    action = null.expand(s.deter.shape[0], self.action_dim)
+                    action = null.expand(s.deter.shape[0], -1)
                     if self.imagination == "tokens":
                         s, p, _ = self._token_step(s, action)
                     else:
@@ -350,7 +353,8 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         """The posterior after one more observed step (tokens [B, G], the action [B, A] that led to it): how
         an agent acting in the env keeps its latent up to date."""
         reset = torch.zeros(1, tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        return self.rssm.observe(self.encoder(tokens.unsqueeze(0)), action.unsqueeze(0), reset, state)[3]
+        return self.rssm.observe(self.encoder(tokens.unsqueeze(0)), self.with_condition(action).unsqueeze(0), reset,
+                                 state)[3]
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from .attention import KVCache, attend, blocked, repeat, ring_sinusoids
+from .conditioning import Vocabulary
 from .base import EvalSums, WorldModel, logit_bits_and_hits
 from .decoders import ScalarHead, TokenDecoder
 from .encoders import TokenEncoder
@@ -62,8 +63,9 @@ class TransformerWorldModel(WorldModel):
     arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "context_steps", "transformer_dim", "transformer_heads",
                  "transformer_layers", "transformer_dropout")
 
-    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int):
-        super().__init__(conf, n_tokens, tokens_per_step, action_dim)
+    def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
+                 conditions: Vocabulary = ()):
+        super().__init__(conf, n_tokens, tokens_per_step, action_dim, conditions)
         self.context_steps = conf["context_steps"]
         self.reward_weight = conf["reward_weight"]
         dim, heads = conf["transformer_dim"], conf["transformer_heads"]
@@ -97,8 +99,8 @@ class TransformerWorldModel(WorldModel):
         # The output feature of an empty context: how an episode's first step is forecast.
         self.start = nn.Parameter(torch.randn(dim) * 0.02)
         # Heads read a step's feature plus the action that leads to the next step.
-        self.token_head = mlp(dim + self.action_dim, hidden, self.n_tokens * self.tokens_per_step, layers=2)
-        self.reward_head = ScalarHead(dim + self.action_dim, hidden)
+        self.token_head = mlp(dim + self.action_input_dim, hidden, self.n_tokens * self.tokens_per_step, layers=2)
+        self.reward_head = ScalarHead(dim + self.action_input_dim, hidden)
 
     # ---- state ---------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> TransformerState:
@@ -135,6 +137,7 @@ class TransformerWorldModel(WorldModel):
     # ---- training ------------------------------------------------------------------------
     def predict(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerPrediction:
         """Forecast every step of a time-major chunk from the steps before it (carried window included)."""
+        batch = self.conditioned_batch(batch)
         tokens = batch["tokens"]
         self.check_tokens(tokens)
         reset = batch["reset"].bool()

@@ -1,0 +1,124 @@
+"""Conditioned world models: label embeddings through the action path, label dropout, checkpoints, alignment."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pydreamer.dreams.alignment import LabelClassifier, alignment, alignment_metrics, clip_features
+from pydreamer.models import Dreamer
+from pydreamer.models.checkpoint import build_model, load_checkpoint, restore, save_checkpoint
+from pydreamer.models.conditioning import Conditioning, UnknownCondition
+from runtime.config import ConfigError, load_config
+from tokenizer.layout import DataLayout
+from tokenizer.shards import ShardWriter
+
+VOCAB = [("language", ["de", "en"]), ("voice", ["a", "b", "c"])]
+
+
+def test_ids_embeddings_and_unknown_values():
+    c = Conditioning(VOCAB, 8, 0.0)
+    assert c.ids({"language": "en"}).tolist() == [2, 0]  # a label not given is none (0)
+    assert c.ids({"voice": "c", "language": "de"}).tolist() == [1, 3]
+    assert c.embed(torch.zeros(5, 3, 2, dtype=torch.long)).shape == (5, 3, 8)
+    with pytest.raises(UnknownCondition, match="unknown language 'fr'; the model knows de, en"):
+        c.ids({"language": "fr"})
+    with pytest.raises(UnknownCondition, match="not conditioned on 'kind'; its labels: language, voice"):
+        c.ids({"kind": "counting"})
+
+
+def test_label_dropout_drops_whole_sequences_at_its_rate():
+    c = Conditioning(VOCAB, 4, 0.25)
+    ids = torch.ones(6, 4000, 2, dtype=torch.long)
+    dropped = c.drop(ids, torch.Generator().manual_seed(0))
+    assert (dropped == dropped[0]).all()  # the same over the chunk
+    assert abs((dropped[0] == 0).float().mean().item() - 0.25) < 0.03
+
+
+def _batch(T: int, B: int, language: torch.Tensor) -> dict:
+    """Each lane repeats one token: 1 for language 1 (de), 2 for language 2 (en)."""
+    tokens = language.view(1, B, 1).expand(T, B, 2).clone()
+    action = torch.zeros(T, B, 1)
+    action[1:, :, 0] = 1
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[0] = True
+    return {"tokens": tokens, "action": action, "reward": torch.zeros(T, B), "terminal": torch.zeros(T, B),
+            "reset": reset, "condition": torch.stack([language, torch.zeros_like(language)], -1).expand(T, B, 2)}
+
+
+@pytest.mark.parametrize("world_model", ["rssm", "transformer"])
+def test_a_conditioned_model_dreams_its_condition_and_dropout_leaves_an_unconditioned_one(world_model):
+    """Language decides the tokens. After training with label dropout the first dreamt step follows the condition
+    given, and the unconditioned model (none) draws both."""
+    torch.manual_seed(0)
+    conf = load_config(["defaults", "tiny"], ["--world_model", world_model, "--context_steps", "16",
+                                              "--condition", "language,voice", "--condition_dropout", "0.3",
+                                              "--adam_lr", "3e-3"])
+    model = Dreamer(conf, 4, 2, 1, conditions=VOCAB)
+    opts = model.make_optimizers(conf)
+    losses = []
+    for step in range(1, 121):
+        language = torch.randint(1, 3, (16,))
+        _, metrics = model.training_step(_batch(6, 16, language), model.initial_state(16), opts, step)
+        losses.append(metrics.get("loss_model", metrics.get("loss_tokens")))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    model.eval()
+    for value, token in (("de", 1), ("en", 2)):
+        with model.wm.conditioned({"language": value}):
+            first = model.wm.imagine(model.wm.as_tokens(None), 1, 64, seed=1)[:, 0]
+        assert (first == token).float().mean() > 0.8, value
+    free = model.wm.imagine(model.wm.as_tokens(None), 1, 64, seed=1)[:, 0]
+    assert 0.15 < (free == 1).float().mean() < 0.85  # none: both languages' tokens
+
+
+def test_a_checkpoint_rebuilds_the_conditioned_model_with_its_vocabulary(tmp_path):
+    conf = load_config(["defaults", "tiny"], ["--condition", "language,voice"])
+    model = Dreamer(conf, 8, 2, 1, conditions=VOCAB)
+    save_checkpoint(tmp_path / "c.pt", model, None, 3)
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    again = build_model(ckpt, load_config(["defaults", "tiny"]))  # today's config need not say it
+    assert restore(ckpt, again) == 3 and again.conditions == VOCAB
+    assert again.wm.conditioning.ids({"voice": "b"}).tolist() == [0, 2]
+    plain = Dreamer(load_config(["defaults", "tiny"]), 8, 2, 1)
+    with pytest.raises(ValueError, match="conditions"):
+        restore(ckpt, plain)
+    with pytest.raises(UnknownCondition, match="trained without conditioning"):
+        with plain.wm.conditioned({"language": "de"}):
+            pass
+
+
+def test_the_masked_decoder_refuses_a_condition_at_load():
+    with pytest.raises(ConfigError, match="'condition'.*not conditioned yet"):
+        load_config(["defaults", "tiny", "maskgit"], ["--condition", "language"])
+    with pytest.raises(ConfigError, match="'condition'"):
+        load_config(["defaults", "tiny"], ["--condition", "Language"])
+
+
+def _clip(kind: int, seed: int) -> np.ndarray:
+    """A log-mel [120, 80] whose energy sits low (kind 0) or high (kind 1) in the bands."""
+    rng = np.random.default_rng(seed)
+    bands = np.arange(80)
+    shape = -((bands - (20 if kind == 0 else 60)) / 10.0) ** 2
+    return (shape[None, :] + rng.normal(0, 3, (120, 80)) - 40).astype(np.float32)
+
+
+def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_otherwise(tmp_path):
+    layout = DataLayout.of(tmp_path)
+    with ShardWriter(layout.mels("train")) as w:
+        for i in range(40):
+            db = _clip(i % 2, i)
+            mean, std = float(db.mean()), float(db.std())
+            w.add(per_step={"mel": ((db - mean) / std).astype("float16")},
+                  per_utterance={"utterance_id": f"u{i}", "mean": mean, "std": std,
+                                 "label_language": ("de", "en")[i % 2]})
+    clf = LabelClassifier.fit(layout, "language", ["de", "en"])
+    assert clf.real_accuracy == 1.0 and clf.n_held_out == 8
+    right = alignment(clf, {"de": [_clip(0, 100 + i) for i in range(6)], "en": [_clip(1, 200 + i) for i in range(6)]})
+    assert right["acc"] == 1.0 and right["chance"] == 0.5
+    swapped = alignment(clf, {"de": [_clip(1, 300 + i) for i in range(6)]})
+    assert swapped["acc"] == 0.0 and swapped["per_value"]["de"]["heard_as"] == {"en": 6}
+    metrics = alignment_metrics({"language": right})
+    assert metrics["dream/condition/language/acc"] == 1.0 and metrics["dream/condition/language/over_chance"] == 2.0
+    assert clip_features(_clip(0, 1)).shape == clip_features(_clip(0, 1)[:30]).shape
+    with pytest.raises(ValueError, match="carry 1 of the 2 values"):
+        LabelClassifier.fit(layout, "language", ["de", "fr"])
