@@ -141,3 +141,24 @@ def test_the_progress_line_shows_only_the_models_own_metrics(replay, caplog, wor
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 10/10")]
     assert len(lines) == 1 and "loss_tokens" in lines[0] and "nan" not in lines[0]
     assert (" kl " in lines[0]) == has_kl
+
+
+def test_a_conditioned_learner_trains_on_its_episodes_labels_and_its_checkpoint_keeps_them(labelled_token_dir,
+                                                                                           tmp_path):
+    from envs import env_dims
+    from pydreamer.data import make_replay_loader, replay_condition
+
+    conf = load_config(["defaults", "tiny"], ["--data_dir", str(labelled_token_dir), "--condition", "language,voice",
+                                              "--replay_dir", str(tmp_path / "replay"), "--data_workers", "0",
+                                              "--log_interval", "5", "--eval_interval", "100", "--save_interval", "10"])
+    run_generator(conf, conf.replay_dir, split="train", n_steps=400)
+    vocabulary = replay_condition(conf)
+    assert vocabulary == [("language", ["de", "en"]), ("voice", ["m0", "m1", "m2"])]
+    loader = make_replay_loader(conf, conf.replay_dir)
+    batch = next(iter(loader))
+    assert batch["condition"].shape == (*batch["reward"].shape, 2) and (batch["condition"] > 0).all()
+    learner = Learner(conf, conf.replay_dir, env_dims(conf), conditions=vocabulary)
+    learner.run(loader, 10, log_fn=lambda metrics, step: None)
+    ckpt = load_checkpoint(checkpoint_path(conf.replay_dir))
+    assert ckpt["step"] == 10 and ckpt["model_args"]["conditions"] == [["language", ["de", "en"]],
+                                                                         ["voice", ["m0", "m1", "m2"]]]

@@ -3,6 +3,7 @@
     python -m pydreamer.dream --run RUN_ID --out DIR [--prompt A.wav ...] [--prompt2 B.wav]
                               [--prompt_seconds 1.0] [--seconds S] [--samples N] [--temperature 1.0]
                               [--seed 0] [--split test] [--unconditional N] [--warm N] [--real_clips N]
+                              [--condition LABEL[=VALUE] ...] [--grid_dreams N]
 
 The sizes not given (--seconds, --samples, --unconditional, --warm, --test_prompts, --real_clips,
 --vocoder, --griffin_lim_iters) are the run's own config keys (dream_seconds, dream_samples, ...): one source of
@@ -18,6 +19,11 @@ runs.py), for either world model:
   their true continuation;
 * interpolation: dreams from mixtures of the latent states of two prompts (`--prompt2`, else the
   first two prompts).
+* conditioned dreams (a run trained with `condition`): `--condition language=es` conditions every dream above on
+  that value; `--condition language` dreams from nothing on each value of the label, a row per value in
+  `conditioned_language.png`, and a classifier of the label fitted on real train clips says how often it hears
+  the value a dream was conditioned on (`dream/condition/language/acc`, beside chance and real clips:
+  alignment.py). A conditioned run without `--condition` gets a row per value of each of its labels.
 
 Tokens -> the run's VQ-VAE decoder -> log-mel (z-score undone with the prompt's statistics, or the
 corpus' average without a prompt) -> the vocoder (`--vocoder hifigan`: a pretrained HiFi-GAN behind a bridge
