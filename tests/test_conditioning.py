@@ -104,15 +104,18 @@ def _clip(kind: int, seed: int) -> np.ndarray:
 
 def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_otherwise(tmp_path):
     layout = DataLayout.of(tmp_path)
-    with ShardWriter(layout.mels("train")) as w:
-        for i in range(40):
-            db = _clip(i % 2, i)
-            mean, std = float(db.mean()), float(db.std())
-            w.add(per_step={"mel": ((db - mean) / std).astype("float16")},
-                  per_utterance={"utterance_id": f"u{i}", "mean": mean, "std": std,
-                                 "label_language": ("de", "en")[i % 2]})
+    for split, n in (("train", 40), ("test", 6)):
+        with ShardWriter(layout.mels(split)) as w:
+            for i in range(n):
+                value = i % 2 if split == "train" else i % 3
+                db = _clip(value % 2, i + (0 if split == "train" else 500))
+                mean, std = float(db.mean()), float(db.std())
+                w.add(per_step={"mel": ((db - mean) / std).astype("float16")},
+                      per_utterance={"utterance_id": f"u{i}", "mean": mean, "std": std,
+                                     "label_language": ("de", "en", "fr")[value]})
     clf = LabelClassifier.fit(layout, "language", ["de", "en"])
     assert clf.real_accuracy == 1.0 and clf.n_held_out == 8
+    assert clf.n_test == 4 and clf.test_accuracy == 1.0  # the test clips in 'fr' (not a train value) left out
     right = alignment(clf, {"de": [_clip(0, 100 + i) for i in range(6)], "en": [_clip(1, 200 + i) for i in range(6)]})
     assert right["acc"] == 1.0 and right["chance"] == 0.5
     swapped = alignment(clf, {"de": [_clip(1, 300 + i) for i in range(6)]})

@@ -2,8 +2,9 @@
 
 A classifier of the label is fitted on real train-split clips (the corpus' log-mels) and then asked
 about the dreams; its accuracy on dreams conditioned on each value is set beside chance and beside its
-accuracy on real clips it has not seen (a held-out fifth of the train utterances: a voice of the
-train split is never in test, so this is the one real reference every label has). The features are
+accuracy on real clips it has not seen: a held-out fifth of the train utterances (a voice of the
+train split is never in test, so this is the one real reference every label has), and the test
+split's clips whose value the train split has (a language, say). The features are
 those a label changes without a word being recognised: each mel band's mean, spread and frame-to-frame
 change, which coarse bands move together, and the loudness envelope's rhythm, over the clip's louder
 frames, after the clip's own level and spread are taken out (dreams are
@@ -54,6 +55,8 @@ class LabelClassifier:
     n_train: int = 0
     n_held_out: int = 0
     per_value_real: dict[str, float] = field(default_factory=dict)
+    test_accuracy: float = float("nan")  # on real test-split clips whose value the train split has
+    n_test: int = 0
 
     @classmethod
     def fit(cls, layout: DataLayout, label: str, values: Sequence[str], seed: int = 0,
@@ -65,12 +68,7 @@ class LabelClassifier:
         from sklearn.preprocessing import StandardScaler
 
         values = [str(v) for v in values]
-        feats, ys = [], []
-        for u in iter_utterances(layout.mels("train")):
-            value = str(u.get(f"label_{label}", ""))
-            if value in values and len(u["mel"]) >= 8:
-                feats.append(clip_features(u["mel"].astype(np.float32) * float(u["std"]) + float(u["mean"])))
-                ys.append(values.index(value))
+        feats, ys = _labelled_clips(layout, "train", label, values)
         if len(set(ys)) < 2:
             raise ValueError(f"{layout.mels('train')}: train clips carry {len(set(ys))} of the {len(values)} values "
                              f"of label '{label}': no classifier to score conditioned dreams with")
@@ -82,12 +80,26 @@ class LabelClassifier:
         model.fit(x[n_out:], y[n_out:])
         hit = model.predict(x[:n_out]) == y[:n_out]
         per_value = {values[v]: float(hit[y[:n_out] == v].mean()) for v in np.unique(y[:n_out])}
-        return cls(label, values, model, float(hit.mean()), len(y) - n_out, n_out, per_value)
+        test_x, test_y = _labelled_clips(layout, "test", label, values)  # a value heard in train (a language, not a voice)
+        test_acc = float((model.predict(np.stack(test_x)) == np.array(test_y)).mean()) if test_y else float("nan")
+        return cls(label, values, model, float(hit.mean()), len(y) - n_out, n_out, per_value, test_acc, len(test_y))
 
     def predict(self, dbs: Sequence[np.ndarray]) -> list[str]:
         if not len(dbs):
             return []
         return [self.values[i] for i in self.model.predict(np.stack([clip_features(db) for db in dbs]))]
+
+
+def _labelled_clips(layout: DataLayout, split: str, label: str, values: list[str]) -> tuple[list, list[int]]:
+    """Features and value indices of the split's clips that carry one of `values`."""
+    feats, ys = [], []
+    folder = layout.mels(split)
+    for u in iter_utterances(folder) if folder.is_dir() else ():
+        value = str(u.get(f"label_{label}", ""))
+        if value in values and len(u["mel"]) >= 8:
+            feats.append(clip_features(u["mel"].astype(np.float32) * float(u["std"]) + float(u["mean"])))
+            ys.append(values.index(value))
+    return feats, ys
 
 
 def alignment(classifier: LabelClassifier, dreams: Mapping[str, Sequence[np.ndarray]]) -> dict:
@@ -102,7 +114,8 @@ def alignment(classifier: LabelClassifier, dreams: Mapping[str, Sequence[np.ndar
         hits += got
     return {"label": classifier.label, "acc": float(np.mean(hits)) if hits else float("nan"), "n": len(hits),
             "chance": 1.0 / len(classifier.values), "real_acc": classifier.real_accuracy,
-            "real_n": classifier.n_held_out, "per_value": per_value}
+            "real_n": classifier.n_held_out, "real_test_acc": classifier.test_accuracy,
+            "real_test_n": classifier.n_test, "per_value": per_value}
 
 
 def alignment_metrics(results: Mapping[str, dict]) -> dict[str, float]:
@@ -112,6 +125,8 @@ def alignment_metrics(results: Mapping[str, dict]) -> dict[str, float]:
         base = f"dream/condition/{label}"
         out.update({f"{base}/acc": r["acc"], f"{base}/chance": r["chance"], f"{base}/real_acc": r["real_acc"],
                     f"{base}/over_chance": r["acc"] / r["chance"]})
+        if r.get("real_test_n"):
+            out[f"{base}/real_test_acc"] = r["real_test_acc"]
     return out
 
 
@@ -121,10 +136,11 @@ def alignment_markdown(results: Mapping[str, dict]) -> str:
         return ""
     md = ["Conditional alignment: a classifier of each label fitted on real train clips (per-band log-mel "
           "statistics, logistic regression) names the value of every conditioned dream:", "",
-          "| label | dreams classified as their condition | chance | real held-out train clips | per value |",
-          "|---|---|---|---|---|"]
+          "| label | dreams classified as their condition | chance | real held-out train clips | real test clips | per value |",
+          "|---|---|---|---|---|---|"]
     for label, r in results.items():
         values = ", ".join(f"{v} {p['acc']:.0%} (n={p['n']})" for v, p in r["per_value"].items())
+        test = f"{r['real_test_acc']:.1%} (n={r['real_test_n']})" if r.get("real_test_n") else "none (no test clip has a train value)"
         md.append(f"| {label} | {r['acc']:.1%} (n={r['n']}) | {r['chance']:.1%} | {r['real_acc']:.1%} "
-                  f"(n={r['real_n']}) | {values} |")
+                  f"(n={r['real_n']}) | {test} | {values} |")
     return "\n".join(md) + "\n"
