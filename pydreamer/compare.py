@@ -2,7 +2,9 @@
 
     python -m pydreamer.compare (--runs ID [ID ...] | --experiment NAME) [--out DIR] [--mlflow_dir mlruns]
 
-For each run: its `objective` tag, the config keys whose values differ between the runs, the test
+For each run: its `objective` tag, its family (a world model, or `wavegan`: a run of `python -m wavegan`, a
+generator of raw audio that forecasts nothing, so its forecast columns are dashes and its samples fill the dream
+columns as dreams from nothing), the config keys whose values differ between the runs, the test
 NLL (bits per token) and top-1 accuracy at h = 1, 5, 15 (`test/*`, written by
 `python -m pydreamer.evaluate`) beside the best per-position baseline on the same cells, the forecasts
 as log-mel (LSD in dB and its margin to the best continuous baseline: the one scale on which a model of
@@ -29,6 +31,9 @@ SHOW_HORIZONS = (1, 5, 15)
 # Bookkeeping that differs between any two runs and says nothing about what was trained.
 NOT_A_SETTING = {"run_name", "resume_id", "replay_dir", "mlflow_dir"}
 DASH = "-"
+FAMILY_TAG, WAVEGAN = "family", "wavegan"  # the tag `python -m wavegan` puts on its runs (world-model runs have none)
+# grad steps per second: the learner's, or a WaveGAN's generator steps (each after its critic steps)
+STEPS_PER_SEC = {WAVEGAN: "wavegan/steps_per_sec"}
 
 
 def _runs_by_id(client, run_ids: Sequence[str], uri: str) -> list:
@@ -124,8 +129,10 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
     for run, conf in zip(runs, configs):
         m = run.data.metrics
         rid = run.info.run_id
+        family = run.data.tags.get(FAMILY_TAG, "world model")
         row: dict[str, Any] = {"run": rid[:8], "name": run.info.run_name or DASH,
-                               "objective": run.data.tags.get("objective", conf.get("wm_objective", DASH))}
+                               "objective": run.data.tags.get("objective", conf.get("wm_objective", DASH)),
+                               "family": family}
         row.update({k: str(conf.get(k, DASH)) for k in differ})  # as configured, not rounded
         for h in SHOW_HORIZONS:
             row[f"nll h={h}"] = m.get(f"test/nll_h{h}")
@@ -142,7 +149,7 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
         extra = {**probe_summary(m), **dream_summary(m)}
         dream_cols += [k for k in extra if k not in dream_cols]
         row.update(extra)
-        history = client.get_metric_history(rid, "train/grad_steps_per_sec")
+        history = client.get_metric_history(rid, STEPS_PER_SEC.get(family, "train/grad_steps_per_sec"))
         row["grad steps/s"] = statistics.fmean(x.value for x in history) if history else None
         row["parameters"] = int(m["train/model_params"]) if "train/model_params" in m else None
         end = run.info.end_time
@@ -151,7 +158,7 @@ def run_rows(client, runs: list) -> tuple[list[str], list[dict[str, Any]], dict[
         curves[f"{rid[:8]} ({row['objective']})"] = {h: m[f"test/nll_h{h}"] for h in horizons_of(m)}
         if not baselines:  # the first run's: runs on the same data share them
             baselines = baseline_curves(m)
-    columns = (["run", "name", "objective", *differ]
+    columns = (["run", "name", "objective", "family", *differ]
                + [f"{q} h={h}" for h in SHOW_HORIZONS
                   for q in ("nll", "acc", "best baseline", "margin", "voiced nll", "voiced margin")]
                + [f"{q} h={h}" for h in SHOW_HORIZONS for q in ("log-mel LSD dB", "LSD margin")] + ["mel nll h=1"]
@@ -243,7 +250,9 @@ def _main(args) -> int:
             "lowest-NLL baseline on the same cells, 'margin' its NLL minus the model's with a 95% bootstrap interval "
             "over utterances (positive: the model wins); 'voiced': only the cells whose target step is voiced. "
             "A dash: the run has no such metric "
-            "(run python -m pydreamer.evaluate / pydreamer.dream on it).")
+            "(run python -m pydreamer.evaluate / pydreamer.dream on it). Family wavegan: a WaveGAN "
+            "(python -m wavegan), not a world model: no forecasts; its samples are scored as dreams from nothing, "
+            "against real clips of its own length, with no vocoder; its grad steps/s are generator steps.")
     (out / "comparison.md").write_text(table + "\n\n" + note + "\n")
     write_csv(out / "comparison.csv", columns, rows)
     plot(out / "comparison.png", curves, baselines, f"{len(runs)} runs: test NLL against horizon")

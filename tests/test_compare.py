@@ -122,3 +122,34 @@ def test_a_log_mel_model_lines_up_with_a_token_model_on_the_log_mel_columns(tmp_
     assert cells["mel"][at["log-mel LSD dB h=1"]] == "8.500" and cells["token"][at["log-mel LSD dB h=1"]] == "9.100"
     assert cells["mel"][at["LSD margin h=5"]] == "+0.500 [+0.250, +0.750]"
     assert cells["mel"][at["mel nll h=1"]] == "1.234" and cells["mel"][at["world_model"]] == "mel_rssm"
+
+
+def test_a_wavegan_run_is_its_own_family_of_row_beside_a_world_model(tmp_path, capsys):
+    """`python -m wavegan` runs (tag family: wavegan) forecast nothing: dashes there; their samples fill the
+    dream columns as dreams from nothing, and their generator steps per second the grad steps/s column."""
+    import mlflow
+
+    store = tmp_path / "mlruns"
+    world = _log_run(store, "reconstruction", _metrics(2.0))
+    conf = load_config(["defaults", "audio", "tiny"])
+    with mlflow.start_run() as run:
+        mlflow.log_params(params_of(conf))
+        mlflow.set_tags({"family": "wavegan", "objective": "wgan-gp"})
+        mlflow.log_metrics({"dream/unconditional/rms/ks_stat": 0.5, "dream/unconditional/harmonicity/ks_stat": 0.7,
+                            "dream/unconditional/dnsmos_ovrl": 1.5, "dream/real/dnsmos_ovrl": 3.0,
+                            "train/model_params": 777.0}, step=4)
+        for step, rate in ((2, 1.0), (4, 2.0)):
+            mlflow.log_metric("wavegan/steps_per_sec", rate, step=step)
+    assert main(["--runs", world, run.info.run_id, "--mlflow_dir", str(store), "--out", str(tmp_path / "cmp")]) == 0
+    header, _, row_world, row_gan = capsys.readouterr().out.splitlines()[:4]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = {name: dict(zip(cols, (c.strip() for c in row.strip("|").split("|"))))
+             for name, row in (("world", row_world), ("gan", row_gan))}
+    assert cells["world"]["family"] == "world model" and cells["gan"]["family"] == "wavegan"
+    assert cells["gan"]["objective"] == "wgan-gp"
+    for forecast in ("nll h=1", "acc h=5", "best baseline h=15", "dream completion LSD dB @0.4s"):
+        assert cells["gan"][forecast] == "-" and cells["world"][forecast] != "-"
+    assert cells["gan"]["dream unconditional mean KS"] == "0.600" and cells["gan"]["DNSMOS OVRL unconditional"] == "1.500"
+    assert cells["gan"]["grad steps/s"] == "1.500" and cells["gan"]["parameters"] == "777"
+    assert cells["world"]["grad steps/s"] == "5.000"  # the learner's own history, as before
+    assert "Family wavegan" in (tmp_path / "cmp" / "comparison.md").read_text()
