@@ -285,9 +285,6 @@ def _check_world_model(conf: Mapping[str, Any], bad) -> None:
     """What the chosen world model needs of the other keys (its observation, objective, conditioning)."""
     if conf.get("world_model") == "mel_rssm" and conf.get("observation") != "mel":
         raise bad("world_model", "mel_rssm reads each step's log-mel frames: it needs observation mel (the `mel` section)")
-    if conf.get("world_model") == "maskgit" and conf.get("condition"):
-        raise bad("condition", "the maskgit world model's block decoder is not conditioned yet: use rssm, transformer "
-                               "or mel_rssm, or condition: []")
     if conf.get("wm_objective") == "contrastive" and conf.get("world_model") in ("transformer", "maskgit", "mel_rssm"):
         name = {"transformer": "Transformer", "maskgit": "masked block decoder (maskgit)",
                 "mel_rssm": "log-mel RSSM (mel_rssm)"}[conf["world_model"]]

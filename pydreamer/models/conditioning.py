@@ -4,7 +4,7 @@ Each label has a learned embedding per value of its vocabulary (the train split'
 `tokens/meta.json`) plus one for "none" (id 0: the label dropped, unknown, or a value never
 seen in training); the embeddings of all labels are summed. Every world model takes it where it
 takes the action between steps (`WorldModel.with_condition`): the RSSM's GRU input, and so its
-prior; the Transformer's and the masked decoder's next-step heads. Dropping the label of a share
+prior; the Transformer's next-step heads; the masked decoder's heads and block decoder. Dropping the label of a share
 of training sequences (`condition_dropout`) trains the "none" embedding on all the data, so the
 same model also forecasts and dreams unconditioned (what `evaluate` scores).
 """

@@ -118,11 +118,23 @@ class MaskGITWorldModel(TransformerWorldModel):
                              f"{self.iterations}")
         self.block = MaskedBlock(self.n_tokens, self.tokens_per_step, self.block_steps, self.dim, self.dim,
                                  self.heads, int(conf["maskgit_layers"]), conf["transformer_dropout"])
+        # a conditioned model's block decoder reads the condition too (the trunk's heads read it with the action)
+        self.condition_in = nn.Linear(self.conditioning.dim, self.dim) if self.conditioning is not None else None
+
+    def _conditioned(self, context: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """The block decoder's context [N, dim] with the condition's embedding added: of each block's own steps
+        (`embedding` [N, condition_dim], training), else the fixed condition (none, or what `conditioned` set)."""
+        if self.condition_in is None:
+            return context
+        if embedding is None:
+            embedding = self.conditioning.embed(self.conditioning.fixed).expand(context.shape[0], -1)
+        return context + self.condition_in(embedding.to(context.dtype))
 
     # ---- training ------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], state: TransformerState) -> TransformerOutput:
         """The trunk's next-step loss plus the masked-token cross-entropy of blocks from random steps (nats per
         step: the mean over masked tokens x G)."""
+        batch = self.conditioned_batch(batch)  # with label dropout: the trunk's heads and the blocks see the same
         pred = self.predict(batch, state)
         loss, metrics = self.next_step_loss(pred, batch)
         tokens, reset = batch["tokens"], batch["reset"].bool()
@@ -141,7 +153,8 @@ class MaskGITWorldModel(TransformerWorldModel):
         share = torch.cos(math.pi / 2 * torch.rand(t.numel(), 1, 1, device=device))
         masked = (torch.rand(target.shape, device=device) < share) | ~known
         masked[:, 0, 0] |= ~(masked & known).flatten(1).any(1)  # at least one token to learn from per block
-        logits = self.block(pred.feature[t, b], torch.where(masked, torch.full_like(target, self.block.mask_id), target))
+        context = self._conditioned(pred.feature[t, b], batch["action"][t, b, self.action_dim:])
+        logits = self.block(context, torch.where(masked, torch.full_like(target, self.block.mask_id), target))
         nll = F.cross_entropy(logits.reshape(-1, self.n_tokens), target.reshape(-1), reduction="none").view_as(target)
         scored = (masked & known).float()
         loss_block = (nll * scored).sum() / scored.sum().clamp(min=1)
@@ -156,7 +169,7 @@ class MaskGITWorldModel(TransformerWorldModel):
         pred = self.predict(batch, self.initial_state(mask.shape[1], mask.device))
         m = mask & pred.has_context
         tokens = batch["tokens"][m]
-        bits, hits = logit_bits_and_hits(self.block.masked_logits(pred.feature[m])[:, 0], tokens)
+        bits, hits = logit_bits_and_hits(self.block.masked_logits(self._conditioned(pred.feature[m]))[:, 0], tokens)
         head_bits, _ = logit_bits_and_hits(pred.token_logits[m], tokens)
         n = int(m.sum()) * tokens.shape[-1]
         nll = (float(bits.sum()), n)
@@ -196,7 +209,7 @@ class MaskGITWorldModel(TransformerWorldModel):
             ends = starts[a:a + per_chunk]
             n = ends.numel()
             window = self._window(tokens, ends)
-            context = self._prefill(*window)[0]
+            context = self._conditioned(self._prefill(*window)[0])
             out[a:a + n, : min(horizon, K)] = torch.softmax(self.block.masked_logits(context), -1)[:, :horizon]
             if horizon <= K:
                 continue
@@ -204,7 +217,7 @@ class MaskGITWorldModel(TransformerWorldModel):
             context = context.repeat_interleave(samples, 0)
             for first in range(K, horizon, K):
                 window = self._extend(window, self.block.decode(context, self.iterations, temperature, generator))
-                context = self._prefill(*window)[0]
+                context = self._conditioned(self._prefill(*window)[0])
                 probs = torch.softmax(self.block.masked_logits(context), -1)[:, : horizon - first]
                 out[a:a + n, first:first + probs.shape[1]] = probs.reshape(n, samples, *probs.shape[1:]).mean(1)
         return out
@@ -225,17 +238,17 @@ class MaskGITWorldModel(TransformerWorldModel):
             window = (torch.zeros(samples, C, G, dtype=torch.long, device=device),
                       torch.zeros(samples, C, dtype=torch.long, device=device),
                       torch.zeros(samples, C, dtype=torch.bool, device=device))
-            context = self.transformer.norm(self.start).expand(samples, -1)
+            context = self._conditioned(self.transformer.norm(self.start).expand(samples, -1))
         else:
             end = torch.full((1,), prompt.shape[0] - 1, dtype=torch.long, device=device)
             window = tuple(x.expand(samples, *x.shape[1:]) for x in self._window(prompt, end))
-            context = self._prefill(*window)[0]
+            context = self._conditioned(self._prefill(*window)[0])
         blocks = []
         for done in range(0, n_steps, self.block_steps):
             blocks.append(self.block.decode(context, self.iterations, temperature, generator))
             if done + self.block_steps < n_steps:
                 window = self._extend(window, blocks[-1])
-                context = self._prefill(*window)[0]
+                context = self._conditioned(self._prefill(*window)[0])
         if not blocks:
             return torch.zeros(samples, 0, G, dtype=torch.long, device=device)
         return torch.cat(blocks, 1)[:, :n_steps]
