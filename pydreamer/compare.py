@@ -105,6 +105,10 @@ def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
         out[f"dream completion LSD dB @{lsd[0].rsplit('_h', 1)[1]}"] = metrics[lsd[0]]
     if "dream/realtime_factor" in metrics:
         out["dream realtime factor"] = metrics["dream/realtime_factor"]
+    for key in sorted(k for k in metrics if re.match(r"^dream/condition/[^/]+/acc$", k)):  # conditioned dreams
+        label = key.split("/")[2]
+        out[f"dream {label} heard as its condition (chance)"] = (
+            f"{metrics[key]:.3f} ({metrics.get(f'dream/condition/{label}/chance', float('nan')):.3f})")
     for group in ("real", "tokenizer", "unconditional", "completion"):  # perceived quality (dream --perceptual)
         if f"dream/{group}/dnsmos_ovrl" in metrics:
             out[f"DNSMOS OVRL {group}"] = metrics[f"dream/{group}/dnsmos_ovrl"]

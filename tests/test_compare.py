@@ -95,6 +95,8 @@ def test_differing_keys_and_dream_summary():
     assert differing_keys([{"a": 1}, {"a": 1, "c": 0}]) == ["c"]
     assert dream_summary({}) == {}
     assert dream_summary({"dream/warm/pitch/ks_stat": 0.5}) == {"dream warm mean KS": 0.5}
+    conditioned = {"dream/condition/language/acc": 0.75, "dream/condition/language/chance": 0.25}
+    assert dream_summary(conditioned) == {"dream language heard as its condition (chance)": "0.750 (0.250)"}
 
 
 def test_margin_and_probe_cells():
