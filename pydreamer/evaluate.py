@@ -216,7 +216,7 @@ def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: 
     import numpy as np
     import torch
 
-    from pydreamer.forecast import _starts
+    from pydreamer.forecast import start_steps
     from pydreamer.log_mel import log_mel_metrics, log_mel_table, true_steps
     from tokenizer.tokens import read_token_meta
 
@@ -233,7 +233,7 @@ def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: 
     t0 = time.time()
     model.eval()
     for u, utt in enumerate(utterances):
-        starts = _starts(len(utt["tokens"]), args.starts_per_utterance, rng)
+        starts = start_steps(len(utt["tokens"]), args.starts_per_utterance, rng)
         z = (true_steps(dbs[u], len(utt["tokens"]), ds) - mean) / std
         pred, cell_nll = model.wm.forecast_mel(torch.from_numpy(z).to(device), H, args.samples,
                                                torch.from_numpy(starts).to(device), gen)

@@ -33,7 +33,9 @@ def score(probs: torch.Tensor, tokens: np.ndarray, starts: np.ndarray) -> tuple[
     return bits, hits, valid
 
 
-def _starts(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
+def start_steps(T: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The steps of an utterance of T steps a forecast starts after: every one with a next step, or a seeded `n`
+    of them (n <= 0: all), so every model and baseline (tokens, log-mel) is scored on the same cells."""
     every = np.arange(T - 1)
     return every if n <= 0 or n >= len(every) else np.sort(rng.choice(every, n, replace=False))
 
@@ -79,7 +81,7 @@ def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, hori
     cells = np.zeros((2, U, horizons))
     model.eval()
     for u, tokens in enumerate(utterances):
-        starts = _starts(len(tokens), starts_per_utterance, rng)
+        starts = start_steps(len(tokens), starts_per_utterance, rng)
         probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
                                   torch.from_numpy(starts).to(device), gen)
         m_bits, m_hits, valid = score(probs, tokens, starts)

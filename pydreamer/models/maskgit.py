@@ -227,12 +227,8 @@ class MaskGITWorldModel(TransformerWorldModel):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Dreams [samples, n_steps, G] after a prompt [P, G] (P = 0: from the trunk's empty-context feature), one
         decoded block at a time; the draws come from `generator`, or else from one seeded with `seed`."""
-        self.check_tokens(prompt)
-        self.check_imagine(n_steps, samples, temperature)
+        prompt, generator = self._imagine_setup(prompt, n_steps, samples, temperature, seed, generator)
         device = self.start.device
-        if generator is None:
-            generator = torch.Generator(device=device).manual_seed(int(seed))
-        prompt = prompt.to(device=device, dtype=torch.long)
         C, G = self.context_steps, self.tokens_per_step
         if prompt.shape[0] == 0:
             window = (torch.zeros(samples, C, G, dtype=torch.long, device=device),

@@ -304,17 +304,23 @@ class TransformerWorldModel(WorldModel):
         return out
 
     @torch.no_grad()
-    def imagine(self, prompt: torch.Tensor, n_steps: int, samples: int, temperature: float = 1.0, seed: int = 0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Dreams: `samples` sampled continuations [samples, n_steps, G] of a prompt [P, G] (an utterance's
-        first P steps; P = 0 dreams an utterance from its first step, from the learned empty-context feature).
-        The draws come from `generator`, or else from one seeded with `seed`."""
+    def _imagine_setup(self, prompt: torch.Tensor, n_steps: int, samples: int, temperature: float, seed: int,
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Generator]:
+        """A dream's checked prompt on the model's device, and its draws' generator (`generator`, else seeded)."""
         self.check_tokens(prompt)
         self.check_imagine(n_steps, samples, temperature)
         device = self.start.device
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
-        prompt = prompt.to(device=device, dtype=torch.long)
+        return prompt.to(device=device, dtype=torch.long), generator
+
+    def imagine(self, prompt: torch.Tensor, n_steps: int, samples: int, temperature: float = 1.0, seed: int = 0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Dreams: `samples` sampled continuations [samples, n_steps, G] of a prompt [P, G] (an utterance's
+        first P steps; P = 0 dreams an utterance from its first step, from the learned empty-context feature).
+        The draws come from `generator`, or else from one seeded with `seed`."""
+        prompt, generator = self._imagine_setup(prompt, n_steps, samples, temperature, seed, generator)
+        device = self.start.device
         G = self.tokens_per_step
         out = torch.zeros(samples, n_steps, G, dtype=torch.long, device=device)
         if n_steps == 0:
