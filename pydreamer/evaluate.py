@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--no_tsne", action="store_true", help="skip the t-SNE picture of the latent features (minutes "
                         "on a large split)")
+    parser.add_argument("--log_mel_starts", type=int, help="start steps per utterance scored as log-mel, a seeded "
+                        "draw among the scored ones; 0 = all (default: the run's evaluate_log_mel_starts)")
     parser.add_argument("--no_log_mel", action="store_true",
                         help="skip the log-mel scores (forecasts decoded to dB beside continuous baselines: log_mel.py)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
@@ -80,6 +82,8 @@ def _main(args) -> int:
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
     args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
+    if args.log_mel_starts is None:
+        args.log_mel_starts = conf.get("evaluate_log_mel_starts", 0)  # runs from before the key: every start
     args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
     args.seed = conf["seed"] if args.seed is None else args.seed
     if args.horizons < 1 or args.samples < 0:
@@ -135,7 +139,7 @@ def _main(args) -> int:
     if log_mel:
         from pydreamer.log_mel import log_mel_metrics, log_mel_table
 
-        summary["log_mel"] = log_mel[1].report(seed=args.seed)
+        summary["log_mel"] = {**log_mel[1].report(seed=args.seed), "starts_per_utterance": args.log_mel_starts}
         metrics.update(log_mel_metrics(summary["log_mel"], args.split))
         (out / "log_mel.md").write_text(log_mel_table(summary["log_mel"]) + "\n")
     summary["probes"], probe_metrics = _probes(model, layout, train, utterances, device, args)
@@ -170,6 +174,7 @@ def _log_mel_scorer(run, conf, layout, utterances: list[dict], args, device):
     baselines fitted on the train split (order on val); None, with a warning, where any is missing (the token
     scores do not depend on them)."""
     import numpy as np
+    import torch
 
     from pydreamer.baselines.continuous import ContinuousBaselines
     from pydreamer.log_mel import LogMelScorer, true_steps
@@ -201,8 +206,16 @@ def _log_mel_scorer(run, conf, layout, utterances: list[dict], args, device):
     stats = codec.model.norm_stats  # the tokens' z-score: the corpus' (then fixed) or each utterance's own
     norms = [tuple(stats) if stats is not None else (float(m["mean"]), float(m["std"])) for m in chosen]
     scorer = LogMelScorer(codec, baselines, args.horizons, len(utterances))
+    pick = np.random.default_rng(args.seed + 1)  # which starts are decoded: the same for every model of a split
 
     def observe(u: int, starts, probs=None, predicted=None) -> None:
+        """Every predictor (model, baselines, floor) on the same starts: a seeded `log_mel_starts` of them, since
+        a token model's are decoded 10 times each (8 draws, the most probable tokens, the true tokens)."""
+        if 0 < args.log_mel_starts < len(starts):
+            keep = np.sort(pick.choice(len(starts), args.log_mel_starts, replace=False))
+            starts = starts[keep]
+            probs = probs[torch.as_tensor(keep, device=probs.device)] if probs is not None else None
+            predicted = predicted[keep] if predicted is not None else None
         scorer.add(u, utterances[u]["tokens"], dbs[u], norms[u], starts, probs, predicted)
 
     return observe, scorer, dbs

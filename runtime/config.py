@@ -184,7 +184,7 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     maskgit_layers maskgit_iterations""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips
-    contrastive_steps evaluate_samples maskgit_starts""".split()
+    contrastive_steps evaluate_samples maskgit_starts evaluate_log_mel_starts""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
     learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
 _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()

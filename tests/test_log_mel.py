@@ -136,3 +136,9 @@ def test_evaluate_scores_the_run_as_log_mel_beside_the_continuous_baselines(tmp_
     assert (folder / "log_mel.md").is_file() and summary["log_mel"]["baselines"]["order"] >= 1
     # Random log-mels of 15 dB spread: every predictor is some dB off, none is wildly off
     assert all(0 < v < 60 for v in summary["log_mel"]["lsd"]["mean"]["model"])
+    if world_model == "rssm":  # the decoded cells: a seeded draw of start steps, the same for every predictor
+        every = summary["log_mel"]["cells"][0]
+        assert main(["--run", run_id, "--mlflow_dir", str(tmp_path / "mlruns"), "--no_probes", "--no_tsne",
+                     "--horizons", "3", "--samples", "2", "--log_mel_starts", "2"]) == 0
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["log_mel"]["cells"][0] == 2 * 2 < every and summary["log_mel"]["starts_per_utterance"] == 2
