@@ -121,7 +121,7 @@ def test_evaluate_scores_the_run_as_log_mel_beside_the_continuous_baselines(tmp_
     save_vqvae(layout.vqvae, vq, {"features": {k: conf[k] for k in MelSettings.__dataclass_fields__}})
     run_id = make_run(tmp_path, data, world_model)
     assert main(["--run", run_id, "--mlflow_dir", str(tmp_path / "mlruns"), "--no_probes", "--horizons", "3",
-                 "--samples", "2"]) == 0
+                 "--samples", "2", "--log_mel_starts", "0"]) == 0
     out = capsys.readouterr().out
     assert "Forecasts as log-mel" in out and "| running_mean |" in out and "| ar |" in out
     metrics = mlflow.get_run(run_id).data.metrics
