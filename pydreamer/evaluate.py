@@ -81,11 +81,9 @@ def _main(args) -> int:
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
-    args.horizons = conf["evaluate_horizons"] if args.horizons is None else args.horizons  # one source of defaults
-    if args.log_mel_starts is None:
-        args.log_mel_starts = conf.get("evaluate_log_mel_starts", 0)  # runs from before the key: every start
-    args.samples = conf["evaluate_samples"] if args.samples is None else args.samples
-    args.seed = conf["seed"] if args.seed is None else args.seed
+    for option, key, before in (("horizons", "evaluate_horizons", None), ("samples", "evaluate_samples", None),
+                                ("log_mel_starts", "evaluate_log_mel_starts", 0), ("seed", "seed", None)):
+        setattr(args, option, conf.get(key, before) if getattr(args, option) is None else getattr(args, option))
     if args.horizons < 1 or args.samples < 0:
         raise EvaluationError(f"--horizons must be positive and --samples at least 0, not {args.horizons} and "
                               f"{args.samples}")
