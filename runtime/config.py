@@ -177,6 +177,8 @@ def load_config(
 _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_dim codebook_size tokens_per_step
     time_downsample sample_rate n_fft win_length hop_length n_mels griffin_lim_iters shard_frames encode_batch_frames
     batch_size batch_length n_steps log_interval eval_interval save_interval eval_episodes eval_max_steps eval_samples
+    wavegan_steps wavegan_batch_size wavegan_latent_dim wavegan_model_dim wavegan_layers wavegan_n_critic
+    wavegan_log_interval wavegan_save_interval wavegan_curve_interval wavegan_samples wavegan_kernel
     overshoot_starts condition_dim deter_dim stoch_dim stoch_discrete hidden_dim embed_dim token_embed_dim imag_horizon context_steps
     transformer_layers transformer_heads transformer_dim vq_log_interval vq_eval_interval prepare_workers
     encode_workers generator_workers min_split_speakers policy_reload_interval synth_voices_per_language min_steps
@@ -184,10 +186,10 @@ _POSITIVE_INT = """vq_batch_size vq_segment_frames vq_steps vq_channels vq_code_
     maskgit_layers maskgit_iterations""".split()
 _NON_NEGATIVE_INT = """max_files env_max_steps n_env_steps_eval generator_workers_eval data_workers imag_starts
     target_interval vq_res_blocks seed overshoot_steps dream_unconditional dream_warm dream_test_prompts dream_real_clips
-    contrastive_steps evaluate_samples maskgit_starts evaluate_log_mel_starts""".split()
+    contrastive_steps evaluate_samples maskgit_starts evaluate_log_mel_starts wavegan_phase_shuffle""".split()
 _POSITIVE_FLOAT = """synth_minutes max_seconds top_db adam_lr adam_lr_actor adam_lr_critic grad_clip generator_log_interval
-    learner_wait_s vq_lr dream_seconds contrastive_temperature""".split()
-_NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight".split()
+    learner_wait_s vq_lr dream_seconds contrastive_temperature wavegan_seconds wavegan_lr""".split()
+_NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats reward_weight terminal_weight actor_ent vq_beta replay_reload_interval vq_magnitude_weight wavegan_gp_weight".split()
 _FRACTION = "unimix vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix condition_dropout".split()
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
