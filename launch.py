@@ -131,21 +131,6 @@ def at_end(conf, run_id: str, command: str, *options: str) -> int:
     return run_at_end(command, module.main, ["--run", run_id, "--mlflow_dir", str(conf["mlflow_dir"]), *options])
 
 
-def size_for_this_machine(configs: list[str]) -> tuple[list[str], str]:
-    """`--auto_size`: the config sections as given on a GPU host, else with `small` (the CPU demo) added.
-    Returns (sections, the sentence that says which and why)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return configs, (f"a GPU is present ({torch.cuda.get_device_name(0)}): training the size the sections "
-                         f"{' '.join(configs)} give")
-    if "small" in configs or "tiny" in configs:
-        return configs, "no GPU: training the size the sections give on the CPU"
-    return [*configs, "small"], ("no GPU found: training the CPU demo size (config section `small`: a 90-minute corpus, "
-                                 "under 30 minutes on 2 cores); on a GPU host the same command trains the "
-                                 "`audio` size")
-
-
 def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
     """Wait until the learner is done or a child fails. Returns (outcome, exit code)."""
     learner = children[-1]
@@ -155,7 +140,7 @@ def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
             if rc == 0:
                 return "done", 0
             print(f"launch: the learner exited with code {rc}", file=sys.stderr, flush=True)
-            return "failed", 1
+            return ("refused", 2) if rc == 2 else ("failed", 1)  # 2: it refused to start (its one line says why)
         for child in children[:-1]:
             rc = child.poll()
             if rc not in (None, 0):  # a generator that finished its budget (0) is fine
@@ -195,6 +180,8 @@ def read_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpar
                         help="add the CPU demo section `small` when no GPU is present (what `make run` does)")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.auto_size:
+        from runtime.device import size_for_this_machine
+
         args.configs, why = size_for_this_machine(list(args.configs))
         print(f"launch: {why}", flush=True)
     try:  # every value checked before anything is written
@@ -240,8 +227,15 @@ def open_run(conf: Config, parser: argparse.ArgumentParser) -> tuple[Run, Path]:
 
     from runtime.tracking import RunNotFound, default_replay_dir, start_or_resume_run
 
+    from pydreamer.runs import learner_lease
+    from runtime.lease import describe
+
     # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
     resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
+    lease = learner_lease(conf, resume_id) if resume_id else None
+    holder = lease.holder() if lease else None
+    if holder:  # a second resume while its learner lives (an orphan of a killed launcher, another terminal)
+        parser.exit(2, f"{parser.prog}: error: {describe(lease.what, holder)}: stop it first; the run is untouched\n")
     try:
         run = start_or_resume_run(conf, resume_id or None)
     except RunNotFound as e:
@@ -293,6 +287,7 @@ def run_children(conf: Config, configs: list[str], rest: list[str], run: Run, re
 
     end, children = Ending(), []
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)  # a closed ssh session: the same clean stop
     can_dream = False
     try:
         if needs_tokens(conf):
@@ -363,7 +358,9 @@ def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Pat
     line = f"launch: run {run_id} {end.status.lower()}"
     if ckpt.exists():
         line += f"; checkpoint {ckpt}"
-        if end.status != "FINISHED":
+        if end.code == 2:
+            line += "; the learner refused to continue it (the line above says why): fix that first"
+        elif end.status != "FINISHED":
             line += f"; continue with: python launch.py --configs {' '.join(configs)} --resume_id {run_id}"
     elif end.status != "FINISHED":
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"

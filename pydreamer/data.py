@@ -51,8 +51,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pydreamer.distributed import shard_of
-from pydreamer.episodes import (Condition, EpisodeError, EpisodeListing, condition_codes, episode_filename, episode_labels,
-                                label_keys, load_episode)
+from pydreamer.episodes import (Condition, EpisodeError, EpisodeListing, EpisodeSpec, condition_codes, episode_filename,
+                                episode_labels, label_keys, load_episode)
 from pydreamer.replay_layout import ReplayLayout
 from runtime.s3 import RemotePath
 from runtime.storage import ReadCache, store_path
@@ -181,6 +181,7 @@ class ReplayReader(IterableDataset):
         world_size: int = 1,
         observation: str = "tokens",
         condition: Condition = (),
+        spec: EpisodeSpec | None = None,
     ):
         super().__init__()
         if observation not in ("tokens", "mel"):
@@ -193,7 +194,7 @@ class ReplayReader(IterableDataset):
         self.wait_seconds = float(wait_seconds)
         self.seed = seed
         self.skip_first = skip_first
-        self.n_tokens = n_tokens  # token ids must lie below this (the codebook size), when given
+        self.spec = spec or EpisodeSpec(n_tokens=n_tokens)  # every episode is checked against it, not the first read
         self.cache_mb = float(cache_mb)  # per process, for a bucket only (the OS caches local files)
         self.cache: ReadCache | None = None  # made in __iter__, in the process that reads
         self.read_ahead = int(read_ahead)  # a bucket: episodes drawn ahead of use, fetched meanwhile
@@ -238,17 +239,14 @@ class ReplayReader(IterableDataset):
                 continue
             path = index.path(k)
             try:
-                ep = load_episode(path, keys=self.load_keys, n_tokens=self.n_tokens, cache=self.cache)
+                ep = load_episode(path, keys=self.load_keys, cache=self.cache, spec=self.spec)
                 if "mel" in self.out_types and "mel" not in ep:
                     raise EpisodeError(f"{path}: no 'mel' (written with observation: tokens?); a reader for "
                                        f"observation: mel needs each step's log-mel frames")
-                if like is not None:
-                    for key in ("tokens", "action") + (("mel",) if "mel" in self.out_types else ()):
-                        if ep[key].shape[1:] != like[key].shape[1:]:
-                            raise EpisodeError(
-                                f"{path}: '{key}' has shape {ep[key].shape[1:]} per step, "
-                                f"the store's first episode has {like[key].shape[1:]}"
-                            )
+                for key in ("tokens", "action", "mel") if like is not None else ():  # what `spec` left open
+                    if key in self.out_types and ep[key].shape[1:] != like[key].shape[1:]:
+                        raise EpisodeError(f"{path}: '{key}' has shape {ep[key].shape[1:]} per step, the store's "
+                                           f"other episodes have {like[key].shape[1:]}")
                 self.n_loaded += 1
                 codes = condition_codes(episode_labels(ep), self.condition)  # [C]; every row alike: a read-only view
                 return {**{key: ep[key] for key in self.out_types if key != "condition"},
@@ -332,9 +330,9 @@ def _init_worker(_: int) -> None:
 
 def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: str = "train",
                        n_tokens: int | None = None, cache_mb: float = 512.0, rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
+                       world_size: int = 1, spec: EpisodeSpec | None = None) -> DataLoader:
     """The learner's batch stream: a DataLoader over a ReplayReader with `data_workers` processes
-    (episodes with token ids at or above `n_tokens` are skipped, when given; a bucket's episodes are
+    (episodes unlike `spec`, or with token ids at or above `n_tokens`, are skipped; a bucket's episodes are
     cached in each worker, up to `cache_mb`); learner rank `rank` of `world_size` reads only its share
     of the store. With `observation: mel` the batches also hold `mel` (episodes without it are skipped);
     with labels in `condition`, `condition` ids (see `replay_condition`)."""
@@ -352,6 +350,7 @@ def make_replay_loader(conf: Mapping[str, Any], replay_dir: Path | str, split: s
         world_size=world_size,
         observation=conf.get("observation", "tokens"),  # configs from before the key: tokens
         condition=replay_condition(conf),
+        spec=spec,
     )
     workers = conf["data_workers"]
     return DataLoader(

@@ -19,7 +19,11 @@ an episode whole or not at all.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -39,6 +43,21 @@ _NAME = re.compile(r"^w(\d+)-e(\d+)-n(\d+)\.npz$")
 
 class EpisodeError(ValueError):
     """An episode file that cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What every episode of a store must be, from the token corpus (the model's dimensions), never from
+    the first file read: token ids below `n_tokens`, `tokens_per_step` (G) tokens and `action_dim` (A)
+    numbers per row, `mel_dim` numbers per row of `mel` when a reader needs it. None: not checked."""
+
+    n_tokens: int | None = None
+    tokens_per_step: int | None = None
+    action_dim: int | None = None
+    mel_dim: int | None = None
+
+
+ROW_BYTES_LIMIT = 1 << 16  # what one row of one member may hold: a file promising more is refused unread
 
 
 def episode_filename(worker: int, index: int, length: int) -> str:
@@ -77,16 +96,22 @@ def save_episode(path: Path | str, episode: dict) -> Path:
 
 
 def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens: int | None = None,
-                 cache: storage.ReadCache | None = None) -> dict:
+                 cache: storage.ReadCache | None = None, spec: EpisodeSpec | None = None) -> dict:
     """The arrays of one episode file (all, or `keys` plus the per-step ones: reading fewer is
-    faster), checked with `check_episode` (token ids below `n_tokens` when given); raises
-    EpisodeError naming the file when it cannot be used. An `s3://` episode is read whole (one GET)
+    faster), checked with `check_episode` against `spec` (or just token ids below `n_tokens`) and its
+    rows against the length its name gives; raises EpisodeError naming the file when it cannot be used:
+    not a regular file (a FIFO would block the reader), a member that is not an array, or one larger
+    than the rows its name promises can hold (a small file that inflates to gigabytes is never decoded). An `s3://` episode is read whole (one GET)
     and opened from memory; with a `cache` (one reader's: the same `keys` and `n_tokens` every time)
     it is kept there decoded and checked, its arrays shared by the callers (who must not change them)."""
     path = store_path(path)
+    spec = spec or EpisodeSpec(n_tokens=n_tokens)
     source: Any = path
     head: bytes | None = None
     remote = isinstance(path, RemotePath)
+    named = parse_episode_filename(path.name)
+    if not remote:
+        _check_regular(path)
     if remote:
         cached = cache.get(str(path)) if cache is not None else None
         if isinstance(cached, dict):  # episodes never change once written
@@ -103,7 +128,11 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
             if missing:
                 raise EpisodeError(f"{path}: episode lacks {', '.join(missing)}")
             wanted = z.files if keys is None else [k for k in z.files if k in keys or k in STEP_KEYS]
+            _check_sizes(path, z, wanted, named[2] + 1 if named else None)
             data = {k: z[k] for k in wanted}
+            odd = [k for k, v in data.items() if not isinstance(v, np.ndarray)]
+            if odd:
+                raise EpisodeError(f"{path}: member '{odd[0]}' is not an array (.npy); episodes hold arrays only")
     except EpisodeError:
         raise
     except Exception as e:  # truncated zip, bad header, pickled member, missing file ...
@@ -112,12 +141,36 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     bad = [k for k in STEP_KEYS if data[k].ndim == 0 or data[k].shape[0] != rows]
     if bad or rows < 1:
         raise EpisodeError(f"{path}: per-step arrays disagree in length ({', '.join(bad) or 'reward'})")
-    check_episode(path, data, n_tokens)
+    check_episode(path, data, spec=spec)
+    if named and rows != named[2] + 1:
+        raise EpisodeError(f"{path}: {rows} rows, but its name says {named[2]} steps ({named[2] + 1} rows)")
     if "mel" in data:  # float16 on disk (half the bytes), float32 to compute with
         data["mel"] = data["mel"].astype(np.float32)
     if remote and cache is not None:
         cache.put(str(path), dict(data), size=sum(v.nbytes for v in data.values()))
     return data
+
+
+def _check_regular(path: Path) -> None:
+    """A local episode must be a regular file: opening a FIFO or a device would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise EpisodeError(f"{path}: unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise EpisodeError(f"{path}: not a regular file (a FIFO, a device or a folder); episodes are files")
+
+
+def _check_sizes(path: Path, z: Any, members: Sequence[str], rows: int | None) -> None:
+    """Refuse, before decoding, a member larger than `rows` rows can hold (ROW_BYTES_LIMIT each)."""
+    limit = ROW_BYTES_LIMIT * (rows if rows is not None else 4096) + 4096
+    archive: zipfile.ZipFile = z.zip
+    for key in members:
+        name = key if key in archive.namelist() else key + ".npy"
+        size = archive.getinfo(name).file_size
+        if size > limit:
+            raise EpisodeError(f"{path}: member '{key}' inflates to {size:,} bytes, more than {limit:,} for "
+                               f"{rows if rows is not None else 'an unnamed file of up to 4096'} rows; not read")
 
 
 def _unreadable_reason(path: Path, error: Exception, head: bytes | None = None) -> str:
@@ -136,10 +189,12 @@ def _unreadable_reason(path: Path, error: Exception, head: bytes | None = None) 
     return f"unreadable: truncated or damaged ({type(error).__name__}: {error})"
 
 
-def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> None:
-    """Types, ranges and finiteness of the per-step arrays, so a file made by another writer (or
-    damaged) is refused when it is read, not met as an index error or a NaN loss in the learner.
-    The optional `mel` and the `label_*` members are checked when present."""
+def check_episode(path: Path | str, data: dict, n_tokens: int | None = None, spec: EpisodeSpec | None = None) -> None:
+    """Types, shapes, ranges and finiteness of the per-step arrays (against `spec` when given), so a file
+    made by another writer (or damaged) is refused when it is read, not met as an index error or a NaN
+    loss in the learner. The optional `mel` and the `label_*` members are checked when present."""
+    spec = spec or EpisodeSpec(n_tokens=n_tokens)
+    n_tokens = spec.n_tokens
     tokens, action = data["tokens"], data["action"]
     if tokens.ndim != 2 or not _of(tokens, np.integer):
         raise EpisodeError(f"{path}: 'tokens' must be integer ids [steps, G], not {tokens.dtype} {tokens.shape}")
@@ -148,6 +203,9 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
         raise EpisodeError(f"{path}: token ids range {tokens.min()}..{tokens.max()}, expected {limit}")
     if action.ndim != 2 or not _of(action, np.floating, np.integer, np.bool_):
         raise EpisodeError(f"{path}: 'action' must be numbers [steps, A], not {action.dtype} {action.shape}")
+    if data["reward"].ndim != 1:
+        raise EpisodeError(f"{path}: 'reward' must be one number per step [steps], not {data['reward'].shape}")
+    _check_widths(path, data, spec)
     for key in ("action", "reward"):
         value = data[key]
         if not _of(value, np.floating, np.integer, np.bool_):
@@ -169,6 +227,18 @@ def check_episode(path: Path | str, data: dict, n_tokens: int | None = None) -> 
             row = int(np.flatnonzero(~np.isfinite(mel).all(1))[0])
             raise EpisodeError(f"{path}: 'mel' holds NaN or infinite values (first at row {row})")
     _check_labels(path, data)
+
+
+def _check_widths(path: Any, data: dict, spec: EpisodeSpec) -> None:
+    """Numbers per step of `tokens`, `action` and `mel` as the corpus and the model have them."""
+    widths = (("tokens", spec.tokens_per_step, "tokens per step (G) of the token corpus"),
+              ("action", spec.action_dim, "action numbers per step"),
+              ("mel", spec.mel_dim, "log-mel numbers per step (time_downsample x n_mels)"))
+    for key, want, what in widths:
+        value = data.get(key)
+        if want is not None and value is not None and value.ndim == 2 and value.shape[1] != want:
+            raise EpisodeError(f"{path}: '{key}' has {value.shape[1]} numbers per step; the store's spec has "
+                               f"{want} {what}")
 
 
 def _check_labels(path: Any, data: dict) -> None:

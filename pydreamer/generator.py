@@ -15,6 +15,7 @@ The store may be a bucket shared by machines: `--replay_dir s3://bucket/prefix` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -31,7 +32,9 @@ from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_na
 from pydreamer.policy import make_policy
 from pydreamer.replay_layout import ReplayLayout
 from runtime.files import remove_stale_temporaries
+from runtime.lease import Lease, LeaseHeld
 from runtime.processes import Child, set_torch_threads
+from runtime.s3 import RemotePath
 
 log = logging.getLogger("pydreamer.generator")
 
@@ -102,9 +105,25 @@ def run_generator(
         raise TypeError(f"{conf['env_id']}: the observation space must be a Dict holding 'tokens'")
     if not isinstance(env.action_space, spaces.Discrete):
         raise TypeError(f"{conf['env_id']}: generators support Discrete action spaces, not {env.action_space}")
-    n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
-    folder = ReplayLayout.of(replay_dir).worker_episodes(split, worker)
+    layout = ReplayLayout.of(replay_dir)
+    folder = layout.worker_episodes(split, worker)
     folder.mkdir(parents=True, exist_ok=True)
+    with _worker_lease(layout, split, worker):
+        return _generate(conf, env, replay_dir, folder, worker, split, n_steps, n_episodes, run_id)
+
+
+def _worker_lease(layout: ReplayLayout, split: str, worker: int) -> contextlib.AbstractContextManager:
+    """One live writer per worker id of a local store (LeaseHeld for a second: it would overwrite the episodes of
+    the first, which numbers them the same); a bucket has no locks (README: Many machines)."""
+    if isinstance(layout.root, RemotePath):
+        return contextlib.nullcontext()
+    return Lease(layout.worker_lease(split, worker), f"generator worker {worker} of the {split} split of {layout.root}")
+
+
+def _generate(conf: Mapping[str, Any], env: gym.Env, replay_dir: Path | str, folder: Any, worker: int, split: str,
+              n_steps: int | None, n_episodes: int | None, run_id: str | None) -> dict:
+    """The worker's loop, holding its lease: episodes until the budget is spent."""
+    n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
     stale = remove_stale_temporaries(folder)  # half-written episodes of a worker killed with kill -9
     if stale:
         log.info("removed %d half-written episode file(s) left in %s by a killed worker", len(stale), folder)
@@ -258,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             log.info("generator %s w%d: stopped", args.split, args.worker)
             return 130
+        except LeaseHeld as e:  # two processes given one --worker would number their episodes alike
+            parser.exit(2, f"{parser.prog}: error: {e}: give this one another --worker\n")
         except OSError as e:  # disk full, store unwritable: the episodes written so far are intact
             print(f"{parser.prog}: error: {args.split} worker {args.worker}: cannot write to the replay store "
                   f"({e.strerror or e}: {e.filename or conf['replay_dir']}); the episodes written before are intact",

@@ -281,3 +281,23 @@ def log_to_run(run, metrics: dict[str, float], step: int, folder: Path | None = 
     if local is not None and Path(folder).resolve().is_relative_to(local.resolve()):
         return
     client.log_artifacts(run.info.run_id, str(folder), artifact_path)
+
+
+def learner_lease(conf, run_id: str | None):
+    """The lease of run `run_id`'s learner (runtime/lease.py; not taken), in its replay store: `replay_dir` when
+    set, else the run's artifact folder when on this machine; None where there is none to hold (a bucket, a new
+    run without `replay_dir`, a run whose store is elsewhere). Checked before a run is reopened, so a second
+    learner of one run is refused with the run untouched."""
+    from pydreamer.replay_layout import ReplayLayout
+    from runtime.lease import Lease
+    from runtime.storage import is_remote
+    from runtime.tracking import find_run, local_artifact_dir, setup_mlflow
+
+    replay = conf["replay_dir"]
+    if not replay and run_id:
+        setup_mlflow(conf)
+        found = find_run(run_id)
+        replay = found.data.tags.get("replay_dir") or local_artifact_dir(found) if found else None
+    if not replay or is_remote(str(replay)):
+        return None
+    return Lease(ReplayLayout.of(replay).learner_lease, f"run {run_id or '(new)'}'s learner (replay store {replay})")

@@ -35,14 +35,19 @@ from pydreamer.learner.loop import (EXIT_CANNOT_SAVE, EXIT_INTERRUPTED, EXIT_NON
                                     _Interrupted)
 from pydreamer.learner.tracking import learner_tracking
 from pydreamer.models import NonFiniteLoss
+from pydreamer.models.checkpoint import CheckpointError
+from pydreamer.replay_layout import ReplayLayout
+from pydreamer.runs import learner_lease
 from runtime import distributed
 from runtime.device import resolve_device
 from runtime.distributed import SINGLE, Ranks, weights_digest
 from runtime.files import remove_stale_temporaries
+from runtime.lease import Lease, LeaseHeld
 from runtime.s3 import RemotePath
 from runtime.storage import store_path
 
 log = logging.getLogger("pydreamer.train")
+_HELD: list = []  # this learner's lease (runtime/lease.py), held until the process ends
 
 # ---- command line -------------------------------------------------------------------------
 
@@ -70,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         if conf["learners"] > 1:
             log.warning("learners: %d is for launch.py; this learner is one process (start it with torchrun "
                         "--nproc_per_node %d -m pydreamer.train ... for several)", conf["learners"], conf["learners"])
-        return _main(parser, conf, ranks, device)
+        try:
+            return _end_run(_main(parser, conf, ranks, device))
+        finally:
+            _release()
     device = distributed.rank_device(device, ranks)
     distributed.init(ranks, device)
     try:
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.agree(0, device)
         return code
     finally:
+        _release()
         distributed.shutdown()
 
 
@@ -100,7 +109,13 @@ def _setup(conf: Mapping[str, Any]) -> dict:
         # the labels it is conditioned on and their train values: checked before a run is opened or resumed
         conditions = condition_vocabulary(DataLayout.of(local_data_dir(conf["data_dir"])), conf["condition"]) \
             if conf["condition"] else []
-        run = start_or_resume_run(conf, os.environ.get("MLFLOW_RUN_ID") or conf["resume_id"] or None)
+        run_id = os.environ.get("MLFLOW_RUN_ID") or conf["resume_id"] or None
+        lease = learner_lease(conf, run_id)  # one live learner per run: a second is refused, the run untouched
+        _HELD.extend([lease.acquire()] if lease else [])
+        run = start_or_resume_run(conf, run_id)
+    except LeaseHeld as e:
+        return {"error": f"{e}: stop it first (or wait for it to finish); two learners of one run would both "
+                         f"write its checkpoints and metrics"}
     except (MissingTokensError, RunNotFound, ValueError) as e:
         return {"error": str(e)}
     _record_tokenizer(conf, run)
@@ -108,6 +123,8 @@ def _setup(conf: Mapping[str, Any]) -> dict:
     if not (conf["replay_dir"] or artifacts):
         return {"error": "set --replay_dir (the run's artifacts are not on this machine)"}
     replay_dir = store_path(conf["replay_dir"] or artifacts)
+    if not _HELD and not isinstance(replay_dir, RemotePath):  # a new run's store: held, so a resume meanwhile is refused
+        _HELD.append(Lease(ReplayLayout.of(replay_dir).learner_lease, f"run {run.info.run_id}'s learner").acquire())
     # a bucket is the checkpoints' home itself (the run's replay_dir tag names it): they are not copied into the run
     log_artifacts = not isinstance(replay_dir, RemotePath) and (
         artifacts is None or artifacts.resolve() != replay_dir.resolve())
@@ -153,7 +170,13 @@ def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks
             log.info("fetched %s from the run's artifacts into %s", " and ".join(f"checkpoints/{n}" for n in fetched),
                      learner.ckpt_path.parent)
     learner.agree(0)  # the other ranks read the checkpoint once rank 0 has fetched it
-    resumed = learner.try_resume()
+    try:
+        resumed = learner.try_resume()
+    except CheckpointError as e:  # one line and exit 2: a retry, or PyTorch's advice to unpickle it, cannot help
+        _stop(f"{parser.prog}: error: {e}. Resume from an earlier save (copy {learner.best_path.name} over "
+              f"{learner.ckpt_path.name} in {learner.ckpt_path.parent}) or move it aside to train from step 0; never "
+              f"load it with weights_only=False.", 2, ranks)
+        return 2
     learner.distribute()
     n_params = sum(p.numel() for p in learner.model.parameters())
     several = (f", {ranks.world_size} ranks: effective batch {ranks.world_size * conf['batch_size']} sequences "
@@ -186,9 +209,8 @@ def _train(conf: Mapping[str, Any], learner: Learner, replay_dir: Path, stop: di
     from pydreamer.data import make_replay_loader
 
     ranks = learner.ranks
-    n_tokens = learner.model.dims["n_tokens"]
-    loader = make_replay_loader(conf, replay_dir, "train", n_tokens=n_tokens, rank=ranks.rank,
-                                world_size=ranks.world_size)
+    loader = make_replay_loader(conf, replay_dir, "train", rank=ranks.rank, world_size=ranks.world_size,
+                                spec=learner.episode_spec)
     log_fn, eval_episodes, name_skipped = learner_tracking(conf, learner, replay_dir) if ranks.is_main else (None, None, None)
     try:
         try:
@@ -219,6 +241,23 @@ def _train(conf: Mapping[str, Any], learner: Learner, replay_dir: Path, stop: di
     if ranks.is_main:
         log.info("done: %d steps; checkpoint %s", learner.step, learner.ckpt_path)
     return 0
+
+
+def _release() -> None:
+    """Give the run's learner lease back (the process ending would too; a test calls main() again)."""
+    while _HELD:
+        _HELD.pop().release()
+
+
+def _end_run(code: int) -> int:
+    """Close this process's MLflow run as its exit code says: a learner stopped by a signal is KILLED, one that
+    stopped on an error FAILED (MLflow would call both FINISHED). Under launch.py the launcher closes it again,
+    last, with the status of the whole run."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status={0: "FINISHED", EXIT_INTERRUPTED: "KILLED"}.get(code, "FAILED"))
+    return code
 
 
 def _write_digest(learner: Learner) -> None:

@@ -45,6 +45,24 @@ def rank_threads(local_ranks: int) -> int:
     return n
 
 
+def _die_with(parent: int):
+    """For the child, between fork and exec: ask Linux for a SIGTERM when the parent dies (PR_SET_PDEATHSIG), so
+    a launcher killed with kill -9, or whose terminal closed, leaves no learner or generator running on alone;
+    the SIGTERM stops it as the launcher would (the learner saves first). Elsewhere (no prctl) it does nothing."""
+
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the wish was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class Child:
     """`python -m <module> <args>` in its own session (so Ctrl-C reaches only the parent, which
     stops children in order), with its thread count set in its environment."""
@@ -55,7 +73,8 @@ class Child:
         self.cmd = [sys.executable, "-m", module, *args]
         child_env = dict(os.environ if env is None else env)
         child_env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen(self.cmd, env=child_env, start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, env=child_env, start_new_session=True,
+                                     preexec_fn=_die_with(os.getpid()))
 
     @property
     def pid(self) -> int:

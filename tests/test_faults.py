@@ -111,8 +111,8 @@ def test_a_resumed_learner_logs_each_step_once_and_the_eval_split_is_not_replaye
     args = learner_args(conf)
     assert learner_main(args + ["--n_steps", "20"]) == 0
     run_id = mlflow.last_active_run().info.run_id
-    mlflow.log_metrics({"train/loss_tokens": 9.0, "eval/nll_h1": 9.0}, step=30)  # logged, then killed before saving
-    mlflow.end_run()
+    for key in ("train/loss_tokens", "eval/nll_h1"):  # logged, then killed before saving
+        mlflow.MlflowClient().log_metric(run_id, key, 9.0, step=30)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     assert learner_main(args + ["--n_steps", "40"]) == 0  # resumes at 20, redoes 21..30
     mlflow.end_run()
@@ -148,6 +148,42 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, m
     assert checkpoint_path(conf.replay_dir).read_bytes() == before
     assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 10
     assert not list(checkpoint_path(conf.replay_dir).parent.glob("*.tmp"))
+
+
+def test_a_real_full_disk_while_writing_a_checkpoint_exits_4_and_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    folder = checkpoint_path(conf.replay_dir).parent
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'}); the test "
+                    f"above fakes the error instead")
+    try:
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        args = learner_args(conf) + ["--eval_interval", "100", "--save_interval", "10"]
+        assert learner_main(args + ["--n_steps", "10"]) == 0
+        run_id = mlflow.last_active_run().info.run_id
+        before = checkpoint_path(conf.replay_dir).read_bytes()
+        with open(folder / "filler", "wb") as f:  # the disk fills up (another process's logs, say)
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+        assert learner_main(args + ["--n_steps", "30"]) == EXIT_CANNOT_SAVE  # torch.save says RuntimeError here
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "previous checkpoint (step 10) is intact" in err, err
+        assert "Traceback" not in err
+        assert checkpoint_path(conf.replay_dir).read_bytes() == before
+        assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_disk_full_while_writing_an_episode_keeps_the_others(tmp_path, monkeypatch, capsys):
@@ -262,3 +298,122 @@ def test_malformed_audio_in_a_good_folder_corpus_is_named_and_every_good_file_ke
     notes = {os.path.basename(n["path"]): n["note"] for n in manifest["notes"]}
     assert "truncated: the header declares" in notes["c0.wav"]
     assert f"skipped {len(bad)}" in out.out
+
+
+def _poisoned(folder, good: dict, worker: int = 7) -> dict[str, str]:
+    """Episode files that crashed the learner before the store had a spec, as long episodes (sampled first);
+    name -> the reason expected. Written beside good ones by another writer, not by save_episode."""
+    import io
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = 400
+    long = {k: (np.resize(v, (rows,) + v.shape[1:]) if v.ndim else v) for k, v in good.items()}
+    cases = {
+        "a member of raw bytes": ("raw", "is not an array"),
+        "reward per step of two numbers": ({**long, "reward": np.zeros((rows, 2), np.float32)}, "one number per step"),
+        "one token more per step": ({**long, "tokens": np.zeros((rows, long["tokens"].shape[1] + 1), np.int16)},
+                                    "numbers per step; the store's spec"),
+        "two action numbers more": ({**long, "action": np.zeros((rows, long["action"].shape[1] + 2), np.float32)},
+                                    "numbers per step; the store's spec"),
+        "50 M rows behind a short name": ("bomb", "inflates to"),
+        "rows unlike its name": ({k: v[:50] if v.ndim else v for k, v in long.items()}, "its name says"),
+    }
+    expected = {}
+    for i, (what, (episode, reason)) in enumerate(cases.items()):
+        name = episode_filename(worker, 800 + i, rows - 1)
+        if episode == "raw":
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for key, value in long.items():
+                    member = io.BytesIO()
+                    np.lib.format.write_array(member, np.asarray(value))
+                    z.writestr(key + ".npy" if key != "reward" else "reward", member.getvalue() if key != "reward"
+                               else b"raw bytes, not an array")
+            (folder / name).write_bytes(buf.getvalue())
+        elif episode == "bomb":
+            name = episode_filename(worker, 800 + i, 60)  # 2 MB on disk, gigabytes if decoded
+            np.savez_compressed(folder / name, **{**{k: v[:61] if v.ndim else v for k, v in long.items()},
+                                                  "tokens": np.zeros((50_000_000 // 8, long["tokens"].shape[1]), np.int16)})
+        else:
+            np.savez(folder / name, **episode)
+        expected[name] = reason
+    fifo = folder / episode_filename(worker, 899, rows - 1)
+    os.mkfifo(fifo)  # opening it would block the reader for ever
+    expected[fifo.name] = "not a regular file"
+    return expected
+
+
+def test_a_poisoned_store_is_refused_file_by_file_and_the_learner_trains_on(tmp_path, monkeypatch):
+    from pydreamer.episodes import EpisodeSpec, list_episodes
+
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    run_generator(conf, conf.replay_dir, split="val", n_episodes=4)
+    store = tmp_path / "replay"
+    good = load_episode(list_episodes(store / "episodes")[0])
+    spec = EpisodeSpec(n_tokens=8, tokens_per_step=good["tokens"].shape[1], action_dim=good["action"].shape[1])
+    expected = _poisoned(store / "episodes" / "w7", good)
+    for name, reason in expected.items():  # each refused with its reason, none opened past its checks
+        with pytest.raises(EpisodeError, match=reason):
+            load_episode(store / "episodes" / "w7" / name, spec=spec)
+    eval_bad = _poisoned(store / "episodes_eval" / "v0", good, worker=0)  # sorted first: the eval reader meets them
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert learner_main(learner_args(conf) + ["--n_steps", "20"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and "eval/nll_h1" in run.data.metrics
+    text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/replay/skipped_episodes.txt")
+    train_named = [line for line in text.splitlines() if "/w7/" in line]
+    assert train_named and all(any(r in line for r in expected.values()) for line in train_named)
+    assert all(name in text for name in eval_bad)
+
+
+def test_a_stand_alone_learner_stopped_by_sigterm_marks_its_run_killed(tmp_path, monkeypatch):
+    from pydreamer.learner.loop import Learner
+    from pydreamer.train import EXIT_INTERRUPTED
+
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    real_step = Learner.train_step
+
+    def step_then_sigterm(self, batch):  # the signal arrives at step 5, as `kill PID` would send it
+        out = real_step(self, batch)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Learner, "train_step", step_then_sigterm)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert learner_main(learner_args(conf) + ["--n_steps", "100"]) == EXIT_INTERRUPTED
+    assert mlflow.get_run(mlflow.last_active_run().info.run_id).info.status == "KILLED"  # not FINISHED
+    assert load_checkpoint(checkpoint_path(conf.replay_dir))["step"] == 5
+
+
+class _Foreign:
+    """An object a weights-only load refuses: what a poisoned checkpoint carries."""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "poisoned"])
+def test_a_checkpoint_that_cannot_be_loaded_is_named_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys, damage):
+    conf = toy_conf(tmp_path)
+    run_generator(conf, conf.replay_dir, split="train", n_steps=240)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = learner_args(conf)
+    assert learner_main(args + ["--n_steps", "10"]) == 0
+    run_id = mlflow.last_active_run().info.run_id
+    ckpt = checkpoint_path(conf.replay_dir)
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    else:
+        torch.save({"step": 10, "model": _Foreign()}, ckpt)
+    capsys.readouterr()
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert learner_main(args + ["--n_steps", "20"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert str(ckpt) in err[0] and "best.pt" in err[0] and "Traceback" not in err[0]
+    assert "retry" not in err[0].lower() and "never load it with weights_only=False" in err[0]

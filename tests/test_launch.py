@@ -105,16 +105,16 @@ def test_launch_kill_learner_then_resume_the_same_run(tmp_path):
 def test_auto_size_trains_the_cpu_demo_without_a_gpu_and_says_why(monkeypatch, gpu):
     import torch
 
-    import launch
+    from runtime.device import size_for_this_machine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Test GPU")
-    configs, why = launch.size_for_this_machine(["defaults", "audio"])
+    configs, why = size_for_this_machine(["defaults", "audio"])
     if gpu:
         assert configs == ["defaults", "audio"] and "Test GPU" in why
     else:
         assert configs == ["defaults", "audio", "small"] and "no GPU" in why and "`small`" in why
-    assert launch.size_for_this_machine(["defaults", "audio", "tiny"])[0] == ["defaults", "audio", "tiny"]
+    assert size_for_this_machine(["defaults", "audio", "tiny"])[0] == ["defaults", "audio", "tiny"]
 
 
 @pytest.mark.parametrize("omp", ["1", ""])
@@ -141,3 +141,19 @@ def test_the_tokenizer_stages_use_the_threads_the_caller_allows(monkeypatch, omp
     finally:
         torch.set_num_threads(before)
     assert seen == [int(omp) if omp else cpu_cores()]
+
+
+def test_a_learner_that_refused_to_start_gets_no_continue_line(tmp_path, capsys):
+    import launch
+    from pydreamer.replay_layout import checkpoint_path
+    from runtime.config import load_config
+
+    ckpt = checkpoint_path(tmp_path)
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"damaged")
+    conf = load_config(["defaults", "tiny"])
+    launch.print_summary(conf, ["defaults", "tiny"], "abc", tmp_path, launch.Ending(status="FAILED", code=2))
+    out = capsys.readouterr().out
+    assert "refused" in out and "--resume_id" not in out  # resuming would fail the same way
+    launch.print_summary(conf, ["defaults", "tiny"], "abc", tmp_path, launch.Ending(status="FAILED", code=1))
+    assert "continue with: python launch.py --configs defaults tiny --resume_id abc" in capsys.readouterr().out

@@ -13,22 +13,23 @@ import numpy as np
 import torch
 
 from pydreamer.data import episode_batch
-from pydreamer.episodes import EpisodeError, list_episodes, load_episode
+from pydreamer.episodes import EpisodeError, EpisodeSpec, list_episodes, load_episode
 from pydreamer.models import Dreamer
 
 log = logging.getLogger("pydreamer.learner")
 
 
 def load_eval_episodes(folder: Path | str, n: int, n_tokens: int | None = None,
-                       skipped: list[str] | None = None) -> list[dict]:
-    """The first `n` usable episodes of the eval store (sorted names, so the set stays fixed as it grows);
-    the unusable ones are named ("path: reason") in `skipped`."""
+                       skipped: list[str] | None = None, spec: EpisodeSpec | None = None) -> list[dict]:
+    """The first `n` usable episodes of the eval store (sorted names, so the set stays fixed as it grows), each
+    checked against `spec` (or token ids below `n_tokens`) as the replay reader checks them; the unusable ones
+    are named ("path: reason") in `skipped`."""
     out = []
     for path in list_episodes(folder):
         if len(out) >= n:
             break
         try:
-            ep = load_episode(path, n_tokens=n_tokens)
+            ep = load_episode(path, n_tokens=n_tokens, spec=spec)
         except EpisodeError as e:
             log.warning("eval: skipping %s", e)
             if skipped is not None:

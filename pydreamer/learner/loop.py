@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from pydreamer.episodes import EpisodeSpec
 from pydreamer.learner.eval_metrics import evaluate_episodes
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import args_differ, build_model, load_checkpoint, restore, save_checkpoint
@@ -67,6 +68,13 @@ class Learner:
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
         self.waiting_for_data = False  # blocked on the replay store: a stop signal must not wait for the next batch
         self.skipped_episodes: list[str] = []  # "path: reason" of every unusable episode file the reader met
+
+    @property
+    def episode_spec(self) -> EpisodeSpec:
+        """What every episode it trains or is evaluated on must be: this model's dimensions, not the first file's."""
+        dims = self.model.dims
+        return EpisodeSpec(dims["n_tokens"], dims["tokens_per_step"], dims["action_dim"],
+                           getattr(self.model.wm, "mel_dim", None))
 
     # checkpoints
     def try_resume(self) -> bool:

@@ -15,7 +15,6 @@ def learner_tracking(conf: Mapping[str, Any], learner: Learner, replay_dir: Path
     """Rank 0's MLflow side of the loop: (log_fn, eval_episodes_fn, skip_fn)."""
     import mlflow
 
-    n_tokens = learner.model.dims["n_tokens"]
     eval_folder = ReplayLayout.of(replay_dir).episodes("val")
     eval_cache: dict[str, list] = {"episodes": []}
     run_id = mlflow.active_run().info.run_id
@@ -32,7 +31,7 @@ def learner_tracking(conf: Mapping[str, Any], learner: Learner, replay_dir: Path
         want = conf["eval_episodes"]
         if len(eval_cache["episodes"]) < want:  # the eval set grows until it is full, then stays fixed
             skipped: list[str] = []
-            eval_cache["episodes"] = load_eval_episodes(eval_folder, want, n_tokens=n_tokens, skipped=skipped)
+            eval_cache["episodes"] = load_eval_episodes(eval_folder, want, spec=learner.episode_spec, skipped=skipped)
             name_skipped(skipped, learner.step)
         return eval_cache["episodes"]
 

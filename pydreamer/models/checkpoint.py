@@ -9,7 +9,9 @@ with one PUT of the whole file (a reader gets the previous checkpoint or the new
 """
 from __future__ import annotations
 
+import errno
 import io
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,7 +40,26 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, optimizers: Mappin
         storage.write_bytes_atomic(path, buf.getvalue())
         return
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        try:
+            torch.save(data, tmp)
+        except RuntimeError as e:  # PyTorch's zip writer on a full disk: "file write failed", not an OSError
+            raise _write_error(tmp, e) from None
+
+
+def _write_error(tmp: Path, error: RuntimeError) -> OSError:
+    """What torch.save's RuntimeError was, as the OSError a caller handles: ENOSPC when the disk holding
+    `tmp` (still there, half written) has under 1 MiB left, else an I/O error quoting PyTorch."""
+    try:
+        full = shutil.disk_usage(tmp.parent).free < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, "No space left on device", str(tmp.parent))
+    return OSError(errno.EIO, f"torch.save failed ({str(error).splitlines()[0]})", str(tmp.parent))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, damaged, or not one of ours); one line names it."""
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
@@ -49,8 +70,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         return torch.load(source, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # a truncated or foreign file: say which
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from None
+    except Exception as e:  # a truncated or foreign file: say which, without PyTorch's advice to unpickle it
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            reason = "it holds objects other than weights (never unpickled here)"
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
 
 
 def restore(checkpoint: Mapping[str, Any], model: torch.nn.Module, optimizers: Mapping[str, Any] | None = None) -> int:
