@@ -18,7 +18,6 @@
    baselines (`pydreamer.evaluate`, artifacts `evaluation/test/`); with `dream_at_end`, writes dreams,
    pictures and the acoustic table into the run (`pydreamer.dream`, artifacts `dreams/`). Both run in
    this process once the children have stopped. It ends by saying where they are and how to open the run.
-
 `--auto_size` (what `make run` passes) adds the CPU demo section `small` when no GPU is present.
 """
 from __future__ import annotations
@@ -95,18 +94,6 @@ def data_layout(conf, parser: argparse.ArgumentParser):
         parser.exit(1, f"{parser.prog}: error: --data_dir {data_dir}: {e}\n")
 
 
-def record_run_tokenizer(run, layout) -> bool:
-    """Log the tokenizer the run trains on as its artifact (see pydreamer.runs), so dreams need only the run id."""
-    from pydreamer.runs import record_tokenizer
-
-    if not layout.vqvae.is_file():
-        print(f"launch: WARNING: no tokenizer checkpoint at {layout.vqvae}: this run's dreams cannot be decoded",
-              flush=True)
-        return False
-    print(f"launch: {record_tokenizer(run, layout.vqvae, layout.token_meta)}", flush=True)
-    return True
-
-
 def run_at_end(name: str, main, args: list[str]) -> int:
     """A finished run's follow-up command (`main(args)` of pydreamer.evaluate or .dream) in this process with
     every core: the children have stopped, and no second interpreter has to start. Returns its exit code
@@ -172,7 +159,7 @@ class Ending:
 def read_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str], Config]:
     """The command line and the merged config; a bad value exits 2 here, before anything is written.
     Returns (parser, args, the `--key value` rest, config)."""
-    from runtime.config import ConfigError, load_config
+    from runtime.config import ConfigError, check_writable, load_config
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
@@ -186,6 +173,7 @@ def read_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpar
         print(f"launch: {why}", flush=True)
     try:  # every value checked before anything is written
         conf = load_config(args.configs, rest)
+        check_writable(conf)  # data_dir, replay_dir, mlflow_dir: tried before any run is opened
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return parser, args, rest, conf
@@ -204,7 +192,12 @@ def check_before_writing(conf: Config, configs: list[str], parser: argparse.Argu
     if needs_tokens(conf):  # tokens made with other settings are refused before anything is written
         from tokenizer.records import StaleOutput, check_stages
 
+        from tokenizer.stages import stages_busy
+
         layout = data_layout(conf, parser)
+        busy = None if layout.has_tokens() else stages_busy(layout)  # two makers would both train a VQ-VAE
+        if busy:
+            parser.exit(2, f"{parser.prog}: error: {busy}: wait for it, then run again (its tokens are then used)\n")
         try:
             check_stages(conf, layout, ("prepare", "train", "encode"))
         except StaleOutput as e:
@@ -262,6 +255,7 @@ def open_run(conf: Config, parser: argparse.ArgumentParser) -> tuple[Run, Path]:
 def prepare_tokens(conf: Config, layout: DataLayout, run: Run) -> bool:
     """Run the tokenizer stages the corpus still needs and log the run's tokenizer. Returns whether the run's
     dreams can be decoded (a tokenizer checkpoint was there to log)."""
+    from pydreamer.runs import record_tokenizer
     from runtime.processes import set_torch_threads
     from tokenizer.stages import ensure_tokens
 
@@ -272,7 +266,13 @@ def prepare_tokens(conf: Config, layout: DataLayout, run: Run) -> bool:
 
         print(f"launch: {send_back(layout.root, layout.origin)}", flush=True)
     print(f"launch: tokens ready in {layout.show(folder)}", flush=True)
-    return record_run_tokenizer(run, layout)
+    if not layout.vqvae.is_file():
+        print(f"launch: WARNING: no tokenizer checkpoint at {layout.vqvae}: this run's dreams cannot be decoded",
+              flush=True)
+        return False
+    # the tokenizer the run trains on, as its artifact (see pydreamer.runs), so dreams need only the run id
+    print(f"launch: {record_tokenizer(run, layout.vqvae, layout.token_meta)}", flush=True)
+    return True
 
 
 def run_children(conf: Config, configs: list[str], rest: list[str], run: Run, replay_dir: Path,

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, default=None, help="run only this worker, in this process")
     parser.add_argument("--n_workers", type=int, default=None, help="with --worker: how many workers share the split")
     parser.add_argument("--split", choices=("train", "val"), default="train", help="with --worker: which split")
-    conf, args = parse_args(argv, parser)
+    conf, args = parse_args(argv, parser, writes=("replay_dir", "mlflow_dir"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     set_torch_threads()
     if not conf["replay_dir"]:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 TOKENIZER_ARTIFACTS = "tokenizer"  # artifact folder: vqvae.pt and meta.json
 VQVAE_NAME = "vqvae.pt"
 META_NAME = "meta.json"
-SHA_TAG = "tokenizer.vqvae_sha256"
+SHA_TAG = "tokenizer.weights_sha256"  # of the weights (tokenizer/vqvae.py weights_sha256), not the file's bytes
+LEGACY_SHA_TAG = "tokenizer.vqvae_sha256"  # runs from before: the file's bytes
 PATH_TAG = "tokenizer.vqvae_path"
 
 
@@ -187,8 +188,12 @@ def record_tokenizer(run, vqvae: Path, meta: Path) -> str:
     """
     import mlflow
 
-    sha = file_sha256(vqvae)
+    from tokenizer.vqvae import weights_sha256
+
+    sha = weights_sha256(vqvae)
     old = run.data.tags.get(SHA_TAG)
+    if not old and run.data.tags.get(LEGACY_SHA_TAG):  # a run from before: its tag is of the file
+        old = sha if run.data.tags[LEGACY_SHA_TAG] == file_sha256(vqvae) else run.data.tags[LEGACY_SHA_TAG]
     if old and old != sha:
         return (f"WARNING: {vqvae} differs from the tokenizer this run started with (sha256 {old[:12]} vs "
                 f"{sha[:12]}); the run keeps its artifact tokenizer/{VQVAE_NAME}, so dreams decode with the old one")
@@ -224,7 +229,10 @@ def run_tokenizer(run, conf) -> RunTokenizer:
     from runtime.tracking import local_artifact_dir
     from tokenizer.layout import DataLayout
 
+    from tokenizer.vqvae import weights_sha256
+
     sha = run.data.tags.get(SHA_TAG)
+    legacy = run.data.tags.get(LEGACY_SHA_TAG) if sha is None else None
     local = local_artifact_dir(run)
     folder = local / TOKENIZER_ARTIFACTS if local else None
     if folder is None or not (folder / VQVAE_NAME).is_file():
@@ -237,10 +245,10 @@ def run_tokenizer(run, conf) -> RunTokenizer:
         raise RunError(f"run {run.info.run_id} carries no tokenizer artifact and {layout.vqvae} does not exist: "
                        f"nothing can decode its tokens")
     meta = layout.token_meta if layout.token_meta.is_file() else None
-    if sha is None:
+    if sha is None and legacy is None:
         return RunTokenizer(layout.vqvae, meta, f"{layout.vqvae} (the run records no tokenizer hash: assumed to be its own)")
-    if file_sha256(layout.vqvae) != sha:
-        raise RunError(f"run {run.info.run_id} was trained with tokenizer sha256 {sha[:12]}, its artifact is missing "
+    if (weights_sha256(layout.vqvae) if sha else file_sha256(layout.vqvae)) != (sha or legacy):
+        raise RunError(f"run {run.info.run_id} was trained with tokenizer sha256 {(sha or legacy)[:12]}, its artifact is missing "
                        f"and {layout.vqvae} is a different one")
     return RunTokenizer(layout.vqvae, meta, f"{layout.vqvae} (sha256 matches the run's tag)")
 

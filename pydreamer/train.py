@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.processes import rank_threads, set_torch_threads
 
     parser = argparse.ArgumentParser(prog="python -m pydreamer.train", description=__doc__.split("\n")[0])
-    conf, _ = parse_args(argv, parser)
+    conf, _ = parse_args(argv, parser, writes=("replay_dir", "mlflow_dir"))
     ranks = Ranks.from_env()
     prefix = f"[rank {ranks.rank}] " if ranks.distributed else ""
     logging.basicConfig(level=logging.INFO if ranks.is_main else logging.WARNING,

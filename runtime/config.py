@@ -328,8 +328,25 @@ def split_overrides(argv: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None, parser=None, path: Path | str = DEFAULT_CONFIG_PATH):
-    """Parse `--configs ...` plus overrides. `parser` (argparse) may declare extra flags.
+def check_writable(conf: Mapping[str, Any], keys: Sequence[str] = ("data_dir", "replay_dir", "mlflow_dir")) -> None:
+    """ConfigError naming the first of the output folders `keys` (when set, and local: a bucket is checked
+    when used) that cannot be written; `mlflow_dir` only when MLFLOW_TRACKING_URI does not name the store.
+    Called before anything is written or a run is opened."""
+    from runtime.files import unwritable
+
+    for key in keys:
+        value = str(conf.get(key) or "")
+        if not value or "://" in value or (key == "mlflow_dir" and os.environ.get("MLFLOW_TRACKING_URI")):
+            continue
+        why = unwritable(value)
+        if why:
+            raise ConfigError(f"--{key} {value}: {why}")
+
+
+def parse_args(argv: Sequence[str] | None = None, parser=None, path: Path | str = DEFAULT_CONFIG_PATH,
+               writes: Sequence[str] = ()):
+    """Parse `--configs ...` plus overrides. `parser` (argparse) may declare extra flags; `writes` names the
+    output folder keys the command writes, tried here (`check_writable`).
 
     Returns (conf, args) where args holds the parser's own flags. Errors exit with a
     one-line message (status 2), never a traceback.
@@ -341,6 +358,7 @@ def parse_args(argv: Sequence[str] | None = None, parser=None, path: Path | str 
     args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     try:
         conf = load_config(args.configs, rest, path)
+        check_writable(conf, writes)
     except ConfigError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     return conf, args

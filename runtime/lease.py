@@ -85,7 +85,9 @@ class Lease:
 
 
 def describe(what: str, holder: dict) -> str:
-    """'<what> is held by pid P on host H (since hh:mm:ss)': the one line a refused second writer prints."""
+    """'<what> is held by pid P on host H, since ...': the one line a refused second writer prints (the holder's own
+    words for what it holds, when it wrote them)."""
+    what = str(holder.get("what") or what)
     since = holder.get("since")
     when = f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
     return f"{what} is held by pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}"

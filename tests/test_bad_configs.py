@@ -28,6 +28,9 @@ import launch
     (["--evaluate_at_end", "maybe"], "expected true or false"),
     (["--mlflow_dir", "a_file"], "'mlflow_dir' = 'a_file': is a file"),
     (["--device", "tpu"], "'device' = 'tpu': expected auto, cpu, cuda or cuda:N"),
+    (["--replay_dir", "/proc/forbidden"], "--replay_dir /proc/forbidden: cannot write in /proc"),
+    (["--mlflow_dir", "/proc/forbidden"], "--mlflow_dir /proc/forbidden: cannot write in /proc"),
+    (["--data_dir", "/proc/forbidden/data"], "--data_dir /proc/forbidden/data: cannot write in /proc"),
 ])
 def test_a_bad_config_is_one_line_exit_2_and_nothing_written(args, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -40,3 +43,22 @@ def test_a_bad_config_is_one_line_exit_2_and_nothing_written(args, words, tmp_pa
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]  # nothing written: no mlruns, no data, no replay
+
+
+@pytest.mark.parametrize("module, key", [("pydreamer.train", "replay_dir"), ("pydreamer.train", "mlflow_dir"),
+                                         ("pydreamer.generator", "replay_dir"), ("tokenizer", "data_dir")])
+def test_a_stand_alone_command_refuses_an_unwritable_folder_before_it_starts(module, key, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Not a wait of learner_wait_s for episodes that can never come, nor a traceback: one line, exit 2."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--configs", "defaults", "tiny", "--replay_dir", str(tmp_path / "replay"), f"--{key}", "/proc/forbidden"]
+    main = importlib.import_module(f"{module}.__main__" if module == "tokenizer" else module).main
+    with pytest.raises(SystemExit) as e:
+        main((["prepare"] if module == "tokenizer" else []) + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--{key} /proc/forbidden: cannot write in /proc" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -166,7 +166,7 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
     assert 0.0 <= summary["silent_fraction"]["unconditional"] <= 1.0 and "prompts" in summary["rhythm"]
     mlflow.set_tracking_uri(tracking_uri({"mlflow_dir": str(root / "mlruns")}))  # the launch's store, whatever ran before
     run = mlflow.get_run(summary["run"])
-    assert run.info.status == "FINISHED" and "tokenizer.vqvae_sha256" in run.data.tags
+    assert run.info.status == "FINISHED" and "tokenizer.weights_sha256" in run.data.tags
     for key in ("dream/unconditional/rms/ks_stat", "dream/realtime_factor", "dream/completion/own/lsd_h0.5s",
                 "dream/unconditional/silent_fraction", "dream/unconditional/voiced_fraction/rel_diff",
                 "test/nll_h1", "test/nll_h15", "test/baseline/bigram/nll_h1"):
@@ -178,6 +178,7 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
     import torch
 
     from pydreamer.runs import SHA_TAG, file_sha256, run_tokenizer
+    from tokenizer.vqvae import load_vqvae, weights_sha256
 
     root, run_id = tiny_run
     layout = DataLayout.of(root / "data")
@@ -185,12 +186,17 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
     torch.manual_seed(1)
     other = tmp_path / "other.pt"
     save_vqvae(other, VQVAE(n_mels=80, channels=16, code_dim=8, codebook_size=K, tokens_per_step=G, time_downsample=4))
+    same = tmp_path / "same.pt"  # the same weights saved again (a deterministic retrain): other bytes, same tokenizer
+    model, extra = load_vqvae(layout.vqvae)
+    save_vqvae(same, model, {**extra, "retrained": "again"})
+    assert file_sha256(same) != file_sha256(layout.vqvae) and weights_sha256(same) == weights_sha256(layout.vqvae)
     with start_or_resume_run(conf, run_id) as run:
         assert "already recorded" in record_tokenizer(run, layout.vqvae, layout.token_meta)
+        assert "already recorded" in record_tokenizer(run, same, layout.token_meta)
         assert record_tokenizer(run, other, layout.token_meta).startswith("WARNING")
     run = mlflow.get_run(run_id)
     tok = run_tokenizer(run, conf)
-    assert tok.where.startswith("run artifact") and file_sha256(tok.vqvae) == run.data.tags[SHA_TAG]
+    assert tok.where.startswith("run artifact") and weights_sha256(tok.vqvae) == run.data.tags[SHA_TAG]
     assert file_sha256(tok.vqvae) == file_sha256(layout.vqvae) != file_sha256(other)
 
 

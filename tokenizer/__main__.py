@@ -20,7 +20,8 @@ from tokenizer.layout import DataLayout
 from tokenizer.parts import PART_STAGES, PartError, share_from_args
 from runtime.distributed import Ranks
 from tokenizer.records import STAGES, StaleOutput, check_stages, pending
-from tokenizer.stages import merge_parts, run_part, run_stage, run_train_ranks
+from runtime.lease import LeaseHeld
+from tokenizer.stages import merge_parts, run_part, run_stage, run_train_ranks, stages_lease
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepare/encode: do only share I of --n_workers (utterances, or log-mel shards for encode, "
                              "whose number %% N == I) into <data_dir>/parts/<stage>/; 'merge' assembles the parts")
     parser.add_argument("--n_workers", type=int, default=None, metavar="N", help="how many workers share the stage")
-    conf, args = parse_args(argv, parser)
+    conf, args = parse_args(argv, parser, writes=("data_dir", "mlflow_dir"))
     prog = f"{parser.prog} {args.stage}"
     try:  # every check before anything is written
         share = share_from_args(args.worker, args.n_workers)
@@ -90,8 +91,12 @@ def _run(conf, args: argparse.Namespace, share, ranks: Ranks, parser: argparse.A
         if share is not None:
             run_part(conf, layout, args.stage, share, force=args.force)
         else:
-            for stage in stages:
-                run_stage(conf, layout, stage, force=args.force)
+            with stages_lease(layout):  # one process writes data_dir's stages at a time
+                for stage in stages:
+                    run_stage(conf, layout, stage, force=args.force)
+    except LeaseHeld as e:
+        print(f"{prog}: error: {e}: wait for it to finish (a finished stage is then skipped)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

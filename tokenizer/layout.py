@@ -62,6 +62,11 @@ class DataLayout:
         """The settings a stage's output was made with (written when the stage finishes)."""
         return self.root / "settings" / f"{stage}.json"
 
+    @property
+    def stages_lease(self) -> Path:
+        """Held while stages write this folder (runtime/lease.py): a second writer is refused, not interleaved."""
+        return self.root / "stages.lock"
+
     def parts(self, stage: str) -> Path:
         """Worker parts of a stage run on several hosts (`--worker i --n_workers N`), one folder
         `w{i}of{N}` each, until `python -m tokenizer merge` assembles them (and removes this folder)."""

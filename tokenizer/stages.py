@@ -17,6 +17,7 @@ import torch
 
 from runtime import distributed
 from runtime.distributed import Ranks
+from runtime.lease import Lease, describe
 from runtime.tracking import find_run, setup_mlflow, start_or_resume_run
 from tokenizer import encode, evaluate, prepare, train
 from tokenizer.layout import DataLayout
@@ -133,9 +134,22 @@ def ensure_tokens(conf: Mapping[str, Any], layout: DataLayout, echo: Callable[[s
     check_stages(conf, layout, ("prepare", "train", "encode"))
     pending(layout, ("prepare", "train", "encode"))
     if not layout.has_tokens():
-        for stage in ("prepare", "train", "encode"):
-            run_stage(conf, layout, stage, echo=echo)
+        with stages_lease(layout):  # LeaseHeld when another process is making them
+            for stage in ("prepare", "train", "encode"):
+                run_stage(conf, layout, stage, echo=echo)
     return layout.token_meta.parent
+
+
+def stages_lease(layout: DataLayout) -> Lease:
+    """The one lease of the processes that write `data_dir` as a whole (two launches making the same tokens would
+    both train a VQ-VAE and overwrite each other's); worker parts are made side by side, each in its own folder."""
+    return Lease(layout.stages_lease, f"the tokenizer stages writing {layout.data_dir_arg}")
+
+
+def stages_busy(layout: DataLayout) -> str | None:
+    """Who is writing `data_dir`'s stages now (one line), or None."""
+    holder = stages_lease(layout).holder()
+    return describe(stages_lease(layout).what, holder) if holder else None
 
 
 # ---- on several hosts: `--worker i --n_workers N`, then `merge` (see tokenizer/parts.py) ----------------

@@ -257,3 +257,14 @@ def load_vqvae(path: Path | str, device: str | torch.device = "cpu") -> tuple[VQ
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, {k: v for k, v in ckpt.items() if k not in ("hparams", "state_dict")}
+
+
+def weights_sha256(path: Path | str) -> str:
+    """The sha256 of a tokenizer checkpoint's hyperparameters and weights, not of its file: a retrain to the same
+    weights (another time stamp, another zip layout) is the same tokenizer."""
+    from runtime.distributed import weights_digest
+
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    hparams = sorted((str(k), repr(v)) for k, v in dict(ckpt.get("hparams") or {}).items())
+    return weights_digest({**{f"hparams.{k}": torch.tensor(list(v.encode())) for k, v in hparams},
+                           **ckpt["state_dict"]})
