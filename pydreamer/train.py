@@ -238,6 +238,8 @@ def _train(conf: Mapping[str, Any], learner: Learner, replay_dir: Path, stop: di
     except PeerStopped as e:
         return _stop(f"learner stopped at step {learner.step}: {e}", e.code, ranks)
     _write_digest(learner)
+    if ranks.is_main and not log_fn.flush():  # type: ignore[union-attr]  # held through a tracking outage
+        log.warning("the tracking store is still down: the metrics held since the outage were not logged")
     if ranks.is_main:
         log.info("done: %d steps; checkpoint %s", learner.step, learner.ckpt_path)
     return 0

@@ -23,6 +23,7 @@ import yaml
 from runtime.s3 import url_problem
 from runtime.storage import is_remote
 
+# `config/` beside `runtime/`: in the repo, and in an installed wheel too (pyproject.toml ships it as package data).
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "defaults.yaml"
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -193,7 +194,7 @@ _NON_NEGATIVE_FLOAT = "kl_weight forecast_weight contrastive_weight free_nats re
 _FRACTION = "unimix vq_ema_decay kl_balance gamma lambda_gae transformer_dropout vq_dead_threshold actor_grad_mix condition_dropout".split()
 _FLOATS = _POSITIVE_FLOAT + _NON_NEGATIVE_FLOAT + _FRACTION
 _CHOICES = {
-    "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "regex"), "long_files": ("cut", "skip"),
+    "source": ("synth", "commonvoice", "folder"), "speaker_rule": ("parent", "top", "regex"), "long_files": ("cut", "skip"),
     "env_order": ("shuffle", "sequential"), "observation": ("tokens", "mel"), "env_reward": ("voice", "none"), "generator_policy": ("random", "network"),
     "world_model": ("rssm", "transformer", "maskgit", "mel_rssm"),
     "token_head": ("independent", "autoregressive"),

@@ -96,3 +96,36 @@ def test_listing_knows_the_conditioning_labels(tmp_path):
 
     write_clip(tmp_path / "f" / "anna" / "x.wav", seconds=0.3)
     assert [r.label_map for r in list_folder(tmp_path / "f")[0]] == [{"speaker": "anna"}]
+
+
+def test_file_names_that_sanitize_alike_keep_unique_readable_ids_and_a_speaker_disjoint_split(tmp_path):
+    from tokenizer.split import assign_splits
+
+    names = ["привет мир", "你好", "привет_мир", "a b", "a_b", "a:b"]  # 3 pairs that map to one id each before
+    speakers = [f"спикер{k}" for k in range(8)]
+    for s in speakers:
+        for name in names:
+            (tmp_path / s).mkdir(exist_ok=True)
+            (tmp_path / s / f"{name}.wav").write_bytes(b"")  # listing reads names only
+    conf = {"source": "folder", "data_root": str(tmp_path), "speaker_rule": "parent", "speaker_regex": ""}
+    records, _ = list_corpus(conf)
+    ids = [r.utterance_id for r in records]
+    assert len(ids) == len(set(ids)) == 8 * len(names)  # unique by construction
+    assert any("привет" in i for i in ids) and any("你好" in i for i in ids)  # readable, not `utt`
+    again, _ = list_corpus(conf)
+    assert [r.utterance_id for r in again] == ids  # stable from one listing to the next
+    assignment, mode = assign_splits([(r.utterance_id, r.speaker) for r in records], min_speakers=3)
+    assert mode == "speaker"
+    splits_of = {}
+    for r in records:
+        splits_of.setdefault(r.speaker, set()).add(assignment[r.utterance_id])
+    assert all(len(v) == 1 for v in splits_of.values())  # the manifest's claim holds
+
+
+def test_librispeech_layout_takes_the_speaker_from_the_top_folder(tmp_path):
+    for speaker, chapter in (("19", "198"), ("19", "227"), ("26", "495")):
+        (tmp_path / speaker / chapter).mkdir(parents=True)
+        (tmp_path / speaker / chapter / f"{speaker}-{chapter}-0001.flac").write_bytes(b"")
+    by_parent = {r.speaker for r in list_folder(tmp_path)[0]}
+    assert by_parent == {"19/198", "19/227", "26/495"}  # chapters as speakers: the default is wrong here
+    assert {r.speaker for r in list_folder(tmp_path, "top")[0]} == {"19", "26"}

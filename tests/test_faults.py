@@ -417,3 +417,32 @@ def test_a_checkpoint_that_cannot_be_loaded_is_named_in_one_line_with_exit_2(tmp
     assert len(err) == 1, err
     assert str(ckpt) in err[0] and "best.pt" in err[0] and "Traceback" not in err[0]
     assert "retry" not in err[0].lower() and "never load it with weights_only=False" in err[0]
+
+
+def test_metrics_wait_through_a_tracking_outage_and_arrive_in_order():
+    from pydreamer.learner.tracking import MetricBuffer
+
+    class Server:
+        def __init__(self):
+            self.up, self.got, self.tries = True, [], 0
+
+        def log_batch(self, run_id, metrics):
+            self.tries += 1
+            if not self.up:
+                raise ConnectionError("Connection refused")
+            self.got += [(m.key, m.step, m.value) for m in metrics]
+
+    now = [0.0]
+    server = Server()
+    buffer = MetricBuffer("run", server, limit=5, retry_s=30.0, clock=lambda: now[0])
+    buffer.log({"train/loss": 1.0}, 10)
+    server.up = False
+    for step in range(20, 90, 10):  # an outage of 7 log lines: training goes on, a send is tried every 30 s
+        now[0] += 10.0
+        buffer.log({"train/loss": step / 10}, step)
+    assert server.tries <= 1 + 3 and len(buffer.held) == 5 and buffer.dropped == 2  # bounded: the oldest dropped
+    server.up = True
+    now[0] += 30.0
+    buffer.log({"train/loss": 9.0}, 90)
+    assert [s for _, s, _ in server.got] == [10, 50, 60, 70, 80, 90] and not buffer.held  # in order, 5 kept
+    assert buffer.dropped == 3 and buffer.flush()

@@ -11,15 +11,18 @@ entries with their reason; they never stop the listing.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from tokenizer.audio_io import AUDIO_EXTENSIONS
 
 SOURCES = ("synth", "commonvoice", "folder")
+SPEAKER_RULES = ("parent", "top", "regex")  # a folder corpus: who speaks a file (see list_folder)
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,37 @@ class CorpusError(Exception):
 
 
 def _safe_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "utt"
+    """A file-name-safe id that keeps letters of any script readable (Cyrillic, Chinese...): only separators,
+    punctuation and control characters become `_`."""
+    return re.sub(r"[^\w.+-]+", "_", text).strip("_") or "utt"
+
+
+def unique_ids(records: list[UtteranceSource]) -> list[UtteranceSource]:
+    """Utterance ids unique by construction: an id that sanitizes to the same text as another's (two names
+    that differ only in punctuation, say) gets 8 hex digits of a hash of its path (of its position, for an
+    utterance listed twice), so no two utterances share an id and so a split."""
+    counts = Counter(r.utterance_id for r in records)
+    taken: set[str] = {r.utterance_id for r in records if counts[r.utterance_id] == 1}
+    out = []
+    for i, r in enumerate(records):
+        if counts[r.utterance_id] > 1:
+            uid, salt = r.utterance_id, r.path or str(i)
+            while uid in taken or uid == r.utterance_id:
+                uid = f"{r.utterance_id}-{hashlib.sha1(salt.encode()).hexdigest()[:8]}"
+                salt += f"#{i}"
+            r = replace(r, utterance_id=uid)
+        taken.add(r.utterance_id)
+        out.append(r)
+    return out
 
 
 def list_corpus(conf: Mapping[str, Any]) -> tuple[list[UtteranceSource], list[Skipped]]:
+    """Every utterance of the configured source (ids unique: `unique_ids`) and what was skipped while listing."""
+    records, skipped = _list_source(conf)
+    return unique_ids(records), skipped
+
+
+def _list_source(conf: Mapping[str, Any]) -> tuple[list[UtteranceSource], list[Skipped]]:
     source = conf["source"]
     if source == "synth":
         from tokenizer.synth import plan_synth_corpus, timbre_of
@@ -152,9 +182,10 @@ def _commonvoice_labels(row: Mapping[str, Any], client: str) -> tuple[tuple[str,
 
 
 def list_folder(root: Path, speaker_rule: str = "parent", speaker_regex: str = "") -> tuple[list[UtteranceSource], list[Skipped]]:
-    """Every wav/flac/ogg/mp3 under `root`, recursively; speaker from the parent folder or a regex."""
-    if speaker_rule not in ("parent", "regex"):
-        raise CorpusError(f"speaker_rule '{speaker_rule}' is not one of parent, regex")
+    """Every wav/flac/ogg/mp3 under `root`, recursively; speaker from the parent folder (`parent`), the first
+    folder below `root` (`top`: LibriSpeech's `<speaker>/<chapter>/`), or a regex on the file name."""
+    if speaker_rule not in SPEAKER_RULES:
+        raise CorpusError(f"speaker_rule '{speaker_rule}' is not one of {', '.join(SPEAKER_RULES)}")
     pattern = None
     if speaker_rule == "regex":
         try:
@@ -184,8 +215,10 @@ def list_folder(root: Path, speaker_rule: str = "parent", speaker_regex: str = "
                     skipped.append(Skipped(str(path), f"file name does not match speaker_regex {speaker_regex!r}"))
                     continue
                 speaker = m.group(1) if m.groups() else m.group(0)
+            elif rel.parent == Path("."):
+                speaker = root.name
             else:
-                speaker = rel.parent.as_posix() if rel.parent != Path(".") else root.name
+                speaker = rel.parts[0] if speaker_rule == "top" else rel.parent.as_posix()
             records.append(UtteranceSource(_safe_id(rel.with_suffix("").as_posix()), speaker, str(path),
                                            labels=make_labels(speaker=speaker)))
     return records, skipped

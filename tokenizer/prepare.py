@@ -166,6 +166,7 @@ class _Tally:
         stats, skipped, mode = self.stats, self.skipped, listing["split_mode"]
         if self.kept == 0:
             raise NothingUsable(_nothing_message(conf, skipped))
+        _check_speaker_split(mode, stats)
         manifest = {
             "source": conf["source"],
             "data_root": conf["data_root"],
@@ -189,6 +190,21 @@ class _Tally:
         if empty:
             manifest["warning"] = f"split(s) {', '.join(empty)} are empty: the corpus is too small or their files were skipped"
         return manifest
+
+
+def _check_speaker_split(mode: str, stats: Mapping[str, Any]) -> None:
+    """The manifest says "no speaker is in two splits" only when the utterances as placed show it."""
+    if mode != "speaker":
+        return
+    splits_of: dict[str, list[str]] = {}
+    for split, st in stats.items():
+        for speaker in st["speakers"]:
+            splits_of.setdefault(speaker, []).append(split)
+    shared = {k: v for k, v in splits_of.items() if len(v) > 1}
+    if shared:
+        speaker, splits = next(iter(shared.items()))
+        raise ValueError(f"the speaker-disjoint split placed {len(shared)} speaker(s) in two splits (e.g. {speaker!r} in "
+                         f"{' and '.join(splits)}): please report it with the corpus listing")
 
 
 def _split_note(conf: Mapping[str, Any], listing: Mapping[str, Any]) -> str:
