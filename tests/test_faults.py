@@ -446,3 +446,24 @@ def test_metrics_wait_through_a_tracking_outage_and_arrive_in_order():
     buffer.log({"train/loss": 9.0}, 90)
     assert [s for _, s, _ in server.got] == [10, 50, 60, 70, 80, 90] and not buffer.held  # in order, 5 kept
     assert buffer.dropped == 3 and buffer.flush()
+
+
+def test_a_full_disk_under_a_tokenizer_stage_names_the_stage_and_the_folder(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from tokenizer.__main__ import main as tokenizer_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        code = tokenizer_main(["prepare", "--configs", "defaults", "audio", "tiny", "--data_dir", str(data),
+                               "--mlflow_dir", str(tmp_path / "mlruns")])
+    finally:
+        subprocess.run(["umount", str(data)], check=False)
+    err = capsys.readouterr().err
+    assert code == 1 and "prepare: no space left on the device of" in err and str(data) in err, err
+    assert "Traceback" not in err

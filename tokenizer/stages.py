@@ -6,6 +6,7 @@ prepare's counts, training curves and test metrics of a tokenizer sit side by si
 """
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from contextlib import contextmanager
@@ -97,9 +98,17 @@ def run_stage(conf: Mapping[str, Any], layout: DataLayout, stage: str, force: bo
         check_stages(conf, layout, (stage,))
         echo(f"{stage}: {out} exists; skipping (--force redoes it)")
         return False
-    with tokenizer_run(conf, layout):
-        echo(RUNNERS[stage](conf, layout))
-    record_settings(conf, layout, stage)
+    try:
+        with tokenizer_run(conf, layout):
+            echo(RUNNERS[stage](conf, layout))
+        record_settings(conf, layout, stage)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        where = e.filename or layout.root
+        raise OSError(errno.ENOSPC, f"{stage}: no space left on the device of {where}: free space there (or use "
+                                    f"another --data_dir), then run again; the stages finished before are kept",
+                      str(where)) from None
     return True
 
 
