@@ -87,8 +87,8 @@ def file_sha256(path: Path | str) -> str:
 
 def unwritable(folder: Path | str) -> str | None:
     """Why `folder` cannot be written, or None when it can: tried, not guessed from permission bits. The
-    folder, or the nearest one on its way that exists, gets a probe file that is removed at once, so nothing
-    is left behind and no folder is made."""
+    folder, or the nearest one on its way that exists, gets a probe file that is removed at once (and the
+    folder's times put back), so nothing is left behind and no folder is made."""
     path = Path(folder).expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -96,9 +96,11 @@ def unwritable(folder: Path | str) -> str | None:
     if not existing.is_dir():
         return f"{existing} is not a folder"
     try:
+        before = existing.stat()
         fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
         os.close(fd)
         os.unlink(probe)
+        os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))  # the folder as it was, its times too
     except OSError as e:
         return f"cannot write in {existing} ({e.strerror or e})"
     return None
