@@ -4,7 +4,10 @@
 # or the image alone (a local SQLite store under /work/mlruns):
 #   docker build -t audio-world-model .
 #   docker run --gpus all --init --shm-size 8g -v awm-work:/work audio-world-model --configs defaults audio small
-# PyPI's torch wheels carry their CUDA runtime, so a slim Python base is enough; the host gives the driver.
+# torch's wheels carry their CUDA runtime, so a slim Python base is enough; the host gives the driver. The CUDA
+# version is pinned here, not left to whatever PyPI's torch brings: TORCH_VARIANT (PyTorch's index for it,
+# `make TORCH=...`), by default cu128 = CUDA 12.8, which needs an NVIDIA driver of 570 or newer on the host.
+# Another: docker build --build-arg TORCH_VARIANT=cu126 (an older driver) or cu130, or cpu (no GPU: ~4.5 GB smaller).
 # libsndfile (mp3 included) comes in the soundfile wheel and eSpeak NG in espeakng-loader's: apt adds make, and a
 # C compiler for `pesq` (the `hear` extra), which PyPI has only as source.
 # Stages: `base` (the project installed by `make install`), `mlflow` (the tracking server compose.yaml
@@ -37,10 +40,12 @@ WORKDIR /app
 USER 1000:1000
 
 # The dependency layer: only what `make deps` reads (pyproject.toml's one list, through docker/deps.py),
-# so it is rebuilt when pyproject.toml or the Makefile changes, not when the source does.
+# so it is rebuilt when pyproject.toml or the Makefile changes, not when the source does. torch first, from
+# TORCH_VARIANT's index; TORCH_FALLBACK=no: the build fails rather than bring another CUDA when it is unreachable.
 COPY --chown=1000:1000 pyproject.toml Makefile ./
 COPY --chown=1000:1000 docker/deps.py docker/
-RUN make deps
+ARG TORCH_VARIANT=cu128
+RUN make deps TORCH="$TORCH_VARIANT" TORCH_FALLBACK=no
 
 # The source, then the same `make install` as a developer's: it finds the dependencies in place and
 # adds the project itself (editable) to /app/.venv.

@@ -3,7 +3,10 @@ each extra named with --extra. `make deps` installs exactly these: the one list 
 pyproject.toml's, and the Docker image can install them in a layer of their own, cached until
 pyproject.toml changes, before the project's source is copied in.
 
-    python docker/deps.py [--extra NAME ...] [--pyproject PATH]
+    python docker/deps.py [--extra NAME ...] [--only NAME ...] [--pyproject PATH]
+
+`--only torch --only torchaudio`: just those requirements, as pyproject.toml writes them (`make TORCH=cpu`
+installs them from PyTorch's own index first, with the same version bounds).
 """
 from __future__ import annotations
 
@@ -40,12 +43,25 @@ def requirements(pyproject: Path | str = PYPROJECT, extras: list[str] | tuple[st
     return [r for r in out if _name(r) != own]  # `pkg[other-extra]` self-references need the source
 
 
+def only(reqs: list[str], names: list[str] | tuple[str, ...]) -> list[str]:
+    """The requirements of the named projects, in the list's order; a name the list lacks is an error."""
+    wanted = {_name(n) for n in names}
+    missing = sorted(wanted - {_name(r) for r in reqs})
+    if missing:
+        raise SystemExit(f"deps: pyproject.toml requires no {', '.join(missing)}")
+    return [r for r in reqs if _name(r) in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deps.py", description=__doc__.split("\n")[0])
     parser.add_argument("--extra", action="append", default=[], help="an optional-dependencies group to add")
+    parser.add_argument("--only", action="append", default=[], help="print only this project's requirement")
     parser.add_argument("--pyproject", default=str(PYPROJECT), help="the pyproject.toml to read")
     args = parser.parse_args(argv)
-    sys.stdout.write("".join(f"{r}\n" for r in requirements(args.pyproject, args.extra)))
+    reqs = requirements(args.pyproject, args.extra)
+    if args.only:
+        reqs = only(reqs, args.only)
+    sys.stdout.write("".join(f"{r}\n" for r in reqs))
     return 0
 
 

@@ -247,13 +247,16 @@ def dependency_layer(dockerfile: str, dest: Path) -> Path:
     return dest
 
 
-def make_dry_run(target: str, cwd: Path, venv: Path) -> list[str]:
+def make_dry_run(target: str, cwd: Path, venv: Path, *variables: str) -> list[str]:
     if not shutil.which("make"):
         pytest.fail("make is not installed (the Dockerfile installs it; `make install` needs it)")
     # as from a shell: under `make test` (CI) the inherited MAKELEVEL/MAKEFLAGS make a nested make print
     # "Entering/Leaving directory" lines around the commands
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
-    result = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}", f"PYTHON={sys.executable}"],
+    # (and the Makefile's own TORCH* variables: the default is what is checked unless a test names them)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES") and not k.startswith("TORCH")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}", f"PYTHON={sys.executable}",
+                             *variables],
                             cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
@@ -289,6 +292,28 @@ def test_make_install_is_deps_then_the_project(tmp_path):
     assert make_dry_run("test", clone, venv)[-1].endswith("-m pytest tests")
 
 
+def test_the_image_pins_its_cuda(dockerfile, tmp_path):
+    """The CUDA runtime is chosen in the Dockerfile (a TORCH_VARIANT build argument, a CUDA variant of PyTorch's
+    index), not by whatever PyPI's torch brings; `make deps` installs torch from that index first, and fails
+    rather than fall back to another CUDA when the index cannot be reached."""
+    base = stages(dockerfile)["base"]
+    args = [a for ins, a in base if ins == "ARG" and a.startswith("TORCH_VARIANT")]
+    assert len(args) == 1 and re.fullmatch(r"TORCH_VARIANT=cu\d{3}", args[0]), args
+    variant = args[0].split("=")[1]
+    arg_at = next(i for i, (ins, a) in enumerate(base) if ins == "ARG" and a.startswith("TORCH_VARIANT"))
+    deps_at = next(i for i, (ins, a) in enumerate(base) if ins == "RUN" and "make deps" in a)
+    assert all(ins != "RUN" for ins, _ in base[arg_at + 1:deps_at]), "the argument just before `make deps` (cache)"
+    assert re.search(r'TORCH="?\$\{?TORCH_VARIANT\}?"?(\s|$)', base[deps_at][1]), base[deps_at][1]
+    assert re.search(r"\bTORCH_FALLBACK=no\b", base[deps_at][1]), "no silent fallback to PyPI's CUDA"
+    layer = dependency_layer(dockerfile, tmp_path / "layer")
+    lines = make_dry_run("deps", layer, tmp_path / "venv", f"TORCH={variant}", "TORCH_FALLBACK=no")
+    index = f"https://download.pytorch.org/whl/{variant}"
+    torch_at = next(i for i, line in enumerate(lines) if f"--index-url {index} " in line)
+    req_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .* -r \S*deps\.txt", line))
+    assert torch_at < req_at, lines
+    assert any("docker/deps.py --only torch --only torchaudio" in line for line in lines), lines
+
+
 # ---------------------------------------------------------------- .dockerignore
 
 
@@ -321,8 +346,8 @@ def test_dockerignore_keeps_local_state_out(path):
     assert ignored(path, ignore_patterns()), path
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "Makefile", "README.md", "docker/deps.py", "launch.py",
-                                  "config/defaults.yaml", "runtime/tracking.py", "tokenizer/__init__.py",
+@pytest.mark.parametrize("path", ["pyproject.toml", "Makefile", "README.md", "LICENSE", "docker/deps.py",
+                                  "launch.py", "config/defaults.yaml", "runtime/tracking.py", "tokenizer/__init__.py",
                                   "pydreamer/train.py", "envs/__init__.py", "tests/test_docker_files.py",
                                   "Dockerfile", "compose.yaml", ".dockerignore"])
 def test_dockerignore_keeps_what_the_image_needs(path):
@@ -483,6 +508,8 @@ def test_mlflow_server_on_postgresql_with_artifacts_on_a_shared_volume(compose):
     assert mlflow["build"]["target"] == "mlflow"
     assert mlflow["depends_on"]["db"]["condition"] == "service_healthy"
     assert "/health" in " ".join(mlflow["healthcheck"]["test"])
+    # the image's CUDA, TORCH_VARIANT, passed on to both builds (no value here: the Dockerfile's default)
+    assert mlflow["build"]["args"] == trainer["build"]["args"] == ["TORCH_VARIANT"]
     published = mlflow["ports"][0].rsplit(":", 1)
     assert published[1] == option(command, "--port") == "5000"
 
