@@ -1,6 +1,7 @@
 """Entry point: one command from a fresh machine to a trained audio world model.
 
-    python launch.py --configs defaults audio [--auto_size] [--key value ...] [--resume_id RUN_ID]
+    python launch.py --configs defaults audio [--auto_size] [--key value ...]
+    python launch.py --resume_id RUN_ID --mlflow_dir DIR [--key value ...]   # goes on with the run's own config
 
 1. merges the config sections, starts (or, with --resume_id / MLFLOW_RUN_ID, reopens) the
    MLflow run and logs the merged config as params;
@@ -157,26 +158,12 @@ class Ending:
 
 
 def read_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str], Config]:
-    """The command line and the merged config; a bad value exits 2 here, before anything is written.
-    Returns (parser, args, the `--key value` rest, config)."""
-    from runtime.config import ConfigError, check_writable, load_config
+    """The command line and the merged config (a resumed run's own: pydreamer/resume.py); a bad value, or a change
+    a resumed run cannot take, exits 2 here, before anything is written. Returns (parser, args, the `--key=value`
+    pairs for the children, config)."""
+    from pydreamer.resume import read_launch_config
 
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["defaults"], help="config sections to merge, in order")
-    parser.add_argument("--auto_size", action="store_true",
-                        help="add the CPU demo section `small` when no GPU is present (what `make run` does)")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.auto_size:
-        from runtime.device import size_for_this_machine
-
-        args.configs, why = size_for_this_machine(list(args.configs))
-        print(f"launch: {why}", flush=True)
-    try:  # every value checked before anything is written
-        conf = load_config(args.configs, rest)
-        check_writable(conf)  # data_dir, replay_dir, mlflow_dir: tried before any run is opened
-    except ConfigError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    return parser, args, rest, conf
+    return read_launch_config(sys.argv[1:] if argv is None else argv, "\n\n".join(__doc__.split("\n\n")[:2]))
 
 
 def check_before_writing(conf: Config, configs: list[str], parser: argparse.ArgumentParser) -> DataLayout | None:
@@ -218,22 +205,19 @@ def open_run(conf: Config, parser: argparse.ArgumentParser) -> tuple[Run, Path]:
     the folder it had, when that is on this machine, else a new one here. Returns (run, replay folder)."""
     import mlflow
 
+    from pydreamer.resume import record_resumed
     from runtime.tracking import RunNotFound, default_replay_dir, start_or_resume_run
 
-    from pydreamer.runs import learner_lease
-    from runtime.lease import describe
-
-    # start_or_resume_run says which run explicitly; MLflow must not pick one up from the environment
-    resume_id = conf["resume_id"] or os.environ.pop("MLFLOW_RUN_ID", "")
-    lease = learner_lease(conf, resume_id) if resume_id else None
-    holder = lease.holder() if lease else None
-    if holder:  # a second resume while its learner lives (an orphan of a killed launcher, another terminal)
-        parser.exit(2, f"{parser.prog}: error: {describe(lease.what, holder)}: stop it first; the run is untouched\n")
+    # MLflow must not pick a run up from the environment (read_config took and checked it: pydreamer/resume.py)
+    from_env = os.environ.pop("MLFLOW_RUN_ID", "")
+    resume_id = conf["resume_id"] or from_env
     try:
         run = start_or_resume_run(conf, resume_id or None)
     except RunNotFound as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     run_id = run.info.run_id
+    if resume_id:  # what this resume changed, for the next one to start from (pydreamer/resume.py)
+        record_resumed(run, conf)
     previous_replay = run.data.tags.get("replay_dir") if resume_id else None
     here = default_replay_dir(run, conf)
     if previous_replay and not (conf["replay_dir"] or Path(previous_replay).is_dir() or Path(previous_replay) == here):
@@ -351,8 +335,11 @@ def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], o
 def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Path, end: Ending) -> None:
     """The closing lines: how the run ended, its checkpoint (and how to resume), where the metrics and the dreams
     are, and how to open the run in MLflow."""
+    import json
+
     from pydreamer.replay_layout import checkpoint_path
-    from runtime.tracking import tracking_uri
+    from pydreamer.resume import continue_command
+    from runtime.tracking import find_run, tracking_uri, ui_hint
 
     ckpt = checkpoint_path(replay_dir)
     line = f"launch: run {run_id} {end.status.lower()}"
@@ -361,7 +348,7 @@ def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Pat
         if end.code == 2:
             line += "; the learner refused to continue it (the line above says why): fix that first"
         elif end.status != "FINISHED":
-            line += f"; continue with: python launch.py --configs {' '.join(configs)} --resume_id {run_id}"
+            line += f"; continue with: {continue_command(conf, run_id)}"
     elif end.status != "FINISHED":
         line += "; no checkpoint was saved, so there is nothing to resume: fix the error above and start again"
     print(line, flush=True)
@@ -369,16 +356,22 @@ def print_summary(conf: Config, configs: list[str], run_id: str, replay_dir: Pat
         files = ", ".join(sorted(p.name for p in Path(end.evaluation_out).glob("*.*"))) or "nothing"
         print(f"launch: metrics: {end.evaluation_out} ({files}; the run's artifacts evaluation/test/ and its test/* "
               f"metrics)", flush=True)
-    if end.dreams_out is not None:
-        print(f"launch: dreams: wavs and PNGs in {end.dreams_out} (unconditional/, completions/, interpolation.wav, "
-              f"acoustics.md); also the run's artifacts dreams/", flush=True)
-        page = Path(end.dreams_out) / "index.html"
+    if end.dreams_out is not None:  # only what was written, and why a measure is missing
+        dreams = Path(end.dreams_out)
+        written = [n for n in ("unconditional/", "warm/", "completions/", "conditioned/", "interpolation.wav",
+                               "acoustics.md") if (dreams / n.rstrip("/")).exists()]
+        summary = json.loads((dreams / "summary.json").read_text()) if (dreams / "summary.json").is_file() else {}
+        missing = "".join(f"; no {what}: {why}" for what, why in summary.get("not_measured", {}).items())
+        print(f"launch: dreams: wavs and PNGs in {dreams} ({', '.join(written) or 'nothing'}{missing}); also the "
+              f"run's artifacts dreams/ and listen.html", flush=True)
+        page = dreams / "index.html"
         if page.is_file():
             print(f"launch: listen: open {page.resolve().as_uri()} in a browser (real, round-trip and dreamed audio "
                   "side by side)", flush=True)
-    if end.status == "FINISHED":
-        uri = tracking_uri(conf)
-        how = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    if end.status == "FINISHED":  # the run's own page, in MLflow's machine-learning view (not its GenAI one)
+        found = find_run(run_id)
+        how = ui_hint(tracking_uri(conf), found.info.experiment_id, run_id) if found else \
+            f"mlflow ui --backend-store-uri {tracking_uri(conf)}"
         print(f"launch: open the run in MLflow: {how}  (experiment '{conf.experiment}', run {run_id})", flush=True)
 
 

@@ -246,8 +246,9 @@ def _active_run_id() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.config import parse_args
+    from runtime.config_reference import add_config_help
 
-    parser = argparse.ArgumentParser(prog="python -m pydreamer.generator", description=__doc__.split("\n")[0])
+    parser = add_config_help(argparse.ArgumentParser(prog="python -m pydreamer.generator", description=__doc__))
     parser.add_argument("--worker", type=int, default=None, help="run only this worker, in this process")
     parser.add_argument("--n_workers", type=int, default=None, help="with --worker: how many workers share the split")
     parser.add_argument("--split", choices=("train", "val"), default="train", help="with --worker: which split")

@@ -61,9 +61,10 @@ def objective_tag(conf: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.config import parse_args
+    from runtime.config_reference import add_config_help
     from runtime.processes import rank_threads, set_torch_threads
 
-    parser = argparse.ArgumentParser(prog="python -m pydreamer.train", description=__doc__.split("\n")[0])
+    parser = add_config_help(argparse.ArgumentParser(prog="python -m pydreamer.train", description=__doc__))
     conf, _ = parse_args(argv, parser, writes=("replay_dir", "mlflow_dir"))
     ranks = Ranks.from_env()
     prefix = f"[rank {ranks.rank}] " if ranks.distributed else ""

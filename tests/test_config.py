@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,61 @@ def test_a_key_without_a_comment_fails_the_reference(tmp_path):
         reference_markdown(path)
     path.write_text("defaults:\n  # ---- sizes ----\n  batch_size: 8    # sequences per batch | or fewer\n")
     assert "| `batch_size` | `8` | sequences per batch \\| or fewer |" in reference_markdown(path)
+
+
+def test_launch_help_lists_every_config_key_grouped_with_its_default_and_meaning():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "launch.py"), "--help"], capture_output=True, text=True,
+                         timeout=60, env={**__import__("os").environ, "COLUMNS": "100"})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "VQ-VAE tokenizer:" in text and "world model and learner:" in text  # the YAML's groups
+    assert re.search(r"--vq_steps 3000 +VQ-VAE training steps", text)
+    assert re.search(r"--run_name '' +MLflow run name", text)
+    assert re.search(r"^  contrastive +Train the latent with InfoNCE", text, re.M)  # the sections --configs merges
+    from runtime.config import load_sections
+
+    assert all(f"--{key} " in text for key in load_sections()["defaults"])
+
+
+def test_the_tokenizers_help_imports_neither_torch_nor_mlflow():
+    """`python -m tokenizer --help` took 7.4 s importing both before it printed a line."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenizer", "--help"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--codebook_size 1024" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "mlflow"} & imported
+
+
+@pytest.mark.parametrize("module", ["pydreamer.train", "pydreamer.generator"])
+def test_a_commands_help_says_all_its_docstring_and_its_keys(module, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "100")
+    mod = importlib.import_module(module)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert " ".join(mod.__doc__.split()) in " ".join(out.split())  # all of it: not cut mid-sentence
+    assert "--batch_size 32" in out and "sequences per training batch" in out
+
+
+def test_help_keeps_indented_blocks_and_wraps_prose():
+    import argparse
+
+    from runtime.config_reference import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter,
+                                     description="one two three\nfour five.\n\n    python x --a 1\n    python x --b 2")
+    parser.add_argument("--n", type=int, default=3, help="how many")
+    text = parser.format_help()
+    assert "one two three four five." in text and "    python x --a 1\n    python x --b 2" in text
+    assert "how many (default: 3)" in text

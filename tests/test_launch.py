@@ -156,4 +156,20 @@ def test_a_learner_that_refused_to_start_gets_no_continue_line(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "refused" in out and "--resume_id" not in out  # resuming would fail the same way
     launch.print_summary(conf, ["defaults", "tiny"], "abc", tmp_path, launch.Ending(status="FAILED", code=1))
-    assert "continue with: python launch.py --configs defaults tiny --resume_id abc" in capsys.readouterr().out
+    mlruns = Path(conf["mlflow_dir"]).resolve()
+    assert f"continue with: python launch.py --resume_id abc --mlflow_dir {mlruns}" in capsys.readouterr().out
+
+
+def test_the_learners_log_line_says_when_it_will_be_done():
+    """The ETA: the steps left at the wall-clock pace since the first log line (evaluations and saves included)."""
+    from types import SimpleNamespace
+
+    from pydreamer.learner.loop import Learner
+
+    learner = SimpleNamespace(pace_since=None, step=100)
+    window = SimpleNamespace(start=time.perf_counter() - 10.0, n=100)  # 100 steps in 10 s
+    eta = Learner._eta(learner, window, 1000)
+    assert re.fullmatch(r"ETA 1m3\ds", eta), eta  # 900 steps at 10 steps/s
+    learner.step = 1000
+    assert Learner._eta(learner, window, 1000) == "ETA 0s"
+    assert re.fullmatch(r"ETA \d+h\d\dm", Learner._eta(SimpleNamespace(pace_since=None, step=1), window, 10 ** 6))

@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.config import parse_args
+from runtime.config_reference import add_config_help
 from runtime.storage import is_remote
 from tokenizer.layout import DataLayout
 from tokenizer.parts import PART_STAGES, PartError, share_from_args
-from runtime.distributed import Ranks
 from tokenizer.records import STAGES, StaleOutput, check_stages, pending
-from runtime.lease import LeaseHeld
-from tokenizer.stages import merge_parts, run_part, run_stage, run_train_ranks, stages_lease
+
+if TYPE_CHECKING:  # torch and mlflow are imported where a stage runs: --help and a refused command start fast
+    from runtime.distributed import Ranks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepare/encode: do only share I of --n_workers (utterances, or log-mel shards for encode, "
                              "whose number %% N == I) into <data_dir>/parts/<stage>/; 'merge' assembles the parts")
     parser.add_argument("--n_workers", type=int, default=None, metavar="N", help="how many workers share the stage")
-    conf, args = parse_args(argv, parser, writes=("data_dir", "mlflow_dir"))
+    conf, args = parse_args(argv, add_config_help(parser), writes=("data_dir", "mlflow_dir"))
     prog = f"{parser.prog} {args.stage}"
+    from runtime.distributed import Ranks
+
     try:  # every check before anything is written
         share = share_from_args(args.worker, args.n_workers)
         if share is not None and args.stage not in PART_STAGES:
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(conf, args: argparse.Namespace, share, ranks: Ranks, parser: argparse.ArgumentParser, prog: str,
          bucket: str | None) -> int:
     """The stage(s) on a local data_dir (`bucket`: the one it is a copy of); the exit status."""
+    from runtime.lease import LeaseHeld
+    from tokenizer.stages import run_part, run_stage, stages_lease
+
     layout = DataLayout.of(conf["data_dir"], origin=bucket)
     if args.stage == "merge":
         return _merge(conf, layout, prog)
@@ -115,6 +122,7 @@ def _train_ranks(conf, layout: DataLayout, ranks: Ranks, force: bool, prog: str)
     from runtime import distributed
     from runtime.device import resolve_device
     from runtime.processes import rank_threads, set_torch_threads
+    from tokenizer.stages import run_train_ranks
 
     set_torch_threads(rank_threads(ranks.local_world_size))  # this rank's share of the host's cores
     device = distributed.rank_device(resolve_device(conf["device"]), ranks)
@@ -136,6 +144,8 @@ def _train_ranks(conf, layout: DataLayout, ranks: Ranks, force: bool, prog: str)
 
 
 def _merge(conf, layout: DataLayout, prog: str) -> int:
+    from tokenizer.stages import merge_parts
+
     try:
         merge_parts(conf, layout)
     except KeyboardInterrupt:

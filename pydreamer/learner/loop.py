@@ -46,6 +46,8 @@ class PeerStopped(RuntimeError):
 class Learner:
     """Owns the model, its optimizers, the step counter and the carried recurrent states."""
 
+    pace_since: tuple[float, int] | None = None  # (time, step) of the first logged window: the ETA's wall-clock pace
+
     def __init__(self, conf: Mapping[str, Any], replay_dir: Path | str, dims: Mapping[str, int],
                  device: torch.device | str = "cpu", ranks: Ranks = SINGLE, conditions: Vocabulary = ()):
         self.conf = conf
@@ -247,9 +249,21 @@ class Learner:
         kl = f"  kl {out['train/kl']:.2f}" if "train/kl" in out else ""  # only a model with a latent has one
         loss = ("loss_mel %.3f nats/dim" % out["train/loss_mel"] if "train/loss_mel" in out  # a log-mel model
                 else "loss_tokens %.3f bits" % out.get("train/loss_tokens", math.nan))
-        log.info("step %d/%d  %s%s  %.2f steps/s  data wait %.1f%%", self.step, n_steps, loss, kl,
-                 out["train/grad_steps_per_sec"], 100 * out["train/data_wait_frac"])
+        log.info("step %d/%d  %s%s  %.2f steps/s  data wait %.1f%%  %s", self.step, n_steps, loss, kl,
+                 out["train/grad_steps_per_sec"], 100 * out["train/data_wait_frac"], self._eta(window, n_steps))
         return out
+
+    def _eta(self, window: "_Window", n_steps: int) -> str:
+        """`ETA 1h05m`: the steps left at the pace since the first log line, evaluations and saves included (they
+        are part of the wait), so the time it says is the time the run takes."""
+        if self.pace_since is None:
+            self.pace_since = (window.start, self.step - window.n)
+        start, first = self.pace_since
+        done, left = self.step - first, n_steps - self.step
+        if left <= 0 or done <= 0:
+            return "ETA 0s" if left <= 0 else "ETA ?"
+        s = int(round(left * (time.perf_counter() - start) / done))
+        return f"ETA {s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"ETA {s // 60}m{s % 60:02d}s" if s >= 60 else f"ETA {s}s")
 
     def _evaluate(self, episodes: list[dict], log_fn) -> dict[str, float]:
         """eval/* on the eval episodes, logged; the weights kept as best.pt when their nll_h1 is the best yet."""
