@@ -17,6 +17,9 @@ ifneq ($(filter-out cpu cu% rocm%,$(TORCH)),)
 $(error TORCH=$(TORCH): use TORCH=cpu, a CUDA variant of PyTorch's index (e.g. TORCH=cu128), or leave it out)
 endif
 
+# The test suite's processes (pytest-xdist, one test file each at a time): one per core, each on one thread.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
 .PHONY: install deps torch test run clean
 
 # The project, editable, with its test tools. `deps` first: then this step only adds the project itself.
@@ -52,7 +55,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 test:
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations 15 tests
 
 # The main command: corpus, tokenizer, training (the `audio` size on a GPU, the CPU demo size
 # `small` otherwise), evaluation on the test split, dreams; it ends by saying where to look.

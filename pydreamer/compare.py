@@ -13,6 +13,10 @@ of the dream metrics (`dream/*`, written by `python -m pydreamer.dream` or at th
 launch.py), grad steps per second, parameters and wall-clock. A metric a run lacks is a dash.
 Prints a markdown table and writes it, a CSV of the same rows, and an overlay PNG of NLL against
 horizon for every run (the baselines dashed) to --out (default: ./comparison/).
+
+Tokenizer runs (the `component: tokenizer` tag the tokenizer stages put on theirs) are left out: they train no
+world model. Runs trained on different token corpora (their tokenizer weights or data_dir differ) are said so in
+one line: their NLLs per token are not on one scale.
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ from typing import Any, Sequence
 from pydreamer.runs import RunError, run_command, run_config
 
 SHOW_HORIZONS = (1, 5, 15)
+NLL_CURVE = "test/nll_by_horizon"  # evaluate's curve: test NLL against horizon (the horizon is its step)
 # Bookkeeping that differs between any two runs and says nothing about what was trained.
 NOT_A_SETTING = {"run_name", "resume_id", "replay_dir", "mlflow_dir"}
 DASH = "-"
+COMPONENT_TAG, TOKENIZER = "component", "tokenizer"  # the tag the tokenizer stages put on their runs
 FAMILY_TAG, WAVEGAN = "family", "wavegan"  # the tag `python -m wavegan` puts on its runs (world-model runs have none)
 # grad steps per second: the learner's, or a WaveGAN's generator steps (each after its critic steps)
 STEPS_PER_SEC = {WAVEGAN: "wavegan/steps_per_sec"}
@@ -101,6 +107,7 @@ def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
         out[f"dream {group} mean KS"] = statistics.fmean(values)
     lsd = sorted((k for k in metrics if re.match(r"^dream/completion/own/lsd_h[\d.]+s$", k)),
                  key=lambda k: float(k.rsplit("_h", 1)[1][:-1]))
+    lsd = [k for k in lsd if k.endswith("_h0.5s")] or lsd  # the window every corpus but short clips has
     if lsd:
         out[f"dream completion LSD dB @{lsd[0].rsplit('_h', 1)[1]}"] = metrics[lsd[0]]
     if "dream/realtime_factor" in metrics:
@@ -116,6 +123,27 @@ def dream_summary(metrics: dict[str, float]) -> dict[str, float]:
         if f"tokenizer/roundtrip/{name}" in metrics:
             out[f"tokenizer round trip {name}"] = metrics[f"tokenizer/roundtrip/{name}"]
     return out
+
+
+def without_tokenizer_runs(runs: list) -> tuple[list, int]:
+    """(the runs that trained a model, how many tokenizer runs were left out)."""
+    kept = [r for r in runs if r.data.tags.get(COMPONENT_TAG) != TOKENIZER]
+    return kept, len(runs) - len(kept)
+
+
+def corpus_note(runs: list) -> str:
+    """One line when the runs were trained on different token corpora (their tokenizer's weights, or else their
+    data_dir, differ): their NLLs per token are not on one scale. '' when they share one."""
+    from pydreamer.runs import LEGACY_SHA_TAG, SHA_TAG
+
+    weights = {r.data.tags.get(SHA_TAG) or r.data.tags.get(LEGACY_SHA_TAG) for r in runs} - {None}
+    folders = {r.data.params.get("data_dir") for r in runs} - {None}
+    if len(weights) < 2 and len(folders) < 2:
+        return ""
+    what = (f"{len(weights)} tokenizers (weights {', '.join(sorted(w[:8] for w in weights))})" if len(weights) > 1
+            else f"{len(folders)} data folders ({', '.join(sorted(folders))})")
+    return (f"compare: note: these runs were trained on different token corpora, {what}: their NLLs per token are "
+            "not on one scale (the log-mel LSD columns are)")
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
@@ -240,12 +268,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     import mlflow
 
-    from runtime.tracking import tracking_uri
+    from runtime.tracking import metric_url, tracking_uri, ui_hint
 
     uri = tracking_uri({"mlflow_dir": args.mlflow_dir})
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     runs = _runs_by_id(client, args.runs, uri) if args.runs else _runs_of_experiment(client, args.experiment, uri)
+    runs, tokenizer_runs = without_tokenizer_runs(runs)
+    if not runs:
+        raise RunError(f"only tokenizer runs ({tokenizer_runs}) to compare: give the runs of launch.py")
     columns, rows, curves, baselines = run_rows(client, runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,6 +293,12 @@ def _main(args) -> int:
     plot(out / "comparison.png", curves, baselines, f"{len(runs)} runs: test NLL against horizon")
     print(table)
     print(f"\n{note}\ncompare: {len(runs)} runs -> {out.resolve()}/comparison.md, comparison.csv, comparison.png")
+    if tokenizer_runs:
+        print(f"compare: left out {tokenizer_runs} tokenizer run{'s' * (tokenizer_runs > 1)} (they train no world model)")
+    if corpus_note(runs):
+        print(corpus_note(runs))
+    print(f"compare: the runs in MLflow: {ui_hint(uri, runs[0].info.experiment_id)}; their test NLL against horizon "
+          f"overlaid: {metric_url(uri, [r.info.experiment_id for r in runs], [r.info.run_id for r in runs], NLL_CURVE)}")
     return 0
 
 

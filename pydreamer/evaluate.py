@@ -144,13 +144,13 @@ def _main(args) -> int:
     metrics.update(probe_metrics)
     _latent_picture(out, model, utterances, device, args)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
-    _print(scores, summary, spec, f"{conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), "
+    _log(run, metrics, step, out, args.split)
+    _print(run, scores, summary, spec, f"{conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), "
            f"{args.split} split, {len(tokens)} utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
     return 0
 
 
-def _print(scores, summary: dict, spec, what: str) -> None:
+def _print(run, scores, summary: dict, spec, what: str) -> None:
     from pydreamer.probes import probe_table
 
     bps = spec.tokens_per_step * spec.steps_per_second
@@ -164,7 +164,7 @@ def _print(scores, summary: dict, spec, what: str) -> None:
     if summary["probes"]:
         print(f"\nLinear probes of the latent features (one vector per utterance; token counts alone beside):\n"
               f"{probe_table(summary['probes'])}")
-    print(f"evaluate: {what}")
+    print(f"evaluate: {what}\n{_ui_line(run)}")
 
 
 def _log_mel_scorer(run, conf, layout, utterances: list[dict], args, device):
@@ -266,13 +266,36 @@ def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "log_mel.md").write_text(log_mel_table(report) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log_to_run(run, metrics, step, out, evaluation_artifacts(args.split))
+    _log(run, metrics, step, out, args.split)
     nll_line = ", ".join(f"h = {h}: {per_dim_db[h - 1]:.3f}" for h in (1, 5, 15) if h <= H)
     print(f"Forecasts as log-mel (dB; LSD and MSE per step; AR order {report['baselines'].get('order')}):\n"
           f"{log_mel_table(report)}\n\nNLL of the true steps, nats per log-mel dimension (dB): {nll_line}\n"
           f"evaluate: {conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), {args.split} split, "
-          f"{len(utterances)} utterances, {cells}, {args.samples} samples, {summary['seconds']:.0f} s -> {out}")
+          f"{len(utterances)} utterances, {cells}, {args.samples} samples, {summary['seconds']:.0f} s -> {out}\n"
+          f"{_ui_line(run)}")
     return 0
+
+
+def _log(run, metrics: dict[str, float], step: int, out: Path, split: str) -> None:
+    """Into the run: the metrics at the checkpoint's step, each per-horizon family also as a curve over h
+    (`{split}/nll_by_horizon`, ...), the folder as artifacts `evaluation/<split>/`, and its picture at the artifact
+    root (`horizons_<split>.png`), where the run's page and MLflow's compare view show it."""
+    from pydreamer.evaluation_report import horizon_curves
+    from runtime.tracking import log_curves, log_root_artifact
+
+    log_to_run(run, metrics, step, out, evaluation_artifacts(split))
+    log_curves(run.info.run_id, horizon_curves(metrics))
+    if (out / "horizons.png").is_file():
+        log_root_artifact(run, out / "horizons.png", f"horizons_{split}.png")
+
+
+def _ui_line(run) -> str:
+    import mlflow
+
+    from runtime.tracking import ui_hint
+
+    return (f"evaluate: open the run in MLflow (curves test/*_by_horizon): "
+            f"{ui_hint(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id)}")
 
 
 def _probes(model, layout, train: list[dict], utterances: list[dict], device, args) -> tuple[dict, dict]:

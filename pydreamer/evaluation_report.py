@@ -2,10 +2,13 @@
 
 One owner for the evaluation's names: `{split}/nll_h{h}`, `{split}/baseline/{name}/nll_h{h}`,
 `{split}/best_baseline/nll_h{h}`, `{split}/margin_h{h}` (+ `_lo`, `_hi`), `{split}/bits_per_second_h{h}`,
-and the same under `{split}/voiced/` for the cells whose target step is voiced.
+and the same under `{split}/voiced/` for the cells whose target step is voiced. Every per-horizon family is also
+a curve, `horizon_curves`: `{split}/nll_by_horizon` with the horizon as its step, so MLflow draws NLL against
+horizon and overlays runs (the `_h{h}` scalars stay, for filtering and sorting runs).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,19 @@ from pydreamer.forecast import CellSums
 from pydreamer.margins import best_baselines, curves, margin
 
 SHOW = (1, 5, 15)
+_PER_HORIZON = re.compile(r"^(.+)_h(\d+)$")
+
+
+def horizon_curves(metrics: dict[str, float]) -> dict[str, dict[int, float]]:
+    """Every `{family}_h{h}` metric as the curve `{family}_by_horizon`: {h: value}, h the step MLflow draws it at
+    (`test/nll_h3` -> `test/nll_by_horizon` at step 3, `test/baseline/bigram/nll_h3` ->
+    `test/baseline/bigram/nll_by_horizon`, `test/log_mel/lsd_h3` -> `test/log_mel/lsd_by_horizon`)."""
+    curves: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        m = _PER_HORIZON.match(key)
+        if m:
+            curves.setdefault(f"{m.group(1)}_by_horizon", {})[int(m.group(2))] = value
+    return curves
 
 
 class Scores:

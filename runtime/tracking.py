@@ -97,13 +97,14 @@ def start_or_resume_run(conf: Mapping[str, Any], run_id: str | None = None, run_
                         nested: bool = False, tags: Mapping[str, str] | None = None):
     """Start a run (params = the config, `tags` set) or reopen `run_id` (params kept, new keys added).
 
-    The one way every stage opens its run, so a resumed run and a fresh one look the same in MLflow.
+    The one way every stage opens its run, so a resumed run and a fresh one look the same in MLflow. A new run
+    without a name (`run_name` argument or config key) is named after what it is: `run_name_of`.
     """
     setup_mlflow(conf)
     if run_id and find_run(run_id) is None:
         raise RunNotFound(f"no MLflow run '{run_id}' in {tracking_uri(conf)}")
-    run = mlflow.start_run(run_id=run_id or None, run_name=None if run_id else (run_name or conf["run_name"] or None),
-                           nested=nested)
+    name = None if run_id else (run_name or conf.get("run_name") or run_name_of(conf, tags))
+    run = mlflow.start_run(run_id=run_id or None, run_name=name, nested=nested)
     if not run_id and tags:
         mlflow.set_tags(dict(tags))
     log_params(conf)
@@ -129,3 +130,97 @@ def local_replay_dir(mlflow_dir: str | Path, run_id: str) -> Path:
 def default_replay_dir(run, conf: Mapping[str, Any]) -> Path:
     """The replay store of a run that names none: its artifact folder when on disk, else `local_replay_dir`."""
     return local_artifact_dir(run) or local_replay_dir(conf.get("mlflow_dir", "mlruns"), run.info.run_id)
+
+
+# ---- what a person sees of a run in MLflow -------------------------------------------------
+
+UI_PORT = 5000
+NOT_A_SIZE = ("defaults",)  # config sections that say nothing of a run's size
+SHORT_OBJECTIVE = {"reconstruction": "recon"}
+
+
+def run_name_of(conf: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str | None:
+    """`<world model>-<objective>-<size>-<corpus>-s<seed>` (e.g. `rssm-recon-small-synth-s0`), or
+    `<family>-<size>-<corpus>-s<seed>` for a run of another family (a `family` tag, e.g. wavegan), so the runs
+    table says what each run is; None for a config without a world model (MLflow then picks a name).
+
+    The size is the config sections given (`--configs`) other than defaults and those that pick the world model,
+    objective or observation (`audio small transformer` -> small); the corpus is `synth`, else the name of the
+    folder read (`data_root`, else `data_dir`)."""
+    if "world_model" not in conf:
+        return None
+    model_sections = {str(conf.get(k)) for k in ("world_model", "wm_objective", "observation")}
+    sizes = [c for c in conf.get("configs", []) if c not in NOT_A_SIZE and c not in model_sections]
+    sizes = [c for c in sizes if c != "audio"] or sizes  # audio alone is the full size; with another, that one
+    source = str(conf.get("source", ""))
+    folder = str(conf.get("data_root") or conf.get("data_dir") or "").rstrip("/")
+    corpus = "synth" if source == "synth" else (Path(folder).name or source or "data")
+    family = (tags or {}).get("family")
+    what = [family] if family else [str(conf["world_model"]),
+                                    SHORT_OBJECTIVE.get(conf.get("wm_objective"), conf.get("wm_objective"))]
+    parts = [*what, "+".join(sizes), corpus, f"s{conf.get('seed', 0)}"]
+    return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+def run_url(uri: str, experiment_id: str, run_id: str | None = None, port: int = UI_PORT) -> str:
+    """The address that opens the run (or the experiment's runs) in MLflow's machine-learning view: a plain
+    `mlflow ui` address opens MLflow 3's GenAI view of an experiment, which shows traces, not runs."""
+    base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{port}"
+    page = f"/runs/{run_id}" if run_id else "/runs"
+    return f"{base}/#/experiments/{experiment_id}{page}?workflowType=machine_learning"
+
+
+def metric_url(uri: str, experiment_ids: list[str], run_ids: list[str], key: str, port: int = UI_PORT) -> str:
+    """MLflow's page of one metric's history against its step, the runs overlaid: for `test/nll_by_horizon`, NLL
+    against horizon (the query is the one MLflow's own links to the page carry)."""
+    import json
+    from urllib.parse import urlencode
+
+    base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{port}"
+    query = urlencode({"runs": json.dumps(list(run_ids)), "metric": json.dumps(key),
+                       "experiments": json.dumps(sorted(set(experiment_ids))), "plot_metric_keys": json.dumps([key]),
+                       "plot_layout": "{}", "x_axis": "step", "y_axis_scale": "linear", "line_smoothness": "1",
+                       "show_point": "true", "deselected_curves": "[]", "last_linear_y_axis_range": "[]"})
+    return f"{base}/#/metric?{query}"
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None, port: int = UI_PORT) -> str:
+    """How to see the run: start `mlflow ui` on this store (a tracking server is already up) and open `run_url`."""
+    url = run_url(uri, experiment_id, run_id, port)
+    if is_server(uri):
+        return f"open {url}"
+    return f"mlflow ui --backend-store-uri {uri} --port {port}  then open {url}"
+
+
+def log_curves(run_id: str, curves: Mapping[str, Mapping[int, float]]) -> None:
+    """Each curve as one metric whose steps are its x values (e.g. the horizon), so MLflow draws it against x and
+    overlays runs; non-finite points are left out."""
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(v), now, int(x)) for key, curve in curves.items() for x, v in sorted(curve.items())
+             if math.isfinite(float(v))]
+    client = mlflow.MlflowClient()
+    for i in range(0, len(batch), 500):  # MLflow's batch limit is 1000 metrics
+        client.log_batch(run_id, metrics=batch[i:i + 500])
+
+
+def log_root_artifact(run, path: Path | str, name: str) -> None:
+    """`path` as the run's artifact `name` at the root of its artifacts (where a run's page and MLflow's compare
+    view show it first): copied in when the artifact folder is on this disk, else uploaded."""
+    import shutil
+    import tempfile
+
+    local = local_artifact_dir(run)
+    if local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+        tmp = local / f".{name}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, local / name)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(path, Path(folder) / name)
+        mlflow.MlflowClient().log_artifact(run.info.run_id, str(Path(folder) / name))

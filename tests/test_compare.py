@@ -155,3 +155,40 @@ def test_a_wavegan_run_is_its_own_family_of_row_beside_a_world_model(tmp_path, c
     assert cells["gan"]["grad steps/s"] == "1.500" and cells["gan"]["parameters"] == "777"
     assert cells["world"]["grad steps/s"] == "5.000"  # the learner's own history, as before
     assert "Family wavegan" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_tokenizer_runs_are_left_out_and_different_corpora_are_said(tmp_path, capsys):
+    """The tokenizer stages' runs (tag component: tokenizer) train no world model: not a row. Runs on different
+    token corpora get one line saying their NLLs are not on one scale; the closing line opens them in MLflow."""
+    import mlflow
+
+    from pydreamer.runs import SHA_TAG
+
+    store = tmp_path / "mlruns"
+    a = _log_run(store, "reconstruction", _metrics(2.0))
+    with mlflow.start_run(run_name="tokenizer-data") as tok:
+        mlflow.set_tags({"component": "tokenizer", "data_dir": "/x/data"})
+        mlflow.log_metrics({"tokenizer/prepare_utterances": 10.0})
+    b = _log_run(store, "reconstruction", _metrics(2.5), data_dir="data-digits")
+    out = tmp_path / "cmp"
+    assert main(["--experiment", "ab", "--mlflow_dir", str(store), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines[2:] if line.startswith("|")]
+    assert len(rows) == 2 and a[:8] in rows[0] and b[:8] in rows[1] and tok.info.run_id[:8] not in "".join(rows)
+    assert "compare: left out 1 tokenizer run (they train no world model)" in lines
+    note = [line for line in lines if "different token corpora" in line]
+    assert len(note) == 1 and "data, data-digits" in note[0]
+    exp = mlflow.get_run(a).info.experiment_id
+    assert f"/#/experiments/{exp}/runs?workflowType=machine_learning; their test NLL against horizon" in lines[-1]
+    assert "/#/metric?runs=" in lines[-1] and a in lines[-1] and b in lines[-1] and tok.info.run_id not in lines[-1]
+    # the same data folder, but another tokenizer's weights: said too, by the weights
+    mlflow.MlflowClient().set_tag(a, SHA_TAG, "a" * 64)
+    c = _log_run(store, "reconstruction", _metrics(2.2))
+    mlflow.MlflowClient().set_tag(c, SHA_TAG, "b" * 64)
+    assert main(["--runs", a, c, "--mlflow_dir", str(store), "--out", str(out)]) == 0
+    assert "2 tokenizers (weights aaaaaaaa, bbbbbbbb)" in capsys.readouterr().out
+    assert main(["--runs", a, a, "--mlflow_dir", str(store), "--out", str(out)]) == 0
+    assert "different token corpora" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--runs", tok.info.run_id, "--mlflow_dir", str(store), "--out", str(out)])
+    assert e.value.code == 2 and "only tokenizer runs" in capsys.readouterr().err

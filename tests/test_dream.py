@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,14 +26,14 @@ from tokenizer.vqvae import VQVAE, save_vqvae
 K, G = 32, 4
 
 
-def make_dream_data(root):
-    """A token corpus, the test split's log-mels (speech-like clips) and an untrained tiny VQ-VAE."""
+def make_dream_data(root, seconds: float = 2.5):
+    """A token corpus, the test split's log-mels (speech-like clips of `seconds`) and an untrained tiny VQ-VAE."""
     data = make_token_corpus(root / "data", {"train": 6, "val": 2, "test": 3}, codebook_size=K)
     conf = load_config(["defaults", "audio", "tiny"])
     settings = MelSettings.from_conf(conf)
     with ShardWriter(DataLayout.of(data).mels("test")) as w:
         for i in range(3):
-            f = log_mel_features(speechlike(2.5, seed=i), settings, conf["vad_db"])
+            f = log_mel_features(speechlike(seconds, seed=i), settings, conf["vad_db"])
             w.add(per_step={"mel": f["mel"].astype("float16"), "voice": f["voice"]},
                   per_utterance={"utterance_id": f"utt{i}", "speaker": f"s{i}", "source": "t", "mean": f["mean"],
                                  "std": f["std"]})
@@ -143,6 +144,8 @@ def test_launch_ends_a_run_with_evaluation_and_dreams_and_says_where(tiny_run, t
     last = proc.stdout.strip().splitlines()[-4:]
     assert last[0].startswith("launch: metrics: ") and last[1].startswith("launch: dreams: wavs and PNGs in")
     assert last[2].startswith("launch: listen: open file://") and "mlflow ui --backend-store-uri" in last[3]
+    assert "/runs/" in last[3] and "?workflowType=machine_learning" in last[3]  # the run's page, not GenAI's
+    assert "interpolation.wav, acoustics.md)" in last[1]  # what was written, nothing missing
     page = Path(last[2].split("file://", 1)[1].split(" ", 1)[0])
     assert page.name == "index.html" and page.is_file()
     evaluation = Path(last[0].split(": ", 2)[2].split(" (")[0])
@@ -346,3 +349,99 @@ def test_conditioned_dreams_a_row_per_value_scored_by_a_classifier_and_unknown_v
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+# ---- short clips, fixed windows, what is missing and why ---------------------------------------------------
+
+def test_a_corpus_of_short_clips_gets_shorter_prompts_and_says_so():
+    from pydreamer.dreams.coverage import fit_to_clips
+
+    fps, step = 100.0, 4
+    long = [250, 300, 90]  # 2.5 s and 3 s clips: 1 s prompts and a first 0.5 s window, as asked
+    assert fit_to_clips(long, 1.0, fps, step) == (1.0, 154, "")
+    digits = [50, 60, 64, 70, 80]  # spoken digits, 0.5 to 0.8 s: none holds 1 s + 0.5 s
+    prompt_s, min_frames, note = fit_to_clips(digits, 1.0, fps, step)
+    assert prompt_s == 0.32 and min_frames == 32 + 10 + 4  # half the median (whole steps) + a 0.1 s window + a step
+    assert note.startswith("short clips: 0 of the test split's 5 utterances last 1.54 s (median 0.64 s)")
+    assert fit_to_clips(digits, 0.2, fps, step)[0] == 0.2  # a shorter prompt asked for stays as asked
+    assert fit_to_clips([], 1.0, fps, step) == (1.0, 154, "")  # no clips: nothing to fit
+
+
+def test_completion_distances_are_named_by_fixed_windows_up_to_the_dreams_length():
+    from pydreamer.dreams.report import completion_distances, dream_metrics, horizon_summary
+
+    sr, rng = 16000, np.random.default_rng(0)
+    truth = rng.normal(0, 0.1, int(2.7 * sr))
+    dreams = [rng.normal(0, 0.1, int(3.0 * sr)) for _ in range(2)]
+    assert completion_distances(truth, dreams, sr)["end_s"].tolist() == [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
+    assert completion_distances(truth, dreams, sr, limit_s=1.5)["end_s"].tolist() == [0.1, 0.25, 0.5, 1.0]
+    short = completion_distances(truth[:int(0.3 * sr)], dreams, sr, limit_s=3.0)  # a digit's continuation
+    assert short["end_s"].tolist() == [0.1, 0.25, 0.5] and np.isfinite(short["lsd"]).all()
+    per_prompt = [{"own": completion_distances(t, dreams, sr, 3.0), "swapped": completion_distances(t, dreams, sr, 3.0)}
+                  for t in (truth[:int(0.3 * sr)], truth[:int(0.6 * sr)], truth[:int(1.2 * sr)])]
+    keys = sorted(k for k in dream_metrics({}, horizon_summary(per_prompt), 1.0) if k.startswith("dream/completion/own"))
+    assert keys == [f"dream/completion/own/{m}_h{e}s" for m in ("lsd", "sc") for e in ("0.1", "0.25", "0.5", "1")]
+
+
+def test_whats_not_measured_is_said_with_its_reason():
+    import argparse
+
+    from pydreamer.dreams.coverage import not_measured
+    from pydreamer.dreams.results import DreamResults
+
+    args = argparse.Namespace(real_clips=8, split="test", prompt=[], run="r", warmup_seconds=0.4, seconds=1.0)
+    r = DreamResults(args, "rssm", 5, 16000, 100.0, "Griffin-Lim", G)
+    r.not_measured = not_measured(r, args, pool_size=40, min_seconds=1.54)
+    assert r.not_measured == {
+        "acoustic table": "none of the test split's 40 utterances lasts 1.54 s",
+        "completion distances": "they need 2 or more test-split prompts with a true continuation, had 0",
+        "interpolation": "it needs two prompts (--prompt A --prompt2 B, or two test utterances)"}
+    r.silent = {"real": 1.0}
+    assert not_measured(r, args, 40, 1.54)["acoustic table"] == "every real clip is silent"
+    assert not_measured(r, argparse.Namespace(**{**vars(args), "real_clips": 0}), 40, 1.54)["acoustic table"] \
+        == "--real_clips 0"
+    md = r._markdown(Path("unused"), [])
+    assert "No acoustic table: none of the test split's 40 utterances lasts 1.54 s." in md
+    assert "No completion distances: they need 2 or more" in md and "No interpolation: it needs two prompts" in md
+
+
+def test_launch_names_only_the_dream_files_written(tmp_path, capsys):
+    """A corpus whose clips gave no interpolation and no tables: the closing line names what is there and why
+    the rest is not."""
+    import launch
+
+    dreams = tmp_path / "dreams"
+    (dreams / "unconditional").mkdir(parents=True)
+    (dreams / "acoustics.md").write_text("# Dreams\n")
+    (dreams / "summary.json").write_text(json.dumps({"not_measured": {"interpolation": "it needs two prompts"}}))
+    conf = load_config(["defaults", "tiny"], ["--mlflow_dir", str(tmp_path / "mlruns")])
+    launch.print_summary(conf, ["defaults"], "r1", tmp_path / "replay", launch.Ending("FAILED", 1, None, dreams))
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("launch: dreams:")][0]
+    assert f"in {dreams} (unconditional/, acoustics.md; no interpolation: it needs two prompts)" in line
+    assert "interpolation.wav" not in line and "completions/" not in line
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("short")
+    return root, make_run(root, make_dream_data(root, seconds=0.7))
+
+
+def test_short_clips_get_an_acoustic_table_completion_distances_and_a_listening_page(short_run, tmp_path, capsys):
+    """Spoken digits and single words (every test clip under a second): the dreams are still measured, on windows
+    that fit, and the run's artifacts get listen.html at their root."""
+    import mlflow
+
+    root, run_id = short_run
+    assert _dream(root, run_id, tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(n.startswith("short clips: 0 of the test split's 3 utterances") for n in summary["notes"])
+    assert "| spectral_entropy |" in out and "LSD dB @0.1s" in out and summary["not_measured"] == {}
+    assert (tmp_path / "out" / "interpolation.wav").is_file()
+    run = mlflow.get_run(run_id)
+    assert "dream/completion/own/lsd_h0.1s" in run.data.metrics and "dream/tokenizer/rms/ks_stat" in run.data.metrics
+    assert "listen.html" in [a.path for a in mlflow.MlflowClient().list_artifacts(run_id)]
+    page = (Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "listen.html").read_text()
+    assert 'src="dreams/completions/00-' in page and "Other clips" not in page
+    assert f"/runs/{run_id}?workflowType=machine_learning" in out.splitlines()[-1]

@@ -97,11 +97,31 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
     assert {"horizons.csv", "horizons.png", "summary.json"} <= {p.name for p in folder.iterdir()}
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["checkpoint"] == "latest.pt"  # no best.pt: latest
+    # every per-horizon family is also a curve over h (what MLflow charts and overlays across runs), and the
+    # picture sits at the root of the run's artifacts
+    client = mlflow.MlflowClient()
+    for family in ("test/nll", "test/acc", "test/baseline/bigram/nll", "test/margin", "test/voiced/nll"):
+        curve = {m.step: m.value for m in client.get_metric_history(run_id, f"{family}_by_horizon")}
+        assert curve == {h: pytest.approx(metrics[f"{family}_h{h}"]) for h in (1, 2, 3)}, family
+    assert "horizons_test.png" in [a.path for a in client.list_artifacts(run_id)]
+    assert f"/#/experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}?workflowType=machine_learning" \
+        in out.splitlines()[-1]
     # probes: every label the corpus has is probed (or says why not), printed and in summary.json
     assert "Linear probes" in out and set(summary["probes"]) >= {"speaker", "language"}
     for label, report in summary["probes"].items():
         if "skipped" not in report:
             assert 0 <= report["latent"]["acc"] <= 1 and metrics[f"test/probe/{label}/acc"] == report["latent"]["acc"]
+
+
+def test_per_horizon_metrics_become_curves_with_the_horizon_as_step():
+    from pydreamer.evaluation_report import horizon_curves
+
+    metrics = {"test/nll_h1": 3.0, "test/nll_h12": 4.0, "test/baseline/ngram_cache/nll_h2": 5.0,
+               "test/log_mel/margin/lsd_h1": 0.5, "test/mel_nll_h3": 1.0, "test/probe/speaker/acc": 0.9}
+    assert horizon_curves(metrics) == {"test/nll_by_horizon": {1: 3.0, 12: 4.0},
+                                       "test/baseline/ngram_cache/nll_by_horizon": {2: 5.0},
+                                       "test/log_mel/margin/lsd_by_horizon": {1: 0.5},
+                                       "test/mel_nll_by_horizon": {3: 1.0}}
 
 
 def test_evaluate_prefers_the_best_checkpoint_unless_told(tmp_path, capsys):

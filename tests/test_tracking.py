@@ -114,3 +114,88 @@ def test_a_resumed_learner_without_a_checkpoint_gets_the_runs(chosen, tmp_path, 
     learner.log_artifacts = True
     assert learner.fetch_checkpoints(run) == ["latest.pt"] and learner.try_resume() and learner.step == 12
     assert learner.fetch_checkpoints(run) == []  # one is there now: never overwritten
+
+
+# ---- what a person sees of a run in MLflow (the UI itself: tests/test_mlflow_ui.py) ------------------------
+
+def test_the_ui_hint_opens_the_run_in_the_machine_learning_view():
+    """MLflow 3 opens an experiment in its GenAI view (traces); the printed address must open the run's page."""
+    from runtime.tracking import run_url, ui_hint
+
+    store = "sqlite:////data/runs/mlflow.db"
+    url = "http://127.0.0.1:5000/#/experiments/3/runs/abc123?workflowType=machine_learning"
+    assert run_url(store, "3", "abc123") == url
+    assert ui_hint(store, "3", "abc123") == f"mlflow ui --backend-store-uri {store} --port 5000  then open {url}"
+    assert ui_hint(store, "3", "abc123", port=5077).endswith("127.0.0.1:5077/#/experiments/3/runs/abc123"
+                                                              "?workflowType=machine_learning")
+    # a tracking server is already up: its own address, nothing to start
+    assert ui_hint("https://mlflow.example/", "3", "abc123") == \
+        "open https://mlflow.example/#/experiments/3/runs/abc123?workflowType=machine_learning"
+    assert run_url(store, "3") == "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+
+
+def test_the_metric_page_overlays_runs_against_the_step():
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    from runtime.tracking import metric_url
+
+    url = metric_url("sqlite:////x.db", ["3", "3"], ["a1", "b2"], "test/nll_by_horizon", port=5077)
+    assert url.startswith("http://127.0.0.1:5077/#/metric?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url.split("#", 1)[1]).query).items()}
+    assert json.loads(query["runs"]) == ["a1", "b2"] and json.loads(query["experiments"]) == ["3"]
+    assert json.loads(query["plot_metric_keys"]) == ["test/nll_by_horizon"] and query["x_axis"] == "step"
+
+
+@pytest.mark.parametrize("configs, overrides, name", [
+    (["defaults", "audio", "small"], {}, "rssm-recon-small-synth-s0"),
+    (["defaults", "audio", "small", "contrastive"], {"seed": 2}, "rssm-contrastive-small-synth-s2"),
+    (["defaults", "audio", "tiny", "transformer"], {}, "transformer-recon-tiny-synth-s0"),
+    (["defaults", "audio", "small", "mel"], {}, "mel_rssm-recon-small-synth-s0"),
+    (["defaults", "audio"], {"source": "folder", "data_root": "/corpora/digits/"}, "rssm-recon-audio-digits-s0"),
+    (["defaults", "audio", "short"], {"source": "commonvoice", "data_root": "", "data_dir": "data-words"},
+     "rssm-recon-short-data-words-s0"),
+])
+def test_a_new_run_is_named_after_what_it_is(configs, overrides, name):
+    from runtime.config import load_config
+    from runtime.tracking import run_name_of
+
+    assert run_name_of({**load_config(configs), **overrides}) == name
+
+
+def test_run_names_in_the_store(chosen, monkeypatch):
+    """The name a new run gets: the `run_name` key when set, else what it is; a run of another family says its
+    family; a resumed run keeps its name."""
+    from runtime.config import load_config
+    from runtime.tracking import run_name_of
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    conf = {**load_config(["defaults", "audio", "tiny"]), "experiment": "named"}
+    with start_or_resume_run(conf) as run:
+        pass
+    assert mlflow.get_run(run.info.run_id).info.run_name == "rssm-recon-tiny-synth-s0"
+    with start_or_resume_run({**conf, "run_name": "mine"}) as other:
+        pass
+    assert mlflow.get_run(other.info.run_id).info.run_name == "mine"
+    with start_or_resume_run({**conf, "seed": 5}, run.info.run_id):
+        pass
+    assert mlflow.get_run(run.info.run_id).info.run_name == "rssm-recon-tiny-synth-s0"
+    assert run_name_of(conf, {"family": "wavegan"}) == "wavegan-tiny-synth-s0"
+    assert run_name_of(_conf()) is None  # no world model in the config: MLflow picks one
+
+
+def test_curves_and_root_artifacts(chosen, tmp_path, monkeypatch):
+    """A curve is one metric with its x as the step (what MLflow charts against); a root artifact sits at the top of
+    the run's artifacts, beside dreams/ and evaluation/."""
+    from runtime.tracking import log_curves, log_root_artifact
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
+    with start_or_resume_run(_conf()) as run:
+        log_curves(run.info.run_id, {"test/nll_by_horizon": {2: 3.5, 1: 3.0, 3: float("nan")}})
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "test/nll_by_horizon")
+    assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 3.5)]
+    picture = tmp_path / "horizons.png"
+    picture.write_bytes(b"png")
+    log_root_artifact(run, picture, "horizons_test.png")
+    names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert names == ["horizons_test.png"] and (local_artifact_dir(run) / "horizons_test.png").read_bytes() == b"png"

@@ -35,7 +35,8 @@ def tokenizer_run(conf: Mapping[str, Any], layout: DataLayout) -> Iterator[str]:
     if run_id and find_run(run_id) is None:  # a different tracking store, or a deleted run: start afresh
         run_id = None
     tags = {"component": "tokenizer", "data_dir": layout.origin or str(layout.root.resolve())}
-    with start_or_resume_run(conf, run_id, run_name="tokenizer", nested=mlflow.active_run() is not None,
+    name = f"tokenizer-{Path(tags['data_dir'].rstrip('/')).name}"  # named after its data folder: tokenizer-data-small
+    with start_or_resume_run(conf, run_id, run_name=name, nested=mlflow.active_run() is not None,
                              tags=tags) as run:
         if not run_id:
             id_file.parent.mkdir(parents=True, exist_ok=True)

@@ -205,28 +205,37 @@ def similarity_by_horizon(
     window_s: float = 0.5,
     n_fft: int = N_FFT,
     hop_length: int = HOP_LENGTH,
+    edges: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """LSD and spectral convergence per consecutive window of ``window_s`` seconds of the overlap.
 
     A frame belongs to the window holding its centre, so row k covers horizon
     ``[k window_s, (k + 1) window_s)``: report LSD at 0.5 s, 1 s, ... of a rollout started
     at the clips' first sample. Windows holding no frame centre are left out.
+    With ``edges`` (ascending seconds, from 0), row k covers ``[edges[k], edges[k + 1])`` instead and its
+    ``end_s`` is ``edges[k + 1]`` itself (a fixed name for the window, also where the overlap ends inside it);
+    frames past the last edge are left out.
     Returns arrays ``start_s``, ``end_s``, ``frames``, ``log_spectral_distance``, ``spectral_convergence``.
     """
-    if window_s * sr < hop_length:
-        raise ValueError(f"window of {window_s} s is shorter than one hop ({hop_length} samples)")
+    bounds = np.asarray(edges, np.float64) if edges is not None else None
+    narrowest = float(np.min(np.diff(bounds))) if bounds is not None else window_s
+    if narrowest * sr < hop_length:
+        raise ValueError(f"window of {narrowest} s is shorter than one hop ({hop_length} samples)")
     s_ref, s_gen = _overlap_spectra(reference, generated, n_fft, hop_length)
     duration = max(min(len(np.ravel(reference)), len(np.ravel(generated))), n_fft) / sr
     centres = (np.arange(s_ref.shape[1]) * hop_length + n_fft / 2) / sr
-    slot = np.floor(centres / window_s).astype(np.int64)
+    if bounds is None:
+        slot = np.floor(centres / window_s).astype(np.int64)
+        span = [(k * window_s, min((k + 1) * window_s, duration)) for k in range(int(slot.max()) + 1)]
+    else:
+        slot = np.searchsorted(bounds, centres, side="right") - 1
+        slot[slot >= len(bounds) - 1] = -1
+        span = list(zip(bounds[:-1], bounds[1:]))
     rows = []
-    for k in np.unique(slot):
+    for k in np.unique(slot[slot >= 0]):
         sel = slot == k
-        rows.append(
-            (k * window_s, min((k + 1) * window_s, duration), sel.sum(), _lsd(s_ref[:, sel], s_gen[:, sel]),
-             _convergence(s_ref[:, sel], s_gen[:, sel]))
-        )
-    cols = list(zip(*rows))
+        rows.append((*span[k], sel.sum(), _lsd(s_ref[:, sel], s_gen[:, sel]), _convergence(s_ref[:, sel], s_gen[:, sel])))
+    cols = list(zip(*rows)) if rows else [[]] * 5
     return {
         "start_s": np.array(cols[0], np.float64),
         "end_s": np.array(cols[1], np.float64),

@@ -236,13 +236,27 @@ class AudioDreamer:
         return out
 
 
+Pool = list  # [(utterance id, z-scored log-mel, mean, std)] of a split, as its shards hold them
+
+
+def split_pool(layout: DataLayout, split: str) -> Pool:
+    """Every utterance of a split as (id, z-scored log-mel, mean, std); empty when `data_dir` has no log-mels of
+    the split (a run copied without its data)."""
+    folder = layout.mels(split)
+    if not folder.is_dir():
+        return []
+    return [(str(u["utterance_id"]), u["mel"], float(u["mean"]), float(u["std"])) for u in iter_utterances(folder)]
+
+
+def draw_utterances(pool: Pool, n: int, min_frames: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """Up to `n` (utterance id, log-mel in dB) of `pool`, a seeded draw among those of `min_frames` or more,
+    in corpus order."""
+    pool = [u for u in pool if len(u[1]) >= min_frames]
+    pick = sorted(np.random.default_rng(seed).permutation(len(pool))[:max(n, 0)])
+    return [(pool[i][0], pool[i][1].astype(np.float32) * pool[i][3] + pool[i][2]) for i in pick]
+
+
 def split_utterances(layout: DataLayout, split: str, n: int, min_frames: int, seed: int) -> list[tuple[str, np.ndarray]]:
     """Up to `n` (utterance id, log-mel in dB) of a split, a seeded draw among those of `min_frames` or more,
     in corpus order. Empty when `data_dir` has no log-mels of the split (a run copied without its data)."""
-    folder = layout.mels(split)
-    if n <= 0 or not folder.is_dir():
-        return []
-    pool = [(str(u["utterance_id"]), u["mel"], float(u["mean"]), float(u["std"]))
-            for u in iter_utterances(folder) if len(u["mel"]) >= min_frames]
-    pick = sorted(np.random.default_rng(seed).permutation(len(pool))[:n])
-    return [(pool[i][0], pool[i][1].astype(np.float32) * pool[i][3] + pool[i][2]) for i in pick]
+    return draw_utterances(split_pool(layout, split), n, min_frames, seed) if n > 0 else []

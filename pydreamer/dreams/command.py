@@ -47,8 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pydreamer.dreams.alignment import alignment_metrics
-from pydreamer.dreams.report import (WINDOW_S, acoustic_tables, completion_distances, dream_metrics, horizon_summary,
-                                     perceptual_scores, rhythm_of_completions)
+from pydreamer.dreams.coverage import fit_to_clips, measure, not_measured
 from pydreamer.dreams.results import ALPHAS, DreamResults
 from pydreamer.models.base import IMAGINATIONS
 from pydreamer.replay_layout import DREAMS
@@ -204,14 +203,35 @@ def run_dreams(args: argparse.Namespace) -> int:
     logged = ""
     if not args.no_log:
         log_to_run(setup.run, results.metrics, setup.step, out, DREAMS)
-        logged = f"; logged dream/* metrics and artifacts dreams/ to run {args.run}"
+        log_listening_page(setup.run, results, out)
+        logged = f"; logged dream/* metrics and artifacts dreams/ and listen.html to run {args.run}"
     timer, kind = results.timer, setup.model.world_model
     written = list(results.files)
     wavs, pngs = sum(r.endswith(".wav") for r in written), sum(r.endswith(".png") for r in written)
     print(f"dream: real-time factor {timer.realtime_factor:.3f} ({timer.generation_s:.1f} s generation + "
           f"{timer.vocoder_s:.1f} s vocoder, {results.vocoder}, for {timer.audio_s:.1f} s of audio)")
     print(f"dream: {kind} run {args.run} at step {setup.step}: {wavs} wavs, {pngs} PNGs -> {out.resolve()}{logged}")
+    if not args.no_log:
+        import mlflow
+
+        from runtime.tracking import ui_hint
+
+        print(f"dream: open the run in MLflow (listen.html among its artifacts): "
+              f"{ui_hint(mlflow.get_tracking_uri(), setup.run.info.experiment_id, args.run)}")
     return 0
+
+
+def log_listening_page(run, results: DreamResults, out: Path) -> None:
+    """listen.html at the root of the run's artifacts: the dreams folder's listening page with links into
+    `dreams/`, so the run's page in MLflow (and a copy of its artifact folder) plays the dreams from its top."""
+    import tempfile
+
+    from runtime.tracking import log_root_artifact
+
+    with tempfile.TemporaryDirectory() as folder:
+        page = Path(folder) / "listen.html"
+        page.write_text(results.root_page((out / "acoustics.md").read_text()), encoding="utf-8")
+        log_root_artifact(run, page, "listen.html")
 
 
 def load_setup(args: argparse.Namespace) -> Setup:
@@ -258,7 +278,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
 
 def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     """Every dream of the command, and how far they are from real speech; computes only, writes nothing."""
-    from pydreamer.dreams.audio import AudioDreamer, split_utterances
+    from pydreamer.dreams.audio import AudioDreamer, draw_utterances, split_pool
     from tokenizer.layout import DataLayout
 
     t_start = time.time()
@@ -268,13 +288,17 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     layout = DataLayout.of(setup.conf["data_dir"])
     need = max(args.real_clips, args.warm, 0 if args.prompt else args.test_prompts)
     fps = codec.settings.frames_per_second
-    min_frames = int(round((args.prompt_seconds + WINDOW_S) * fps)) + codec.frames_per_step  # a first window to score
-    real = split_utterances(layout, args.split, need, min_frames, args.seed)
+    pool = split_pool(layout, args.split) if need > 0 else []
+    prompt_s, min_frames, short = fit_to_clips([len(u[1]) for u in pool], args.prompt_seconds, fps,
+                                               codec.frames_per_step, args.split)
+    real = draw_utterances(pool, need, min_frames, args.seed)
     r = DreamResults(args, setup.model.world_model, setup.step, codec.settings.sample_rate, fps, codec.vocoder.describe,
-                     codec.model.G, notes=[f"tokenizer: {setup.tokenizer_where}"], timer=dreamer.timer)
-    if not real:
-        r.notes.append(f"no {args.split}-split log-mels in {layout.mels(args.split)}: no real clips, warm-up dreams, "
-                       f"test completions or acoustic table")
+                     codec.model.G, notes=[f"tokenizer: {setup.tokenizer_where}"] + ([short] if short else []),
+                     timer=dreamer.timer)
+    if not real and need > 0:
+        r.notes.append("no real clips: no warm-up dreams, test completions or acoustic table ("
+                       + (f"no {args.split}-split log-mels in {layout.mels(args.split)})" if not pool else
+                          f"none of the {args.split} split's {len(pool)} utterances lasts {min_frames / fps:.2f} s)"))
     for c in prompts:
         r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
     with setup.model.wm.conditioned(args.fixed):  # every dream below on the values given (none given: as trained)
@@ -283,7 +307,7 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
         r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
                                for name, db in real[:args.warm]])
         user = prompts[:len(args.prompt)]
-        test = [codec.encode_prompt(name, db, args.prompt_seconds, vad_db=vad_db)
+        test = [codec.encode_prompt(name, db, prompt_s, vad_db=vad_db)
                 for name, db in real[:args.test_prompts]] if not args.prompt else []
         r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
         pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
@@ -295,6 +319,7 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
                 with setup.model.wm.conditioned({**args.fixed, label: value}):
                     r.conditioned[f"{label}={value}"] = dreamer.unconditional(n)
     measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
+    r.not_measured = not_measured(r, args, len(pool), min_frames / fps)
     r.alignment = score_alignment(args, layout, r, setup.model.wm)
     r.metrics.update(alignment_metrics(r.alignment))
     r.seconds = time.time() - t_start
@@ -327,34 +352,6 @@ def _kind_of(data_dir):
 
     voices = synth_voices_of(data_dir)
     return (lambda name: synth_kind(name, voices)) if voices else None
-
-
-def measure(r: DreamResults, dreamer, real_dbs: list, n_user: int, kind_of=None) -> None:
-    """The acoustic and structure tables (real clips vs each group of dreams, on their speech), the completion
-    distances by horizon, and whether completions keep their prompt's rhythm."""
-    sr = r.sample_rate
-    real_waves = dreamer.real(real_dbs)
-    groups = {"tokenizer": dreamer.real(real_dbs, roundtrip=True),
-              "unconditional": [d.wave for d in r.uncond], "warm": [d.wave for d in r.warm],
-              "completion": [d.wave[c.prompt_samples:] for c in r.completions for d in c.dreams]}
-    r.tables, r.per_clip, r.silent = acoustic_tables(real_waves, groups, sr) if real_waves else ({}, {}, {})
-    tested = [c for c in r.completions[n_user:] if c.true_wave is not None]  # the test prompts
-    r.rhythm = rhythm_of_completions(tested, sr, kind_of) if len(tested) >= 2 else {}
-    per_prompt = []
-    for i, c in enumerate(tested if len(tested) >= 2 else []):
-        other = tested[(i + 1) % len(tested)]  # the prompts are a seeded draw: the next one is a random other
-        true_cont = c.true_wave[c.prompt_samples:]
-        per_prompt.append({
-            "own": completion_distances(true_cont, [d.wave[c.prompt_samples:] for d in c.dreams], sr),
-            "swapped": completion_distances(true_cont, dreamer.swapped(c, other), sr),
-            "other": completion_distances(true_cont, [d.wave[other.prompt_samples:] for d in other.dreams], sr),
-            "real_other": completion_distances(true_cont, [other.true_wave[other.prompt_samples:]], sr),
-            "tokenizer": completion_distances(true_cont, [c.roundtrip_wave[c.prompt_samples:]], sr),
-        })
-    r.n_tested, r.horizons = len(tested), horizon_summary(per_prompt)
-    if getattr(r.args, "perceptual", False):
-        r.perceptual = perceptual_scores(real_waves, groups, sr)
-    r.metrics = dream_metrics(r.tables, r.horizons, r.timer.realtime_factor, r.silent, r.rhythm, r.perceptual)
 
 
 def write_all(results: DreamResults, out: Path) -> Path:

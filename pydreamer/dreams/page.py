@@ -62,13 +62,14 @@ _SCRIPT = """(function () {
 
 
 def listening_page(title: str, files: Sequence[str], tables_markdown: str = "", notes: Sequence[str] = (),
-                   mlflow_artifacts: tuple[str, str] | None = None) -> str:
+                   mlflow_artifacts: tuple[str, str] | None = None, base: str = "") -> str:
     """The page for the files of one dreams folder (`files`: paths relative to it, as `DreamResults.write`
     lists them): per completion the prompt + true continuation, its tokenizer round trip (when written) and each
     dream beside the completion's picture; dreams from nothing; warm-up dreams; the interpolation; the tables of
     `tables_markdown` (acoustics.md); `notes`. Every wav and PNG of `files` is shown exactly once (those of no known
     section under "Other clips"); other files are linked. `mlflow_artifacts`: (run id, artifact path) where the
-    folder is logged, for MLflow's artifact view."""
+    page is logged, for MLflow's artifact view. `base`: where the folder is seen from the page (`dreams/` for a page
+    at the root of the run's artifacts), put before every link."""
     media = [f for f in files if f.endswith((".wav", ".png"))]
     left = dict.fromkeys(media)  # what no section has shown yet, in the order written
     body: list[str] = []
@@ -79,8 +80,8 @@ def listening_page(title: str, files: Sequence[str], tables_markdown: str = "", 
 
     def group(wavs: list[str], png: str, label: Callable[[str], str] = _stem) -> str:
         """Players beside (or under) their picture."""
-        players = "".join(_player(f, label(f)) for f in wavs if take(f))
-        picture = f'<img src="{_url(png)}" data-rel="{_esc(png)}" alt="{_esc(png)}">' if take(png) else ""
+        players = "".join(_player(base + f, label(f)) for f in wavs if take(f))
+        picture = f'<img src="{_url(base + png)}" data-rel="{_esc(base + png)}" alt="{_esc(png)}">' if take(png) else ""
         return f'<div class="group">{picture}<div class="players">{players}</div></div>'
 
     names = sorted({m.group(1) for f in media
@@ -104,8 +105,8 @@ def listening_page(title: str, files: Sequence[str], tables_markdown: str = "", 
         body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"]
     others = [f for f in files if f not in media and f != "index.html"]
     if others:
-        body += ["<h2>Files</h2>", "<ul>" + "".join(f'<li><a href="{_url(f)}" data-rel="{_esc(f)}">{_esc(f)}</a></li>'
-                                                    for f in others) + "</ul>"]
+        body += ["<h2>Files</h2>", "<ul>" + "".join(f'<li><a href="{_url(base + f)}" data-rel="{_esc(base + f)}">'
+                                                    f'{_esc(f)}</a></li>' for f in others) + "</ul>"]
     run = (f' data-mlflow-run="{_esc(mlflow_artifacts[0])}" data-mlflow-path="{_esc(mlflow_artifacts[1])}"'
            if mlflow_artifacts else "")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

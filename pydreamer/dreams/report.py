@@ -18,7 +18,13 @@ import numpy as np
 from pydreamer.dreams.acoustics import MetricComparison, clip_metrics, compare_real_generated, similarity_by_horizon
 from pydreamer.dreams.structure import envelope_period, keeps_period, speech_span, structure_metrics
 
-WINDOW_S = 0.5  # horizon windows of the completion distances: (0, 0.5], (0.5, 1.0], ...
+# The completion distances' windows of horizon, fixed so their metric keys are the same in every run:
+# [0, 0.1), [0.1, 0.25), [0.25, 0.5), [0.5, 1), [1, 2), [2, 4), ... s after the prompt, named by their end
+# (`lsd_h0.5s`), up to the dream's length. The short ones make spoken digits and single words measurable.
+WINDOW_ENDS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+WINDOW_S = 0.5  # what a test prompt must leave after it to be completed on a corpus of long utterances
+SHORTEST_WINDOW_S = WINDOW_ENDS_S[0]  # ... and on a corpus of short clips
+VERDICT_WINDOWS_S = (0.5, 1.0, 2.0)
 COMPLETION_TARGET_DB = 1.5  # a completion should be this much closer to the truth than another prompt's dream
 
 
@@ -98,9 +104,12 @@ def rhythm_markdown(rhythm: dict) -> str:
             f"against {rhythm['chance']:.0%} for another prompt's completions{kinds}.\n")
 
 
-def completion_distances(true_cont: np.ndarray, dream_conts: Sequence[np.ndarray], sr: int) -> dict[str, np.ndarray]:
-    """Mean over dreams of LSD (dB) and spectral convergence to the true continuation, per horizon window."""
-    rows = [similarity_by_horizon(true_cont, d, sr, WINDOW_S) for d in dream_conts]
+def completion_distances(true_cont: np.ndarray, dream_conts: Sequence[np.ndarray], sr: int,
+                         limit_s: float | None = None) -> dict[str, np.ndarray]:
+    """Mean over dreams of LSD (dB) and spectral convergence to the true continuation, per window of horizon
+    (`WINDOW_ENDS_S`) that the continuations reach, those ending past `limit_s` (the dream's length) left out."""
+    ends = [e for e in WINDOW_ENDS_S if limit_s is None or e <= limit_s + 1e-9] or [WINDOW_ENDS_S[0]]
+    rows = [similarity_by_horizon(true_cont, d, sr, edges=(0.0, *ends)) for d in dream_conts]
     n = min(len(r["end_s"]) for r in rows)
     return {"end_s": rows[0]["end_s"][:n],
             "lsd": np.mean([r["log_spectral_distance"][:n] for r in rows], 0),
@@ -109,18 +118,22 @@ def completion_distances(true_cont: np.ndarray, dream_conts: Sequence[np.ndarray
 
 def horizon_summary(per_prompt: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, list[float]]]:
     """Mean over prompts, per horizon window, of each kind of completion ('own', 'swapped', 'other'), and how
-    many prompts each window's mean is over."""
+    many prompts each window's mean is over. A window keeps its nominal end (`end_s`): the same metric key in
+    every run."""
     out: dict[str, dict[str, list[float]]] = {}
     if not per_prompt:
         return out
     # a window is averaged over the prompts whose true continuation reaches it, while 2 or more do (one short
     # utterance must not cut every prompt's horizon to its own length)
-    lengths = sorted((min(len(p[kind]["end_s"]) for kind in p) for p in per_prompt), reverse=True)
+    reach = [min(len(p[kind]["end_s"]) for kind in p) for p in per_prompt]
+    lengths = sorted(reach, reverse=True)
     n = lengths[min(1, len(lengths) - 1)]
+    longest = per_prompt[int(np.argmax(reach))]
+    ends = [float(e) for e in next(iter(longest.values()))["end_s"][:n]]
     for kind in per_prompt[0]:
         out[kind] = {k: [float(np.mean([p[kind][k][i] for p in per_prompt if len(p[kind][k]) > i]))
                          for i in range(n)] for k in ("lsd", "sc")}
-        out[kind]["end_s"] = [(i + 1) * WINDOW_S for i in range(n)]  # the window's nominal end: a stable key
+        out[kind]["end_s"] = list(ends)
         out[kind]["prompts"] = [sum(len(p[kind]["end_s"]) > i for p in per_prompt) for i in range(n)]
     return out
 
@@ -134,8 +147,9 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
              "other": "another prompt's completion, as is", "real_other": "another utterance's true continuation",
              "tokenizer": "the true continuation through the tokenizer (perfect tokens)"}
     ends = summary["own"]["end_s"]
+    windows = ", ".join(f"[{a:g}, {b:g})" for a, b in zip([0.0, *ends[:-1]], ends))
     lines = [f"Distance to the true continuation ({n_prompts} test prompts; mean over prompts and dreams), "
-             f"per {WINDOW_S:g} s window of horizon:", "",
+             f"per window of horizon after the prompt (s: {windows}; named by its end):", "",
              "| completion | " + " | ".join(f"LSD dB @{e:g}s" for e in ends) + " | "
              + " | ".join(f"SC @{e:g}s" for e in ends) + " |",
              "|---|" + "---|" * (2 * len(ends))]
@@ -147,7 +161,7 @@ def horizon_markdown(summary: dict[str, dict[str, list[float]]], n_prompts: int)
                   + ", ".join(str(n) for n in summary["own"]["prompts"])]
     verdicts = []
     for i, e in enumerate(ends):
-        if e in (0.5, 1.0, 2.0):
+        if e in VERDICT_WINDOWS_S or (i == 0 and not set(VERDICT_WINDOWS_S) & set(ends)):
             own, base = summary["own"]["lsd"][i], summary["swapped"]["lsd"][i]
             verdicts.append(f"{e:g} s: {own:.2f} vs {base:.2f} dB ({own - base:+.2f})")
     lines += ["", "The model's completion against another prompt's dream at this prompt's level (target: "

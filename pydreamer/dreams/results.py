@@ -45,6 +45,7 @@ class DreamResults:
     perceptual: dict = field(default_factory=dict)  # DNSMOS per group, the tokenizer's PESQ/STOI (perceptual_scores)
     horizons: dict = field(default_factory=dict)
     n_tested: int = 0
+    not_measured: dict[str, str] = field(default_factory=dict)  # measure -> why it is missing (coverage.not_measured)
     timer: Timer = field(default_factory=Timer)
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -67,6 +68,11 @@ class DreamResults:
         (stage / "summary.json").write_text(json.dumps(self._summary(files), indent=1, default=float))
         files.append("summary.json")
         return files
+
+    def root_page(self, markdown: str) -> str:
+        """The listening page for the root of the run's artifacts (listen.html): every file under `dreams/`."""
+        title = f"Dreams of {self.world_model} run {self.args.run} (step {self.step})"
+        return listening_page(title, self.files, markdown, self.notes, (self.args.run, ""), base=f"{DREAMS}/")
 
     def _write_audio(self, stage: Path) -> list[str]:
         """The wavs and their pictures."""
@@ -163,17 +169,16 @@ class DreamResults:
             write_comparison_csv(rows, stage / f"acoustics_{group}.csv")
             files.append(f"acoustics_{group}.csv")
         if not self.tables:
-            md += ["No real clips: no acoustic table.", ""]
+            md += [f"No acoustic table: {self.not_measured.get('acoustic table', 'no real clips')}.", ""]
         md.append(horizon_markdown(self.horizons, self.n_tested) or
-                  f"No completion distances: they need 2 or more {a.split}-split prompts with a true continuation "
-                  f"(test prompts are completed only without --prompt; had {self.n_tested}).\n")
+                  f"No completion distances: {self.not_measured.get('completion distances', 'no test prompts')}.\n")
         md.append(rhythm_markdown(self.rhythm))
         md.append(perceptual_markdown(self.perceptual, self.vocoder))
         if getattr(a, "fixed", None):
             md.append("Every dream above is conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + ".\n")
         md.append(alignment_markdown(self.alignment))
         if not self.mix:
-            md.append("No interpolation: it needs two prompts (--prompt A --prompt2 B, or two test utterances).\n")
+            md.append(f"No interpolation: {self.not_measured.get('interpolation', 'it needs two prompts')}.\n")
         md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "
                   f"{t.vocoder_s:.2f} s vocoder ({self.vocoder}) for {t.audio_s:.2f} s of audio.\n")
         return "\n".join(md)
@@ -193,7 +198,8 @@ class DreamResults:
             "acoustics": {g: [asdict(r) for r in rows] for g, rows in self.tables.items()},
             "per_clip": self.per_clip, "silent_fraction": self.silent, "ends": self.ends(), "rhythm": self.rhythm,
             "perceptual": self.perceptual,
-            "completion_distance_by_horizon": self.horizons, "metrics": self.metrics,
+            "completion_distance_by_horizon": self.horizons, "not_measured": self.not_measured,
+            "metrics": self.metrics,
             "conditioned": {k: len(ds) for k, ds in self.conditioned.items()}, "alignment": self.alignment,
             "files": files,
         }
