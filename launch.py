@@ -325,10 +325,10 @@ def follow_up(conf: Config, run: Run, replay_dir: Path, children: list[Child], o
         dreams_out = end.dreams_out = (local_artifact_dir(run) or replay_dir) / "dreams"
         print(f"launch: dreaming ({conf['dream_unconditional']} dreams from nothing, {conf['dream_test_prompts']} "
               f"test completions, {conf['dream_seconds']:g} s each) -> {dreams_out}", flush=True)
-        rc = at_end(conf, run_id, "dream", "--out", str(dreams_out))
+        rc = at_end(conf, run_id, "dream", "--as_run_dreams", "--out", str(dreams_out))
         if rc != 0:
             print(f"launch: the dreams failed (exit code {rc}); the trained run is kept: retry with "
-                  f"python -m pydreamer.dream --run {run_id} --out DIR", file=sys.stderr, flush=True)
+                  f"python -m pydreamer.dream --run {run_id} --as_run_dreams", file=sys.stderr, flush=True)
             end.dreams_out, end.code = None, 1
 
 

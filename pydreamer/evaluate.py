@@ -1,10 +1,13 @@
 """Evaluation of a world model per horizon on a split of the token corpus (the learner's periodic `eval/*`
 metrics are pydreamer/learner/eval_metrics.py).
 
-    python -m pydreamer.evaluate --run RUN_ID [--split test] [--horizons H] [--samples S]
+    python -m pydreamer.evaluate --run RUN_ID [--split test] [--evaluate_horizons H] [--evaluate_samples S]
                                  [--max_utterances N] [--starts_per_utterance N] [--seed 0]
 
---horizons and --samples default to the run's own evaluate_horizons and evaluate_samples.
+The options named as config keys (--evaluate_horizons, --evaluate_samples, --evaluate_imagination,
+--evaluate_log_mel_starts, --seed) default to the run's own values of those keys (the short names of before,
+--horizons, --samples, ..., still work). Progress (utterances scored, with an estimate of the time left) goes to
+stderr.
 
 The command reads the run's config and checkpoint, the split's token shards from the run's
 `data_dir` (test = speakers never used in training or model selection), and scores, for start
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 from pydreamer.models.base import IMAGINATIONS
+from pydreamer.progress import Progress, say
 from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
 from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint, run_command
 
@@ -42,29 +46,39 @@ class EvaluationError(RunError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pydreamer.evaluate", description=__doc__.split("\n")[0])
+    from runtime.config_reference import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m pydreamer.evaluate", description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--run", required=True, help="the MLflow run id of a launch.py run")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--horizons", type=int, help="score h = 1..H steps ahead (default: the run's evaluate_horizons)")
-    parser.add_argument("--samples", type=int,
-                        help="imagined futures averaged per start step (default: the run's evaluate_samples; 0 = the "
-                             "world model's fair_samples: RSSM 8, Transformer 128)")
-    parser.add_argument("--max_utterances", type=int, default=0, help="0 = every utterance of the split")
-    parser.add_argument("--starts_per_utterance", type=int, default=0, help="0 = every start step; else a seeded subsample")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="the utterances scored")
+    parser.add_argument("--max_utterances", type=int, default=0, help="score the split's first N utterances "
+                        "(default: 0 = every one)")
+    parser.add_argument("--starts_per_utterance", type=int, default=0, help="a seeded subsample of N start steps per "
+                        "utterance (default: 0 = every start step)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"),
                         help="best: the weights with the lowest val eval/nll_h1 (model selection; latest when the run "
                              "has no best.pt); latest: the last saved, e.g. to compare runs at equal gradient steps")
-    parser.add_argument("--seed", type=int, help="draws and start subsample (default: the run's seed)")
-    parser.add_argument("--imagination", choices=IMAGINATIONS,
-                        help="rssm: how futures past h = 1 are imagined (default: the run's evaluate_imagination)")
     parser.add_argument("--no_probes", action="store_true", help="skip the latent probes (speaker, language, kind)")
     parser.add_argument("--no_tsne", action="store_true", help="skip the t-SNE picture of the latent features (minutes "
                         "on a large split)")
-    parser.add_argument("--log_mel_starts", type=int, help="start steps per utterance scored as log-mel, a seeded "
-                        "draw among the scored ones; 0 = all (default: the run's evaluate_log_mel_starts)")
     parser.add_argument("--no_log_mel", action="store_true",
                         help="skip the log-mel scores (forecasts decoded to dB beside continuous baselines: log_mel.py)")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
+    group = parser.add_argument_group("the run's config keys (each left out is the run's own value)")
+    for key, old, spec in (
+            ("evaluate_horizons", "horizons", dict(type=int, help="score h = 1..H steps ahead")),
+            ("evaluate_samples", "samples", dict(type=int, help="imagined futures averaged per start step; 0 = "
+                                                 "the world model's fair_samples: RSSM 8, Transformer 128")),
+            ("evaluate_imagination", "imagination", dict(choices=IMAGINATIONS,
+                                                         help="rssm: how futures past h = 1 are imagined")),
+            ("evaluate_log_mel_starts", "log_mel_starts", dict(type=int, help="start steps per utterance scored "
+                                                               "as log-mel, a seeded draw of the scored; 0 = all")),
+            ("seed", "seed", dict(type=int, help="draws and start subsample"))):
+        spec = {**spec, "metavar": key.upper()} if "type" in spec else spec
+        group.add_argument(f"--{key}", dest=old, **{**spec, "help": f"{spec['help']} (default: the run's {key})"})
+        if old != key:  # the name of before, unlisted
+            group.add_argument(f"--{old}", dest=old, **{**spec, "help": argparse.SUPPRESS})
     return run_command(parser, _main, argv)
 
 
@@ -81,12 +95,7 @@ def _main(args) -> int:
 
     set_torch_threads()
     run, conf = open_run(args.run, args.mlflow_dir)
-    for option, key, before in (("horizons", "evaluate_horizons", None), ("samples", "evaluate_samples", None),
-                                ("log_mel_starts", "evaluate_log_mel_starts", 0), ("seed", "seed", None)):
-        setattr(args, option, conf.get(key, before) if getattr(args, option) is None else getattr(args, option))
-    if args.horizons < 1 or args.samples < 0:
-        raise EvaluationError(f"--horizons must be positive and --samples at least 0, not {args.horizons} and "
-                              f"{args.samples}")
+    _fill_from_config(args, conf)
     replay_dir, ckpt_path = run_checkpoint(run, conf, args.checkpoint, local_replay_dir(args.mlflow_dir, args.run))
     try:
         layout = DataLayout.of(local_data_dir(conf["data_dir"]))  # of a bucket: its tokens, fetched here
@@ -107,15 +116,18 @@ def _main(args) -> int:
     if model.wm.observes == "mel":
         return _evaluate_mel(run, conf, args, layout, utterances, model, step, ckpt_path, replay_dir, device)
     t0 = time.time()
+    say("evaluate", f"fitting the baselines on the train split, then scoring {len(utterances)} {args.split}-split "
+        f"utterances (h = 1..{args.horizons}, {args.samples} samples)")
     train = list(TokenSplit(layout, "train", spec))
     fit_on = [u["tokens"] for u in train]
     val = [u["tokens"] for u in TokenSplit(layout, "val", spec)]
     baselines = Baselines.fit(fit_on, val, spec.codebook_size, args.horizons)
     tokens = [u["tokens"] for u in utterances]
     log_mel = None if args.no_log_mel else _log_mel_scorer(run, conf, layout, utterances, args, device)
-    sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
-                          args.seed, device, voices=[u.get("voice") for u in utterances],
-                          observe=log_mel[0] if log_mel else None)
+    with Progress("evaluate", sum(len(t) for t in tokens), "steps") as progress:
+        sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
+                              args.seed, device, voices=[u.get("voice") for u in utterances],
+                              observe=_counted(progress, tokens, log_mel[0] if log_mel else None))
     log_mel = log_mel[:2] if log_mel else None
     scores = Scores(sums, seed=args.seed)
     seconds = time.time() - t0
@@ -148,6 +160,24 @@ def _main(args) -> int:
     _print(run, scores, summary, spec, f"{conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), "
            f"{args.split} split, {len(tokens)} utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
     return 0
+
+
+def _fill_from_config(args, conf) -> None:
+    """The options not given take the run's config keys of their names; out of range: one line, exit 2."""
+    for option, key, before in (("horizons", "evaluate_horizons", None), ("samples", "evaluate_samples", None),
+                                ("log_mel_starts", "evaluate_log_mel_starts", 0), ("seed", "seed", None)):
+        setattr(args, option, conf.get(key, before) if getattr(args, option) is None else getattr(args, option))
+    if args.horizons < 1 or args.samples < 0:
+        raise EvaluationError(f"--evaluate_horizons must be positive and --evaluate_samples at least 0, not "
+                              f"{args.horizons} and {args.samples}")
+
+def _counted(progress: Progress, tokens: list, observe=None):
+    """`evaluate_split`'s per-utterance hook: the utterance's steps counted as scored, then `observe` (log-mel)."""
+    def counted(u: int, starts, probs=None) -> None:
+        if observe is not None:
+            observe(u, starts, probs)
+        progress.advance(len(tokens[u]))
+    return counted
 
 
 def _print(run, scores, summary: dict, spec, what: str) -> None:
@@ -243,15 +273,17 @@ def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: 
     nll, count = np.zeros(H), np.zeros(H)
     t0 = time.time()
     model.eval()
-    for u, utt in enumerate(utterances):
-        starts = start_steps(len(utt["tokens"]), args.starts_per_utterance, rng)
-        z = (true_steps(dbs[u], len(utt["tokens"]), ds) - mean) / std
-        pred, cell_nll = model.wm.forecast_mel(torch.from_numpy(z).to(device), H, args.samples,
-                                               torch.from_numpy(starts).to(device), gen)
-        observe(u, starts, predicted=pred.cpu().numpy() * std + mean)
-        cell_nll = cell_nll.cpu().numpy()
-        nll += np.nansum(cell_nll, 0)
-        count += np.isfinite(cell_nll).sum(0)
+    with Progress("evaluate", sum(len(u["tokens"]) for u in utterances), "steps") as progress:
+        for u, utt in enumerate(utterances):
+            starts = start_steps(len(utt["tokens"]), args.starts_per_utterance, rng)
+            z = (true_steps(dbs[u], len(utt["tokens"]), ds) - mean) / std
+            pred, cell_nll = model.wm.forecast_mel(torch.from_numpy(z).to(device), H, args.samples,
+                                                   torch.from_numpy(starts).to(device), gen)
+            observe(u, starts, predicted=pred.cpu().numpy() * std + mean)
+            cell_nll = cell_nll.cpu().numpy()
+            nll += np.nansum(cell_nll, 0)
+            count += np.isfinite(cell_nll).sum(0)
+            progress.advance(len(utt["tokens"]))
     report = scorer.report(seed=args.seed)
     per_dim_db = (nll / np.maximum(count, 1) + np.log(std)).tolist()
     cells = "every start step" if args.starts_per_utterance <= 0 else \
@@ -305,6 +337,7 @@ def _probes(model, layout, train: list[dict], utterances: list[dict], device, ar
 
     if args.no_probes:
         return {}, {}
+    say("evaluate", "linear probes of the latent features (speaker, language, kind)")
     try:
         train = [u for u in train if len(u["tokens"]) >= 2]
         report = probe_report(model, train, utterances, corpus_labels(layout.root), device, seed=args.seed)
@@ -320,6 +353,7 @@ def _latent_picture(out: Path, model, utterances: list[dict], device, args) -> N
 
     if args.no_tsne:
         return
+    say("evaluate", "t-SNE picture of the latent features")
     try:
         points = latent_points(model, [u["tokens"] for u in utterances], device, seed=args.seed)
         if len(points) >= 10:

@@ -22,19 +22,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from pydreamer.episodes import EpisodeBuilder, episode_filename, iter_episode_names, label_members, save_episode
-from pydreamer.policy import make_policy
 from pydreamer.replay_layout import ReplayLayout
 from runtime.files import remove_stale_temporaries
 from runtime.lease import Lease, LeaseHeld
 from runtime.processes import Child, set_torch_threads
 from runtime.s3 import RemotePath
+
+if TYPE_CHECKING:  # gymnasium and torch (the policy) are imported where a worker starts, so --help prints at once
+    import gymnasium as gym
 
 log = logging.getLogger("pydreamer.generator")
 
@@ -96,6 +96,8 @@ def run_generator(
     Stops at the first episode end once `n_steps` env steps (or `n_episodes` episodes) are done.
     Returns {"steps", "episodes", "seconds", "steps_per_s", "folder"}.
     """
+    from gymnasium import spaces
+
     if make_env is None:
         from envs import make_env
     if n_steps is None and n_episodes is None:
@@ -123,6 +125,8 @@ def _worker_lease(layout: ReplayLayout, split: str, worker: int) -> contextlib.A
 def _generate(conf: Mapping[str, Any], env: gym.Env, replay_dir: Path | str, folder: Any, worker: int, split: str,
               n_steps: int | None, n_episodes: int | None, run_id: str | None) -> dict:
     """The worker's loop, holding its lease: episodes until the budget is spent."""
+    from pydreamer.policy import make_policy
+
     n_actions, a0 = int(env.action_space.n), int(env.action_space.start)
     stale = remove_stale_temporaries(folder)  # half-written episodes of a worker killed with kill -9
     if stale:

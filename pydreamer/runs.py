@@ -49,8 +49,12 @@ def run_command(parser: argparse.ArgumentParser, body: Callable[[argparse.Namesp
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
-def run_config(run) -> dict:
-    """The run's merged config, rebuilt from its params with each key's type from defaults.yaml."""
+def run_config(run, resumed: bool = False) -> dict:
+    """The run's merged config, rebuilt from its params with each key's type from defaults.yaml. With `resumed`, as
+    it last trained: the keys a resume changed (`--dream_seconds 2` at a resume), which MLflow params cannot hold,
+    from the tag RESUMED_TAG; without it, the params alone (what pydreamer/resume.py compares a resume against)."""
+    import json
+
     from runtime.config import coerce, load_config
 
     conf = load_config(["defaults"])
@@ -58,7 +62,12 @@ def run_config(run) -> dict:
     for key, text in run.data.params.items():
         if key in conf:
             conf[key] = coerce(key, text, conf[key]) if not isinstance(conf[key], str) else text
+    if resumed:
+        conf.update({k: v for k, v in json.loads(run.data.tags.get(RESUMED_TAG) or "{}").items() if k in conf})
     return conf
+
+
+RESUMED_TAG = "config.resumed"  # pydreamer/resume.py's (which imports this module): JSON of what resumes changed
 
 
 # A run recorded before a key existed gets the value that reproduces what its code did.
@@ -76,7 +85,7 @@ def open_run(run_id: str, mlflow_dir: str = "mlruns"):
     run = find_run(run_id)
     if run is None:
         raise RunError(f"no MLflow run '{run_id}' in {tracking_uri(store)}")
-    return run, run_config(run)
+    return run, run_config(run, resumed=True)
 
 
 def run_checkpoint(run, conf, which: str = "best", fetch_to: Path | str | None = None) -> tuple[Path, Path]:

@@ -2,17 +2,15 @@
 actor-critic, evaluates on `episodes_eval`, logs to MLflow, and checkpoints into the run.
 
     python -m pydreamer.train --configs defaults audio --replay_dir DIR [--key value ...]
-
     torchrun --standalone --nproc_per_node N -m pydreamer.train --configs ... --replay_dir DIR
 
 launch.py starts it with MLFLOW_RUN_ID set, so it logs into the launcher's run. When
-`<replay_dir>/checkpoints/latest.pt` exists the learner continues from it (model,
-optimizers, step), which is how `--resume_id` resumes. When the run's artifacts are not the
-replay store (a tracking server that proxies them) the learner also uploads each checkpoint
-as the artifact `checkpoints/latest.pt` (and `best.pt`), and a replay store without a
-checkpoint first gets the run's (a resume on another machine). Exit codes: 0 done, 3 NaN/inf
-loss (the last good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous
-one is intact), 130 interrupted (a checkpoint is saved first).
+`<replay_dir>/checkpoints/latest.pt` exists the learner continues from it (model, optimizers, step), which is how
+`--resume_id` resumes. When the run's artifacts are not the replay store (a tracking server that proxies them) the
+learner also uploads each checkpoint as the artifact `checkpoints/latest.pt` (and `best.pt`), and a replay store
+without a checkpoint first gets the run's (a resume on another machine). Exit codes: 0 done, 3 NaN/inf loss (the last
+good checkpoint is kept), 4 a checkpoint cannot be written (disk full: the previous one is intact), 130 interrupted (a
+checkpoint is saved first).
 
 Under torchrun with N processes it trains with DistributedDataParallel (runtime.distributed):
 each rank reads its share of the replay store, the effective batch is batch_size x N, and rank 0
@@ -27,29 +25,24 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
-from pydreamer.learner.loop import (EXIT_CANNOT_SAVE, EXIT_INTERRUPTED, EXIT_NONFINITE, Learner, PeerStopped,
-                                    _Interrupted)
-from pydreamer.learner.tracking import learner_tracking
-from pydreamer.models import NonFiniteLoss
-from pydreamer.models.checkpoint import CheckpointError
 from pydreamer.replay_layout import ReplayLayout
 from pydreamer.runs import learner_lease
-from runtime import distributed
-from runtime.device import resolve_device
-from runtime.distributed import SINGLE, Ranks, weights_digest
 from runtime.files import remove_stale_temporaries
 from runtime.lease import Lease, LeaseHeld
 from runtime.s3 import RemotePath
 from runtime.storage import store_path
 
+if TYPE_CHECKING:  # torch and the learner are imported where a learner starts, so --help prints at once
+    import torch
+    from pydreamer.learner.loop import Learner
+    from runtime.distributed import Ranks
+
 log = logging.getLogger("pydreamer.train")
 _HELD: list = []  # this learner's lease (runtime/lease.py), held until the process ends
+EXIT_NONFINITE, EXIT_CANNOT_SAVE, EXIT_INTERRUPTED = 3, 4, 130  # pydreamer/learner/loop.py's (tests/test_config.py)
 
-# ---- command line -------------------------------------------------------------------------
 
 def objective_tag(conf: Mapping[str, Any]) -> str:
     """The run's `objective` tag (what trained the latent), so `mlflow ui` can group and filter runs by it.
@@ -66,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = add_config_help(argparse.ArgumentParser(prog="python -m pydreamer.train", description=__doc__))
     conf, _ = parse_args(argv, parser, writes=("replay_dir", "mlflow_dir"))
+    from runtime import distributed
+    from runtime.device import resolve_device
+    from runtime.distributed import Ranks
     ranks = Ranks.from_env()
     prefix = f"[rank {ranks.rank}] " if ranks.distributed else ""
     logging.basicConfig(level=logging.INFO if ranks.is_main else logging.WARNING,
@@ -153,6 +149,9 @@ def _record_tokenizer(conf: Mapping[str, Any], run) -> None:
 
 
 def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks, device: torch.device) -> int:
+    from pydreamer.learner.loop import Learner, _Interrupted
+    from pydreamer.models.checkpoint import CheckpointError
+    from runtime import distributed
     # Rank 0 alone opens the MLflow run; the others learn the dimensions and the store from it.
     setup = _setup(conf) if ranks.is_main else None
     if ranks.distributed:
@@ -208,6 +207,9 @@ def _main(parser: argparse.ArgumentParser, conf: Mapping[str, Any], ranks: Ranks
 
 def _train(conf: Mapping[str, Any], learner: Learner, replay_dir: Path, stop: dict) -> int:
     from pydreamer.data import make_replay_loader
+    from pydreamer.learner.loop import PeerStopped, _Interrupted
+    from pydreamer.learner.tracking import learner_tracking
+    from pydreamer.models import NonFiniteLoss
 
     ranks = learner.ranks
     loader = make_replay_loader(conf, replay_dir, "train", rank=ranks.rank, world_size=ranks.world_size,
@@ -270,6 +272,7 @@ def _write_digest(learner: Learner) -> None:
     if not folder:
         return
     import json
+    from runtime.distributed import weights_digest
 
     h = weights_digest(learner.model.state_dict())
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -278,7 +281,7 @@ def _write_digest(learner: Learner) -> None:
                     "saved_step": learner.saved_step, "sha256": h}))
 
 
-def _stop(msg: str, code: int, ranks: Ranks = SINGLE) -> int:
+def _stop(msg: str, code: int, ranks: Ranks) -> int:
     """Say why the learner stopped: the log, the run's `stop_reason` tag (rank 0), stderr (the launcher's console)."""
     log.error(msg)
     if ranks.is_main:

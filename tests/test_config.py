@@ -163,6 +163,30 @@ def test_the_tokenizers_help_imports_neither_torch_nor_mlflow():
     assert not {"torch", "mlflow"} & imported
 
 
+@pytest.mark.parametrize("module, heavy", [("pydreamer.train", {"torch"}), ("pydreamer.generator", {"torch", "gymnasium"})])
+def test_the_learners_and_generators_help_import_neither_torch_nor_gymnasium(module, heavy):
+    """`python -m pydreamer.train --help` took 3.5-5 s importing torch (the generator: torch and gymnasium) before it
+    printed a line; they are imported where a learner or a worker starts."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--batch_size 32" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not heavy & imported
+
+
+def test_the_learners_exit_codes_are_the_loops():
+    """pydreamer/train.py names the learner's exit codes without importing its loop (and torch) for --help."""
+    from pydreamer import train
+    from pydreamer.learner import loop
+
+    assert (train.EXIT_NONFINITE, train.EXIT_CANNOT_SAVE, train.EXIT_INTERRUPTED) == \
+        (loop.EXIT_NONFINITE, loop.EXIT_CANNOT_SAVE, loop.EXIT_INTERRUPTED)
+
+
 @pytest.mark.parametrize("module", ["pydreamer.train", "pydreamer.generator"])
 def test_a_commands_help_says_all_its_docstring_and_its_keys(module, capsys, monkeypatch):
     import importlib

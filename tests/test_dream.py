@@ -67,9 +67,9 @@ def tiny_run(tmp_path_factory):
 
 
 def _dream(root, run_id, out, *args):
-    return main(["--run", run_id, "--out", str(out), "--mlflow_dir", str(root / "mlruns"), "--seconds", "1",
-                 "--samples", "2", "--unconditional", "2", "--warm", "1", "--test_prompts", "2", "--real_clips", "3",
-                 "--interp_seconds", "0.4", "--griffin_lim_iters", "4", *args])
+    return main(["--run", run_id, "--out", str(out), "--mlflow_dir", str(root / "mlruns"), "--dream_seconds", "1",
+                 "--dream_samples", "2", "--dream_unconditional", "2", "--dream_warm", "1", "--dream_test_prompts", "2",
+                 "--dream_real_clips", "3", "--interp_seconds", "0.4", "--dream_griffin_lim_iters", "4", *args])
 
 
 def _wav(path):
@@ -203,6 +203,54 @@ def test_a_resumed_run_keeps_the_tokenizer_it_started_with(tiny_run, tmp_path):
     assert file_sha256(tok.vqvae) == file_sha256(layout.vqvae) != file_sha256(other)
 
 
+def test_an_ad_hoc_dream_keeps_the_runs_own_dreams_and_takes_the_runs_config_as_a_resume_left_it(tiny_run, capsys):
+    """The issue: `dream --run RUN --prompt me.mp3` merged into the run's dreams/, overwrote its acoustics.md and
+    summary.json, and logged a second value of every dream/* metric made with the command's own defaults. The run's
+    own dreams (launch.py's, --as_run_dreams) now stay byte for byte with one value per dream/* metric; an ad-hoc
+    dream has its folder, artifacts and metric names (dreams/NAME/), the sizes of the run's config as its last
+    resume left them (the tag config.resumed), and says how far it has got on stderr in a few lines."""
+    import mlflow
+
+    from runtime.tracking import local_artifact_dir
+
+    root, _ = tiny_run
+    run_id = make_run(root, root / "data")
+    common = ["--run", run_id, "--mlflow_dir", str(root / "mlruns"), "--interp_seconds", "0.4"]
+    assert main([*common, "--as_run_dreams"]) == 0
+    client = mlflow.MlflowClient()
+    artifacts = local_artifact_dir(client.get_run(run_id))
+    own = artifacts / "dreams"
+    before = {p: p.read_bytes() for p in [*own.rglob("*"), artifacts / "listen.html"] if p.is_file()}
+    own_metrics = {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("dream/")}
+    assert "dream/realtime_factor" in own_metrics and json.loads((own / "summary.json").read_text())["settings"][
+        "samples"] == 1  # tiny's dream_samples
+    client.set_tag(run_id, "config.resumed", json.dumps({"dream_samples": 2}))  # a resume's `--dream_samples 2`
+    capsys.readouterr()
+    prompt = write_clip(root / "me.wav", seconds=1.5)
+    assert main([*common, "--name", "mine", "--prompt", str(prompt)]) == 0
+    err = capsys.readouterr().err
+    mine = own / "mine"
+    summary = json.loads((mine / "summary.json").read_text())
+    assert (summary["settings"]["samples"], summary["settings"]["seconds"]) == (2, 1.0)  # the resume's, tiny's
+    assert len(list(mine.glob("completions/00-me/prompt+dream-*.wav"))) == 2
+    after = {p: p.read_bytes() for p in [*own.rglob("*"), artifacts / "listen.html"]
+             if p.is_file() and mine not in p.parents}
+    assert after == before  # the run's own dreams and listening page, untouched
+    metrics = client.get_run(run_id).data.metrics
+    assert {k: v for k, v in metrics.items() if k.startswith("dream/")} == own_metrics
+    assert all(len(client.get_metric_history(run_id, k)) == 1 for k in own_metrics)
+    assert "dreams/mine/realtime_factor" in metrics and "dreams/mine/unconditional/silent_fraction" in metrics
+    assert "dreams/mine/acoustics.md" in [a.path for a in client.list_artifacts(run_id, "dreams/mine")]
+    progress = [line for line in err.splitlines() if line.startswith("dream: ") and "%" in line]
+    assert 1 <= len(progress) <= 10 and progress[-1].startswith("dream: 100%") and "left" in progress[-1]
+    for args, said in ((["--name", "mine"], "already has dreams of that name"),
+                       (["--out", str(own)], "is the run's own dreams folder")):
+        with pytest.raises(SystemExit) as e:
+            main([*common, *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_hifigan_and_perceptual_scores_in_the_tables_and_the_run(tiny_run, tmp_path):
     """`--vocoder hifigan --perceptual`: the same files, a DNSMOS table per group, the tokenizer's intrusive scores,
     and both logged into the run (dream/<group>/dnsmos_ovrl, tokenizer/roundtrip/<metric>)."""
@@ -215,8 +263,8 @@ def test_hifigan_and_perceptual_scores_in_the_tables_and_the_run(tiny_run, tmp_p
         pytest.skip(hifigan_available() or "; ".join(perceptual.notes()))
     root, run_id = tiny_run
     out = tmp_path / "heard"
-    assert _dream(root, run_id, out, "--vocoder", "hifigan", "--perceptual", "--unconditional", "1", "--warm", "0",
-                  "--real_clips", "2") == 0  # fewer clips: DNSMOS takes 1-2 s of CPU per clip
+    assert _dream(root, run_id, out, "--vocoder", "hifigan", "--dream_perceptual", "--dream_unconditional", "1",
+                  "--dream_warm", "0", "--dream_real_clips", "2", "--name", "heard") == 0  # DNSMOS: 1-2 s per clip
     md = (out / "acoustics.md").read_text()
     assert "HiFi-GAN V1 universal" in md and "DNSMOS P.835" in md and "The tokenizer's own loss" in md
     summary = json.loads((out / "summary.json").read_text())
@@ -226,7 +274,8 @@ def test_hifigan_and_perceptual_scores_in_the_tables_and_the_run(tiny_run, tmp_p
     assert (out / "index.html").is_file()
     mlflow.set_tracking_uri(tracking_uri({"mlflow_dir": str(root / "mlruns")}))
     metrics = mlflow.get_run(run_id).data.metrics
-    for key in ("dream/real/dnsmos_ovrl", "dream/unconditional/dnsmos_ovrl", "tokenizer/roundtrip/stoi"):
+    for key in ("dreams/heard/real/dnsmos_ovrl", "dreams/heard/unconditional/dnsmos_ovrl",
+                "dreams/heard/tokenizer/roundtrip/stoi"):  # an ad-hoc dream's metrics, under its name
         assert key in metrics, key
 
 
@@ -276,7 +325,7 @@ def test_with_end_a_dream_is_silent_after_its_end_and_the_tables_say_how_long_dr
     root, run_id = tiny_run
     monkeypatch.setattr(RSSMWorldModel, "end_probabilities", _ends_at(4))
     out = tmp_path / "ended"
-    assert _dream(root, run_id, out, "--end", "--warm", "0", "--no_log") == 0
+    assert _dream(root, run_id, out, "--end", "--warm", "0", "--no_log") == 0  # the short names of before work
     summary = json.loads((out / "summary.json").read_text())
     steps_per_second = 25  # tiny: 100 frames/s, 4 frames per step
     assert summary["ends"]["unconditional"] == {"ended_fraction": 1.0, "median_s": pytest.approx(5 / steps_per_second)}
@@ -341,6 +390,7 @@ def test_conditioned_dreams_a_row_per_value_scored_by_a_classifier_and_unknown_v
     assert _dream(root, run_id, fixed, "--no_log", "--condition", "language=en") == 0
     summary = json.loads((fixed / "summary.json").read_text())
     assert summary["conditioned"] == {} and set(summary["alignment"]["language"]["per_value"]) == {"en"}
+    capsys.readouterr()  # what the dreams above said (their progress on stderr)
     for bad_run, option, message in ((run_id, "language=fr", "unknown language 'fr'; the model knows de, en"),
                                      (run_id, "voice=m1", "not conditioned on 'voice'; its labels: language"),
                                      (plain_run, "language=de", "trained without conditioning")):
@@ -433,7 +483,7 @@ def test_short_clips_get_an_acoustic_table_completion_distances_and_a_listening_
     import mlflow
 
     root, run_id = short_run
-    assert _dream(root, run_id, tmp_path / "out") == 0
+    assert _dream(root, run_id, tmp_path / "out", "--as_run_dreams") == 0  # the run's own dreams, as launch.py's
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert any(n.startswith("short clips: 0 of the test split's 3 utterances") for n in summary["notes"])

@@ -69,14 +69,20 @@ def _run_with_checkpoint(tmp_path, splits, checkpoint=True):
 
 
 def _evaluate(tmp_path, *args):
-    return main(["--mlflow_dir", str(tmp_path / "mlruns"), "--horizons", "3", "--samples", "2", *args])
+    return main(["--mlflow_dir", str(tmp_path / "mlruns"), "--evaluate_horizons", "3", "--evaluate_samples", "2",
+                 *args])
 
 
 def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
     run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
     assert _evaluate(tmp_path, "--run", run_id) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "every start step" in out
+    # how far it has got, on stderr: a few lines with the time left, not one per step (6.5 silent minutes before)
+    progress = [line for line in captured.err.splitlines() if line.startswith("evaluate: ") and "%" in line]
+    assert 1 <= len(progress) <= 10 and progress[-1].startswith("evaluate: 100%") and "left" in progress[-1]
+    assert "evaluate: linear probes" in captured.err
     for name in ("unigram", "bigram", "copy_last", "ngram", "cache", "ngram_cache"):
         assert f"| {name} |" in out
     import mlflow
@@ -143,7 +149,7 @@ def test_samples_0_scores_with_the_world_models_fair_number(tmp_path):
 
     assert TransformerWorldModel.fair_samples > RSSMWorldModel.fair_samples >= 8  # measured, see bench/samples.py
     run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 2})
-    assert _evaluate(tmp_path, "--run", run_id, "--samples", "0", "--no_probes") == 0
+    assert _evaluate(tmp_path, "--run", run_id, "--samples", "0", "--no_probes") == 0  # the short name of before
     summary = json.loads((tmp_path / "replay" / "evaluation" / "test" / "summary.json").read_text())
     assert summary["samples"] == summary["fair_samples"] == RSSMWorldModel.fair_samples and "probes" in summary
 
@@ -197,3 +203,21 @@ def test_a_run_from_before_the_vocoder_dreams_as_it_did():
     Run.data.params.update(vocoder="hifigan", dream_perceptual="True")
     a = fill_from_config(argparse.Namespace(**{option: None for option in CONFIG_DEFAULTS}), run_config(Run))
     assert (a.vocoder, a.perceptual) == ("hifigan", True)
+
+
+def test_the_options_are_named_as_the_config_keys_and_show_their_defaults(capsys):
+    """One name per setting: `--evaluate_horizons` is the config key evaluate_horizons, its default the run's;
+    the short names of before still parse but are not listed; every option says its default."""
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    entries = {entry.split()[0].rstrip(","): " ".join(entry.split())
+               for entry in re.split(r"\n(?=  -)", out.split("options:", 1)[1]) if entry.strip()}
+    for key in ("evaluate_horizons", "evaluate_samples", "evaluate_imagination", "evaluate_log_mel_starts", "seed"):
+        assert f"(default: the run's {key})" in entries[f"--{key}"], key
+    assert not {"--horizons", "--samples", "--imagination", "--log_mel_starts"} & set(entries)
+    for flag, text in entries.items():
+        assert "default" in text or flag in ("-h", "--run", "--no_probes", "--no_tsne", "--no_log_mel"), text

@@ -171,7 +171,7 @@ def _dream(run_id: str, cwd: Path, url: str, monkeypatch, capsys) -> str:
     from pydreamer.dream import main
 
     _in(cwd, url, monkeypatch)
-    assert main(["--run", run_id, "--out", "dreams", "--seconds", "0.5", "--samples", "1", "--unconditional", "1",
+    assert main(["--run", run_id, "--out", "dreams", "--as_run_dreams", "--dream_seconds", "0.5", "--samples", "1", "--unconditional", "1",
                  "--warm", "0", "--test_prompts", "2", "--real_clips", "2", "--interp_seconds", "0.2",
                  "--griffin_lim_iters", "2"]) == 0
     return capsys.readouterr().out

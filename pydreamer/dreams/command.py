@@ -1,21 +1,24 @@
 """Hear what a world model imagines: dreams, completions and mixtures as wavs, pictures and an acoustic table.
 
-    python -m pydreamer.dream --run RUN_ID --out DIR [--prompt A.wav ...] [--prompt2 B.wav]
-                              [--prompt_seconds 1.0] [--seconds S] [--samples N] [--temperature 1.0]
-                              [--seed 0] [--split test] [--unconditional N] [--warm N] [--real_clips N]
-                              [--condition LABEL[=VALUE] ...] [--grid_dreams N]
+    python -m pydreamer.dream --run RUN_ID [--name NAME] [--out DIR] [--prompt A.wav ...] [--prompt2 B.wav]
+                              [--prompt_seconds 1.0] [--dream_seconds S] [--dream_samples N] [--temperature 1.0]
+                              [--seed 0] [--split test] [--dream_unconditional N] [--dream_warm N]
+                              [--dream_real_clips N] [--condition LABEL[=VALUE] ...] [--grid_dreams N]
 
-The sizes not given (--seconds, --samples, --unconditional, --warm, --test_prompts, --real_clips,
---vocoder, --griffin_lim_iters) are the run's own config keys (dream_seconds, dream_samples, ...): one source of
-defaults, which launch.py's dreams at the end of a run use too.
+The sizes not given (--dream_seconds, --dream_samples, --dream_unconditional, ...) are the run's own config keys
+of the same names: one source of defaults, which launch.py's dreams at the end of a run use too (options.py; the
+short names of before, --seconds, --samples, ..., still work). A dream of this command is the run's ad-hoc dream:
+its own folder (--out, default the run's dreams/<--name>/, the name defaulting to the time it starts), artifacts
+dreams/<name>/ and metrics dreams/<name>/...; the run's own dreams (dreams/, listen.html, dream/* metrics) are
+launch.py's (--as_run_dreams) and stay as they are.
 
 From the run id alone (its config, checkpoint and the tokenizer artifact it was trained with, see
 runs.py), for either world model:
 
-* unconditional dreams: `--unconditional` dreams of `--seconds` from the initial state, and `--warm`
-  more from the posterior state after a `--warmup_seconds` warm-up on real `--split` utterances;
-* completions: each `--prompt` (any audio file) filtered for `--prompt_seconds`, then `--samples`
-  continuations of `--seconds`; without `--prompt`, `--test_prompts` utterances of the split, beside
+* unconditional dreams: `--dream_unconditional` dreams of `--dream_seconds` from the initial state, and
+  `--dream_warm` more from the posterior state after a `--warmup_seconds` warm-up on real `--split` utterances;
+* completions: each `--prompt` (any audio file) filtered for `--prompt_seconds`, then `--dream_samples`
+  continuations of `--dream_seconds`; without `--prompt`, `--dream_test_prompts` utterances of the split, beside
   their true continuation;
 * interpolation: dreams from mixtures of the latent states of two prompts (`--prompt2`, else the
   first two prompts).
@@ -28,10 +31,11 @@ runs.py), for either world model:
 Tokens -> the run's VQ-VAE decoder -> log-mel (z-score undone with the prompt's statistics, or the
 corpus' average without a prompt) -> the vocoder (`--vocoder hifigan`: a pretrained HiFi-GAN behind a bridge
 from our log-mels; `griffinlim`: inverse mel + Griffin-Lim) -> wav at the tokenizer's rate.
-Writes wavs, PNGs, `acoustics.md` and CSVs, `tokens.npz` and `summary.json` to `--out` (all or
-nothing: built aside, then moved in), logs `dream/*` metrics and the folder as artifacts `dreams/`.
-Bad input (unknown run, missing or non-audio prompt, ...) is one line and exit code 2, before
-anything is written. Prints the real-time factor: (generation + vocoder seconds) / audio seconds.
+Writes wavs, PNGs, `acoustics.md` and CSVs, `tokens.npz`, `summary.json` and `index.html` to its folder (all or
+nothing: built aside, then moved in), and logs the metrics and the folder into the run as said above. Progress (the
+dreams made, with an estimate of the time left) goes to stderr. Bad input (unknown run, missing or non-audio
+prompt, ...) is one line and exit code 2, before anything is written. Prints the real-time factor: (generation +
+vocoder seconds) / audio seconds.
 """
 from __future__ import annotations
 
@@ -48,82 +52,47 @@ from typing import Any
 
 from pydreamer.dreams.alignment import alignment_metrics
 from pydreamer.dreams.coverage import fit_to_clips, measure, not_measured
+from pydreamer.dreams.options import CONFIG_DEFAULTS, Destination, add_config_options, check_args, destination, \
+    fill_from_config
 from pydreamer.dreams.results import ALPHAS, DreamResults
 from pydreamer.models.base import IMAGINATIONS
-from pydreamer.replay_layout import DREAMS
+from pydreamer.progress import Progress, say
 from pydreamer.runs import RunError, run_command
 
 log = logging.getLogger("pydreamer.dream")
-# Options whose default is the run's config key (launch.py passes none of them).
-CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unconditional": "dream_unconditional",
-                   "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
-                   "griffin_lim_iters": "dream_griffin_lim_iters", "vocoder": "vocoder", "seed": "seed",
-                   "perceptual": "dream_perceptual", "imagination": "dream_imagination",
-                   "end": "dream_end"}
+__all__ = ["CONFIG_DEFAULTS", "build_parser", "check_args", "fill_from_config", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pydreamer.dream", description=__doc__.split("\n")[0])
+    from runtime.config_reference import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m pydreamer.dream", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="the MLflow run id of a launch.py run")
-    p.add_argument("--out", required=True, help="folder for the wavs, PNGs and tables")
-    p.add_argument("--prompt", nargs="+", action="extend", default=[], help="audio files to complete (any rate/channels)")
-    p.add_argument("--prompt2", default="", help="interpolate between the first prompt and this one")
+    p.add_argument("--name", help="names this command's folder, artifacts and metrics (dreams/NAME/) (default: the "
+                   "time it starts, YYYYmmdd-HHMMSS)")
+    p.add_argument("--out", help="folder for the wavs, PNGs and tables (default: the run's dreams/NAME/; with "
+                   "--as_run_dreams, the run's dreams/)")
+    p.add_argument("--as_run_dreams", action="store_true", help="these are the run's own dreams (launch.py's at the "
+                   "end of a run): into its dreams/ and listen.html, logged as the plain dream/* metrics")
+    p.add_argument("--prompt", nargs="+", action="extend", default=[], help="audio files to complete (any "
+                   "rate/channels); none: --dream_test_prompts utterances of the split")
+    p.add_argument("--prompt2", help="interpolate between the first prompt and this one (default: the first two "
+                   "prompts or test utterances)")
     p.add_argument("--prompt_seconds", type=float, default=1.0, help="seconds of each prompt filtered through the posterior")
-    p.add_argument("--seconds", type=float, help="seconds imagined per dream (default: the run's dream_seconds)")
-    p.add_argument("--samples", type=int, help="dreams per prompt (default: the run's dream_samples)")
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
-    p.add_argument("--seed", type=int, help="default: the run's seed")
-    p.add_argument("--imagination", choices=IMAGINATIONS,
-                   help="rssm: how a dream goes on (default: the run's dream_imagination)")
-    p.add_argument("--end", action=argparse.BooleanOptionalAction,
-                   help="a dream ends where the world model says its utterance does, silence after "
-                        "(default: the run's dream_end)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="real utterances from this split")
-    p.add_argument("--unconditional", type=int, help="dreams from the initial state (the run's dream_unconditional)")
-    p.add_argument("--warm", type=int, help="dreams after a warm-up on real utterances, 0 = none (the run's dream_warm)")
-    p.add_argument("--warmup_seconds", type=float, default=0.4)
-    p.add_argument("--test_prompts", type=int,
-                   help="without --prompt: utterances of the split to complete (the run's dream_test_prompts)")
-    p.add_argument("--real_clips", type=int,
-                   help="real utterances measured for the acoustic table (the run's dream_real_clips)")
+    p.add_argument("--warmup_seconds", type=float, default=0.4, help="seconds of real speech before a warm dream")
     p.add_argument("--interp_seconds", type=float, default=1.0, help="seconds dreamt from each mixture")
-    p.add_argument("--vocoder", choices=("griffinlim", "hifigan"), help="log-mel -> wave (default: the run's vocoder)")
-    p.add_argument("--griffin_lim_iters", type=int, help="Griffin-Lim iterations with --vocoder griffinlim (0 or "
-                   "default: the run's dream_griffin_lim_iters)")
-    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction,
-                   help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip (the run's dream_perceptual)")
-    p.add_argument("--condition", action="append", default=[], metavar="LABEL[=VALUE]",
+    p.add_argument("--condition", action="append", metavar="LABEL[=VALUE]",
                    help="a conditioned run: LABEL=VALUE dreams every dream on that value (repeat for more labels); "
                         "LABEL alone dreams from nothing on each of its values, a row each, scored by a classifier of "
                         "the label (default: every label the run is conditioned on, alone)")
     p.add_argument("--grid_dreams", type=int, help="dreams from nothing per value of a LABEL row (default: "
-                   "--unconditional, at most 64 over all the label's values, at least 2)")
+                   "--dream_unconditional, at most 64 over all the label's values, at least 2)")
     p.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     p.add_argument("--no_log", action="store_true", help="write --out only; log nothing into the run")
+    add_config_options(p, IMAGINATIONS)
     return p
-
-
-def fill_from_config(a: argparse.Namespace, conf) -> argparse.Namespace:
-    """Options not given on the command line take the run's config (its dream_* keys): one source of defaults."""
-    for option, key in CONFIG_DEFAULTS.items():
-        if getattr(a, option) is None or (option == "griffin_lim_iters" and getattr(a, option) == 0):
-            setattr(a, option, conf[key])
-    return a
-
-
-def check_args(a: argparse.Namespace) -> None:
-    positive = {"--seconds": a.seconds, "--prompt_seconds": a.prompt_seconds, "--temperature": a.temperature,
-                "--samples": a.samples, "--warmup_seconds": a.warmup_seconds, "--interp_seconds": a.interp_seconds}
-    for name, value in positive.items():
-        if not value > 0:
-            raise RunError(f"{name} must be greater than 0, not {value}")
-    for name in ("unconditional", "warm", "test_prompts", "real_clips", "griffin_lim_iters"):
-        if getattr(a, name) < 0:
-            raise RunError(f"--{name} must be 0 or more, not {getattr(a, name)}")
-    if a.prompt2 and not a.prompt:
-        raise RunError("--prompt2 needs a --prompt to interpolate from")
-    if Path(a.out).exists() and not Path(a.out).is_dir():
-        raise RunError(f"--out {a.out} is a file; expected a folder")
 
 
 def load_prompts(codec, paths: list[str], prompt_seconds: float, seconds: float, vad_db: float | None = None) -> list:
@@ -188,6 +157,7 @@ class Setup:
     meta: dict
     tokenizer_where: str
     prompts: list
+    dest: Destination  # the folder, artifacts and metric names of these dreams (options.py)
 
 
 def run_dreams(args: argparse.Namespace) -> int:
@@ -198,13 +168,17 @@ def run_dreams(args: argparse.Namespace) -> int:
     set_torch_threads()
     setup = load_setup(args)
     results = dream_and_measure(args, setup)
-    out = write_all(results, Path(args.out))
+    dest = setup.dest
+    out = write_all(results, dest.out)
     print((out / "acoustics.md").read_text(), end="")
     logged = ""
     if not args.no_log:
-        log_to_run(setup.run, results.metrics, setup.step, out, DREAMS)
-        log_listening_page(setup.run, results, out)
-        logged = f"; logged dream/* metrics and artifacts dreams/ and listen.html to run {args.run}"
+        log_to_run(setup.run, dest.metrics(results.metrics), setup.step, out, dest.artifacts)
+        if not dest.name:  # the run's own dreams: their page at the root of its artifacts
+            log_listening_page(setup.run, results, out)
+        what = ("dream/* metrics and artifacts dreams/ and listen.html" if not dest.name else
+                f"metrics {dest.artifacts}/* and artifacts {dest.artifacts}/")
+        logged = f"; logged {what} to run {args.run}"
     timer, kind = results.timer, setup.model.world_model
     written = list(results.files)
     wavs, pngs = sum(r.endswith(".wav") for r in written), sum(r.endswith(".png") for r in written)
@@ -216,7 +190,8 @@ def run_dreams(args: argparse.Namespace) -> int:
 
         from runtime.tracking import ui_hint
 
-        print(f"dream: open the run in MLflow (listen.html among its artifacts): "
+        page = "listen.html" if not dest.name else f"{dest.artifacts}/index.html"
+        print(f"dream: open the run in MLflow ({page} among its artifacts): "
               f"{ui_hint(mlflow.get_tracking_uri(), setup.run.info.experiment_id, args.run)}")
     return 0
 
@@ -251,7 +226,9 @@ def load_setup(args: argparse.Namespace) -> Setup:
     # of a bucket data_dir: what dreams read (token meta, the tokenizer, the split's log-mels), fetched here
     conf["data_dir"] = str(local_data_dir(conf["data_dir"], parts=(
         "tokens/meta.json", "tokenizer/vqvae.pt", f"mels/{args.split}"), required=False))
-    _, ckpt_path = run_checkpoint(run, conf, fetch_to=local_replay_dir(args.mlflow_dir, args.run))
+    store, ckpt_path = run_checkpoint(run, conf, fetch_to=local_replay_dir(args.mlflow_dir, args.run))
+    dest = destination(args, run, store)
+    args.out, args.artifacts = str(dest.out), dest.artifacts
     tok = run_tokenizer(run, conf)
     device = resolve_device(conf["device"])
     try:
@@ -273,7 +250,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
     args.imagination = model.wm.imagine_by(args.imagination)  # what it will do (the Transformer has one way only)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds, conf["vad_db"])
-    return Setup(run, conf, model, step, codec, meta, tok.where, prompts)
+    return Setup(run, conf, model, step, codec, meta, tok.where, prompts, dest)
 
 
 def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
@@ -301,29 +278,49 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
                           f"none of the {args.split} split's {len(pool)} utterances lasts {min_frames / fps:.2f} s)"))
     for c in prompts:
         r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
-    with setup.model.wm.conditioned(args.fixed):  # every dream below on the values given (none given: as trained)
-        r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
-        vad_db = setup.conf["vad_db"]  # prompts start at their first voiced step, as the corpus' voice activity says
-        r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
-                               for name, db in real[:args.warm]])
-        user = prompts[:len(args.prompt)]
-        test = [codec.encode_prompt(name, db, prompt_s, vad_db=vad_db)
-                for name, db in real[:args.test_prompts]] if not args.prompt else []
-        r.completions = [dreamer.complete(c, args.samples, i) for i, c in enumerate(user + test)]
-        pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
-        r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
-        for label in args.rows:  # a row of dreams from nothing per value of the label
-            values = dict(setup.model.wm.conditioning.vocabulary)[label]
-            n = args.grid_dreams or max(2, min(args.unconditional, 64 // len(values)))
-            for value in values:
-                with setup.model.wm.conditioned({**args.fixed, label: value}):
-                    r.conditioned[f"{label}={value}"] = dreamer.unconditional(n)
+    user = dream_all(args, setup, dreamer, real, prompt_s, r)
+    say("dream", f"measuring the dreams beside {len(real[:args.real_clips])} real {args.split}-split clips")
     measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
     r.not_measured = not_measured(r, args, len(pool), min_frames / fps)
     r.alignment = score_alignment(args, layout, r, setup.model.wm)
     r.metrics.update(alignment_metrics(r.alignment))
     r.seconds = time.time() - t_start
     return r
+
+
+def dream_all(args: argparse.Namespace, setup: Setup, dreamer, real: list, prompt_s: float, r: DreamResults) -> list:
+    """Every kind of dream into `r`, counted on stderr as they are made (pydreamer/progress.py); returns the user's
+    prompts among the completed ones."""
+    codec, prompts, wm = setup.codec, setup.prompts, setup.model.wm
+    user = prompts[:len(args.prompt)]
+    n_test = 0 if args.prompt else len(real[:args.test_prompts])
+    n_mix = len(ALPHAS) if args.prompt2 or len(user) + n_test >= 2 else 0
+    rows = {label: dict(wm.conditioning.vocabulary)[label] for label in args.rows}
+    per_row = {label: args.grid_dreams or max(2, min(args.unconditional, 64 // len(values)))
+               for label, values in rows.items()}
+    total = (args.unconditional + len(real[:args.warm]) + (len(user) + n_test) * args.samples + n_mix
+             + sum(per_row[label] * len(values) for label, values in rows.items()))
+    with wm.conditioned(args.fixed), Progress("dream", total, "dreams") as progress:  # every dream on the values given
+        r.uncond = dreamer.unconditional(args.unconditional) if args.unconditional else []
+        progress.advance(len(r.uncond))
+        vad_db = setup.conf["vad_db"]  # prompts start at their first voiced step, as the corpus' voice activity says
+        r.warm = dreamer.warm([codec.encode_prompt(name, db, args.warmup_seconds, vad_db=vad_db)
+                               for name, db in real[:args.warm]])
+        progress.advance(len(r.warm))
+        test = [codec.encode_prompt(name, db, prompt_s, vad_db=vad_db)
+                for name, db in real[:args.test_prompts]] if not args.prompt else []
+        for i, c in enumerate(user + test):
+            r.completions.append(dreamer.complete(c, args.samples, i))
+            progress.advance(args.samples)
+        pair = (prompts[0], prompts[-1]) if args.prompt2 else tuple((user + test)[:2])
+        r.mix = dreamer.interpolate(*pair, list(ALPHAS), args.interp_seconds) if len(pair) == 2 else []
+        progress.advance(len(r.mix))
+        for label, values in rows.items():  # a row of dreams from nothing per value of the label
+            for value in values:
+                with wm.conditioned({**args.fixed, label: value}):
+                    r.conditioned[f"{label}={value}"] = dreamer.unconditional(per_row[label])
+                progress.advance(per_row[label])
+    return user
 
 
 def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm) -> dict:

@@ -62,7 +62,8 @@ class DreamResults:
         files.append("acoustics.md")
         # the listening page: every wav beside its picture and the tables, linking summary.json (written next)
         title = f"Dreams of {self.world_model} run {self.args.run} (step {self.step})"
-        page = listening_page(title, [*files, "summary.json"], markdown, self.notes, (self.args.run, DREAMS))
+        where = getattr(self.args, "artifacts", DREAMS)  # the run's dreams/, or an ad-hoc dream's dreams/<name>/
+        page = listening_page(title, [*files, "summary.json"], markdown, self.notes, (self.args.run, where))
         (stage / "index.html").write_text(page, encoding="utf-8")
         files.append("index.html")
         (stage / "summary.json").write_text(json.dumps(self._summary(files), indent=1, default=float))
