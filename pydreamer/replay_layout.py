@@ -3,7 +3,7 @@
     <replay_dir>/episodes/w<worker>/*.npz        train episodes (generators write, the learner reads)
     <replay_dir>/episodes_eval/w<worker>/*.npz   val episodes (the learner's eval/* and model selection)
     <replay_dir>/checkpoints/latest.pt, best.pt  the learner's weights (artifact folder `checkpoints`)
-    <replay_dir>/checkpoints/learner.lock        the live learner's lease (runtime/lease.py): one per run
+    <replay_dir>/learner.lock                    the live learner's lease (runtime/lease.py): one per run
     <replay_dir>/episodes/w<worker>.lock          a live generator worker's lease: one writer per worker id
     <replay_dir>/evaluation/<split>/             `python -m pydreamer.evaluate` (artifacts `evaluation/<split>`)
     <replay_dir>/dreams/                         `python -m pydreamer.dream` at the end of a run (artifacts `dreams`)
@@ -56,7 +56,7 @@ class ReplayLayout:
     @property
     def learner_lease(self) -> Path | RemotePath:
         """Held by the run's live learner: a second one (a second resume) is refused."""
-        return self.checkpoints / "learner.lock"
+        return self.root / "learner.lock"
 
     def worker_lease(self, split: str, worker: int) -> Path | RemotePath:
         """Held by the live generator of (split, worker): a second one would overwrite its episodes."""

@@ -289,7 +289,8 @@ def test_make_install_is_deps_then_the_project(tmp_path):
     req_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .* -r ", line))
     own_at = next(i for i, line in enumerate(lines) if re.search(r"pip install .*-e '\.\[test,hear\]'", line))
     assert venv_at < deps_at < req_at < own_at, lines
-    assert make_dry_run("test", clone, venv)[-1].endswith("-m pytest tests")
+    test = make_dry_run("test", clone, venv)[-1]  # the whole suite, its files spread over the cores
+    assert re.search(r"-m pytest -n \d+ --dist loadfile .*tests$", test), test
 
 
 def test_the_image_pins_its_cuda(dockerfile, tmp_path):

@@ -152,7 +152,7 @@ def dreams_folder(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("listen")
     run_id = make_run(root, make_dream_data(root))
-    assert _dream(root, run_id, root / "dreams", "--no_log") == 0
+    assert _dream(root, run_id, root / "dreams", "--no_log", "--as_run_dreams") == 0  # the run's own: artifacts dreams/
     return root / "dreams"
 
 
