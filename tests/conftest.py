@@ -63,8 +63,10 @@ def make_token_corpus(
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_in_its_test():
     """MLflow 3's set_tracking_uri also exports MLFLOW_TRACKING_URI, which runtime.tracking lets win over
-    --mlflow_dir: without this, one test's temporary store would become the next test's store."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    --mlflow_dir: without this, one test's temporary store would become the next test's store. Each test starts
+    without it (a module fixture's store, exported before this runs, must not leak in either: with the test files
+    spread over processes, which file ran before is not fixed); a test that wants it sets it."""
+    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
