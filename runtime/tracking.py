@@ -55,11 +55,8 @@ def setup_mlflow(conf: Mapping[str, Any]) -> str:
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    exported = os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri(conf)
     mlflow.set_tracking_uri(uri)
-    if exported is None:  # MLflow 3 exports it, and it would then win over the next command's --mlflow_dir here
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
     name = conf.get("experiment", "audio-world-model")
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:

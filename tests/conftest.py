@@ -60,18 +60,25 @@ def make_token_corpus(
     return data_dir
 
 
+_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")  # the one the suite was started with (normally none)
+
+
+def _reset_tracking_uri() -> None:
+    if _SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+
+
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_in_its_test():
     """MLflow 3's set_tracking_uri also exports MLFLOW_TRACKING_URI, which runtime.tracking lets win over
-    --mlflow_dir: without this, one test's temporary store would become the next test's store. Each test starts
-    without it (a module fixture's store, exported before this runs, must not leak in either: with the test files
-    spread over processes, which file ran before is not fixed); a test that wants it sets it."""
-    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    --mlflow_dir: without this, one test's (or one module fixture's) temporary store would become the next
+    one's. Each test starts, and leaves, with the suite's own value (with the test files spread over processes,
+    which file ran before is not fixed); a test that wants another sets it."""
+    _reset_tracking_uri()
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    _reset_tracking_uri()
 
 
 @pytest.fixture(scope="session")
