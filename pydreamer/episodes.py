@@ -101,8 +101,8 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     faster), checked with `check_episode` against `spec` (or just token ids below `n_tokens`) and its
     rows against the length its name gives; raises EpisodeError naming the file when it cannot be used:
     not a regular file (a FIFO would block the reader), a member that is not an array, or one larger
-    than the rows its name promises can hold (a small file that inflates to gigabytes is never decoded). An `s3://` episode is read whole (one GET)
-    and opened from memory; with a `cache` (one reader's: the same `keys` and `n_tokens` every time)
+    than the rows its name promises can hold (a small file that inflates to gigabytes is never decoded).
+    An `s3://` episode is read whole (one GET) and opened from memory; with a `cache` (one reader's: the same `keys` and `n_tokens` every time)
     it is kept there decoded and checked, its arrays shared by the callers (who must not change them)."""
     path = store_path(path)
     spec = spec or EpisodeSpec(n_tokens=n_tokens)
@@ -112,7 +112,7 @@ def load_episode(path: Path | str, keys: tuple[str, ...] | None = None, n_tokens
     named = parse_episode_filename(path.name)
     if not remote:
         _check_regular(path)
-    if remote:
+    else:
         cached = cache.get(str(path)) if cache is not None else None
         if isinstance(cached, dict):  # episodes never change once written
             return dict(cached)
@@ -165,8 +165,9 @@ def _check_sizes(path: Path, z: Any, members: Sequence[str], rows: int | None) -
     """Refuse, before decoding, a member larger than `rows` rows can hold (ROW_BYTES_LIMIT each)."""
     limit = ROW_BYTES_LIMIT * (rows if rows is not None else 4096) + 4096
     archive: zipfile.ZipFile = z.zip
+    stored = set(archive.namelist())
     for key in members:
-        name = key if key in archive.namelist() else key + ".npy"
+        name = key if key in stored else key + ".npy"
         size = archive.getinfo(name).file_size
         if size > limit:
             raise EpisodeError(f"{path}: member '{key}' inflates to {size:,} bytes, more than {limit:,} for "
