@@ -59,8 +59,10 @@ test:
 
 # The main command: corpus, tokenizer, training (the `audio` size on a GPU, the CPU demo size
 # `small` otherwise), evaluation on the test split, dreams; it ends by saying where to look.
+# CONFIGS picks other sections, e.g. make run CONFIGS="defaults audio tiny" (a minute: the tests' size).
+CONFIGS ?= defaults audio
 run: $(VENV)/.installed
-	$(BIN)/python launch.py --configs defaults audio --auto_size
+	$(BIN)/python launch.py --configs $(CONFIGS) --auto_size
 
 clean:
 	rm -rf $(VENV) *.egg-info

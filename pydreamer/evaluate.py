@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-from pydreamer.models.base import IMAGINATIONS
 from pydreamer.progress import Progress, say
 from pydreamer.replay_layout import ReplayLayout, evaluation_artifacts
 from pydreamer.runs import RunError, load_model, log_to_run, open_run, run_checkpoint, run_command
@@ -46,6 +45,7 @@ class EvaluationError(RunError):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtime.config import choices_of
     from runtime.config_reference import HelpFormatter
 
     parser = argparse.ArgumentParser(prog="python -m pydreamer.evaluate", description=__doc__,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             ("evaluate_horizons", "horizons", dict(type=int, help="score h = 1..H steps ahead")),
             ("evaluate_samples", "samples", dict(type=int, help="imagined futures averaged per start step; 0 = "
                                                  "the world model's fair_samples: RSSM 8, Transformer 128")),
-            ("evaluate_imagination", "imagination", dict(choices=IMAGINATIONS,
+            ("evaluate_imagination", "imagination", dict(choices=choices_of("evaluate_imagination"),
                                                          help="rssm: how futures past h = 1 are imagined")),
             ("evaluate_log_mel_starts", "log_mel_starts", dict(type=int, help="start steps per utterance scored "
                                                                "as log-mel, a seeded draw of the scored; 0 = all")),
@@ -316,7 +316,11 @@ def _log(run, metrics: dict[str, float], step: int, out: Path, split: str) -> No
     from runtime.tracking import log_curves, log_root_artifact
 
     log_to_run(run, metrics, step, out, evaluation_artifacts(split))
-    log_curves(run.info.run_id, horizon_curves(metrics))
+    moved = log_curves(run.info.run_id, horizon_curves(metrics))
+    if moved:
+        first = next(iter(moved.items()))
+        say(f"evaluate: the run already holds other {split}/*_by_horizon curves (an earlier evaluation): this "
+            f"evaluation's are logged beside them, e.g. {first[0]} as {first[1]}")
     if (out / "horizons.png").is_file():
         log_root_artifact(run, out / "horizons.png", f"horizons_{split}.png")
 

@@ -203,6 +203,13 @@ _CHOICES = {
     "mel_norm": ("auto", "utterance", "corpus"),
     "vocoder": ("griffinlim", "hifigan"),
 }
+
+
+def choices_of(key: str) -> tuple[str, ...]:
+    """The values a config key may take (for a command's `choices`, without importing what uses them)."""
+    return _CHOICES[key]
+
+
 _NOT_A_FILE = ("data_dir", "mlflow_dir", "replay_dir")  # folders a stage writes into
 _MAY_BE_A_BUCKET = ("data_dir", "replay_dir")  # these may also be s3://bucket/prefix (runtime/storage.py)
 

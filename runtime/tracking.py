@@ -192,20 +192,36 @@ def ui_hint(uri: str, experiment_id: str, run_id: str | None = None, port: int =
     return f"mlflow ui --backend-store-uri {uri} --port {port}  then open {url}"
 
 
-def log_curves(run_id: str, curves: Mapping[str, Mapping[int, float]]) -> None:
+def log_curves(run_id: str, curves: Mapping[str, Mapping[int, float]]) -> dict[str, str]:
     """Each curve as one metric whose steps are its x values (e.g. the horizon), so MLflow draws it against x and
-    overlays runs; non-finite points are left out."""
+    overlays runs; non-finite points are left out. A curve has one value per x: where the run already holds a
+    different curve under the key (an earlier evaluation), this one goes to `<key>_2` (then `_3`, ...); the same
+    curve again is not logged twice. Returns {key: the key it was logged under} for the keys that moved."""
     import math
     import time
 
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(v), now, int(x)) for key, curve in curves.items() for x, v in sorted(curve.items())
-             if math.isfinite(float(v))]
     client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    batch, moved = [], {}
+    for key, curve in curves.items():
+        points = {int(x): float(v) for x, v in curve.items() if math.isfinite(float(v))}
+        name, n = key, 1
+        while True:
+            held = {m.step: m.value for m in client.get_metric_history(run_id, name)}
+            if not held or held == points:
+                break
+            n += 1
+            name = f"{key}_{n}"
+        if held == points and held:
+            continue
+        if name != key:
+            moved[key] = name
+        batch += [Metric(name, v, now, x) for x, v in sorted(points.items())]
     for i in range(0, len(batch), 500):  # MLflow's batch limit is 1000 metrics
         client.log_batch(run_id, metrics=batch[i:i + 500])
+    return moved
 
 
 def log_root_artifact(run, path: Path | str, name: str) -> None:

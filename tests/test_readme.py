@@ -20,33 +20,20 @@ import argparse
 import importlib
 import importlib.util
 import re
-import shlex
 import sys
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from markdown_commands import commands, invocations, prose_and_code, tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "results.md"
-PYTHON = re.compile(r"(?:.*/)?python3?(?:\.\d+)?")
-FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 # ---- reading Markdown -----------------------------------------------------------------------------------
-
-
-def prose_and_code(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """(line number, line) of the text outside fenced code blocks, and of the text inside them."""
-    prose, code, inside = [], [], False
-    for number, line in enumerate(text.splitlines(), 1):
-        if FENCE.match(line):
-            inside = not inside
-            continue
-        (code if inside else prose).append((number, line))
-    return prose, code
 
 
 def slug(heading: str) -> str:
@@ -86,61 +73,6 @@ def links(text: str) -> list[tuple[int, str, str]]:
             path, _, anchor = target.partition("#")
             out.append((number, path, anchor))
     return out
-
-
-def commands(text: str, inline: bool = False) -> list[tuple[int, str]]:
-    """(line number, command line) of every line of the code blocks, continuation lines joined; with `inline`
-    also the code spans of the prose that start with a python command."""
-    out: list[tuple[int, str]] = []
-    pending: tuple[int, str] | None = None
-    for number, line in prose_and_code(text)[1]:
-        if pending:
-            number, line = pending[0], pending[1] + " " + line.strip()
-            pending = None
-        if line.rstrip().endswith("\\"):
-            pending = (number, line.rstrip()[:-1])
-            continue
-        out.append((number, line))
-    if inline:
-        for number, line in prose_and_code(text)[0]:
-            out += [(number, span) for span in re.findall(r"`([^`]+)`", line)
-                    if re.match(r"(?:\S*/)?python3? ", span) and ": error:" not in span]  # not an error message
-    return out
-
-
-def tokens(line: str) -> list[str]:
-    try:
-        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
-        lexer.whitespace_split = True
-        lexer.commenters = "#"
-        return list(lexer)
-    except ValueError:  # an unbalanced quote in a placeholder: words will do
-        return line.split("#", 1)[0].split()
-
-
-def invocations(line: str) -> list[tuple[str, list[str]]]:
-    """(target, its arguments) of every python command in a shell line: target is a module (`-m X`, also under
-    torchrun), `launch.py` or a script path; TRAIN_ARGS="..." counts as launch.py's arguments."""
-    found = []
-    words = tokens(line)
-    for i, word in enumerate(words):
-        if word.startswith("TRAIN_ARGS="):
-            found.append(("launch.py", tokens(word.split("=", 1)[1])))
-        if not (PYTHON.fullmatch(word) or word == "torchrun"):
-            continue
-        rest = words[i + 1:]
-        end = next((j for j, w in enumerate(rest) if w in (";", "&&", "||", "|", "&")), len(rest))
-        rest = rest[:end]
-        if "-m" in rest and rest.index("-m") + 1 < len(rest):
-            k = rest.index("-m")
-            found.append((rest[k + 1], rest[k + 2:]))
-        elif word != "torchrun" and rest and rest[0].endswith(".py"):
-            found.append((rest[0], rest[1:]))
-        elif word == "torchrun":
-            script = next((w for w in rest if w.endswith(".py")), None)
-            if script:
-                found.append((script, rest[rest.index(script) + 1:]))
-    return found
 
 
 def options(args: list[str]) -> list[str]:
@@ -328,3 +260,36 @@ def test_command_options_are_flags_or_config_keys():
                     what = "neither one of its own flags nor a config key" if takes_config else "not one of its own flags"
                     bad.append(f"{path.name}:{number}: {option} of {target} is {what}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_command_has_a_way_to_run_at_tiny_size(tmp_path):
+    """bench/readme_commands.py runs every README command at the tests' size: each one is either listed as not
+    runnable on one machine (with what checks it instead) or rewritten with no placeholder left, `tiny` in its
+    config sections and no `small` (the bench itself takes ~40 min; this keeps it in step with the README)."""
+    bench = _load("bench/readme_commands.py")
+
+    class NoServices:  # URLs only: nothing is started
+        def moto(self):
+            return "http://127.0.0.1:1"
+
+        def mlflow(self, argv=None):
+            return "http://127.0.0.1:2"
+
+    rewrite = bench.Rewriter(tmp_path, tmp_path, {k: tmp_path / "corpus" for k in (
+        "~/recordings", "/nfs/corpus", "~/digits", "~/LibriSpeech/train-clean-100", "/data/cv-corpus-17.0/en",
+        "/corpus/cv-en")}, NoServices())
+    rewrite.runs = {name: "0" * 32 for name in bench.RUN_PLACEHOLDERS}
+    rows = bench.readme_rows(README.read_text())
+    assert len(rows) > 80, "the README's commands were not found"
+    bad = []
+    for line, command, _ in rows:
+        first = command.split("#", 1)[0].strip()
+        if any(re.search(pattern, first) for pattern, _, _ in bench.NOT_HERE) or first.startswith(("make ", "mlflow ")):
+            continue
+        run = rewrite(first)
+        left = [w for w in tokens(run) if re.fullmatch(r"[A-Z][A-Z0-9_]*|\.\.\.|~/\S*|/nfs/\S*|s3://BUCKET\S*", w)
+                or re.fullmatch(r"\w+=[A-Z]+", w)]
+        sections = re.search(r"--configs ([\w ]+)", run)
+        if left or (sections and ("tiny" not in sections.group(1).split() or "small" in sections.group(1).split())):
+            bad.append(f"README.md:{line}: {command}\n    -> {run}")
+    assert not bad, "commands bench/readme_commands.py cannot run at tiny size:\n" + "\n".join(bad)

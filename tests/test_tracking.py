@@ -192,8 +192,18 @@ def test_curves_and_root_artifacts(chosen, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen)
     with start_or_resume_run(_conf()) as run:
         log_curves(run.info.run_id, {"test/nll_by_horizon": {2: 3.5, 1: 3.0, 3: float("nan")}})
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "test/nll_by_horizon")
-    assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 3.5)]
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "test/nll_by_horizon")
+        assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 3.5)]
+        # the same evaluation again adds nothing; another one (more samples, another checkpoint) gets its own curve
+        assert log_curves(run.info.run_id, {"test/nll_by_horizon": {1: 3.0, 2: 3.5}}) == {}
+        assert log_curves(run.info.run_id, {"test/nll_by_horizon": {1: 2.9, 2: 3.4}}) == {
+            "test/nll_by_horizon": "test/nll_by_horizon_2"}
+        assert log_curves(run.info.run_id, {"test/nll_by_horizon": {1: 2.9, 2: 3.4}}) == {}
+    client = mlflow.MlflowClient()
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test/nll_by_horizon")) == [
+        (1, 3.0), (2, 3.5)], "one value per horizon: a chart of it is one line"
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test/nll_by_horizon_2")) == [
+        (1, 2.9), (2, 3.4)]
     picture = tmp_path / "horizons.png"
     picture.write_bytes(b"png")
     log_root_artifact(run, picture, "horizons_test.png")

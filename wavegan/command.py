@@ -33,10 +33,13 @@ OBJECTIVE = "wgan-gp"  # the run's `objective` tag; its `family` tag (pydreamer/
 def main(argv: list[str] | None = None) -> int:
     from runtime.config import ConfigError, parse_args
     from wavegan.config import check_wavegan
-    from wavegan.data import DataError
 
-    parser = argparse.ArgumentParser(prog="python -m wavegan", description=__doc__.split("\n")[0])
-    conf, _ = parse_args(argv, parser)
+    from runtime.config_reference import add_config_help
+
+    parser = add_config_help(argparse.ArgumentParser(prog="python -m wavegan", description=__doc__))
+    conf, _ = parse_args(argv, parser, writes=("mlflow_dir",))
+    from wavegan.data import DataError  # after --help, which needs none of torch
+
     try:
         check_wavegan(conf)
     except ConfigError as e:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from runtime.config import ConfigError
-from wavegan.models import STRIDE
+
+STRIDE = 4  # every layer up- (generator) or downsamples (critic) by this
 
 _BETAS = ("wavegan_beta1", "wavegan_beta2")
 MAX_LAYERS = 8  # 4^8 = 65536x upsampling: more would start from less than one sample of a 4 s window

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-STRIDE = 4  # every layer up- (generator) or downsamples (critic) by this
+from wavegan.config import STRIDE
 
 
 def _padding(kernel: int) -> tuple[int, int]:

@@ -48,16 +48,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydreamer.dreams.alignment import alignment_metrics
-from pydreamer.dreams.coverage import fit_to_clips, measure, not_measured
 from pydreamer.dreams.options import CONFIG_DEFAULTS, Destination, add_config_options, check_args, destination, \
     fill_from_config
-from pydreamer.dreams.results import ALPHAS, DreamResults
-from pydreamer.models.base import IMAGINATIONS
 from pydreamer.progress import Progress, say
 from pydreamer.runs import RunError, run_command
+
+if TYPE_CHECKING:
+    from pydreamer.dreams.results import DreamResults
 
 log = logging.getLogger("pydreamer.dream")
 __all__ = ["CONFIG_DEFAULTS", "build_parser", "check_args", "fill_from_config", "main"]
@@ -91,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--dream_unconditional, at most 64 over all the label's values, at least 2)")
     p.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     p.add_argument("--no_log", action="store_true", help="write --out only; log nothing into the run")
-    add_config_options(p, IMAGINATIONS)
+    add_config_options(p)
     return p
 
 
@@ -255,7 +254,10 @@ def load_setup(args: argparse.Namespace) -> Setup:
 
 def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     """Every dream of the command, and how far they are from real speech; computes only, writes nothing."""
+    from pydreamer.dreams.alignment import alignment_metrics
     from pydreamer.dreams.audio import AudioDreamer, draw_utterances, split_pool
+    from pydreamer.dreams.coverage import fit_to_clips, measure, not_measured
+    from pydreamer.dreams.results import DreamResults
     from tokenizer.layout import DataLayout
 
     t_start = time.time()
@@ -289,6 +291,7 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
 
 
 def dream_all(args: argparse.Namespace, setup: Setup, dreamer, real: list, prompt_s: float, r: DreamResults) -> list:
+    from pydreamer.dreams.results import ALPHAS
     """Every kind of dream into `r`, counted on stderr as they are made (pydreamer/progress.py); returns the user's
     prompts among the completed ones."""
     codec, prompts, wm = setup.codec, setup.prompts, setup.model.wm

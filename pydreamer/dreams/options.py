@@ -34,8 +34,10 @@ CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unco
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a folder's name and a part of metric names
 
 
-def add_config_options(p: argparse.ArgumentParser, imaginations: tuple[str, ...]) -> None:
+def add_config_options(p: argparse.ArgumentParser) -> None:
     """`--dream_seconds` ... with the run's value as default, and each old short name as a hidden alias."""
+    from runtime.config import choices_of
+
     flag = argparse.BooleanOptionalAction
     specs = {
         "seconds": dict(type=float, help="seconds imagined per dream"),
@@ -46,10 +48,10 @@ def add_config_options(p: argparse.ArgumentParser, imaginations: tuple[str, ...]
         "real_clips": dict(type=int, help="real utterances measured for the acoustic table"),
         "griffin_lim_iters": dict(type=int, help="Griffin-Lim iterations with --vocoder griffinlim (0 too is the "
                                                  "run's)"),
-        "vocoder": dict(choices=("griffinlim", "hifigan"), help="log-mel -> wave"),
+        "vocoder": dict(choices=choices_of("vocoder"), help="log-mel -> wave"),
         "seed": dict(type=int, help="every draw and the real clips drawn"),
         "perceptual": dict(action=flag, help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip"),
-        "imagination": dict(choices=imaginations, help="rssm: how a dream goes on"),
+        "imagination": dict(choices=choices_of("dream_imagination"), help="rssm: how a dream goes on"),
         "end": dict(action=flag, help="a dream ends where the world model says its utterance does, silence after"),
     }
     group = p.add_argument_group("the run's config keys (each left out is the run's own value)")

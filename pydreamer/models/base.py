@@ -22,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from runtime.config import choices_of
+
 from .conditioning import Conditioning, UnknownCondition, Vocabulary
 from .functions import LN2
 
 # `latent` (DreamerV2): the prior draws each next latent state, tokens are read off it and never fed back;
 # `tokens`: each step's tokens are drawn from the h = 1 forecast and read back as if heard.
-IMAGINATIONS = ("latent", "tokens")
+IMAGINATIONS = choices_of("evaluate_imagination")
 
 
 class EvalSums(NamedTuple):
