@@ -239,9 +239,10 @@ class Rewriter:
         self.runs: dict[str, str] = {}  # placeholder -> run id
         self.last: dict[tuple[str, ...], list[str]] = {}  # a command's words -> the arguments it was last given
 
-    def value(self, word: str, before: str) -> str:
+    def value(self, word: str, before: str, target: str = "") -> str:
         if word in RUN_PLACEHOLDERS:
             key = "RUN_ID" if word == "WORLD_MODEL_RUN" else word
+            key = "WAVEGAN_RUN" if target == "wavegan" and word == "RUN_ID" else key  # its own run
             if key not in self.runs:
                 raise LookupError(f"{word}: no command before this one made such a run")
             return self.runs[key]
@@ -293,7 +294,7 @@ class Rewriter:
                 name, value = word.split("=", 1)
                 out.append(f"{name}={self.env_value(name, value)}")
                 continue
-            out.append(self.value(word, words[k - 1] if k else ""))
+            out.append(self.value(word, words[k - 1] if k else "", words[target - 1] if target else ""))
         if out[:1] and PYTHON.fullmatch(out[0]):
             out[0] = "python"
         text = shell_join(out)

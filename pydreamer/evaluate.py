@@ -319,8 +319,8 @@ def _log(run, metrics: dict[str, float], step: int, out: Path, split: str) -> No
     moved = log_curves(run.info.run_id, horizon_curves(metrics))
     if moved:
         first = next(iter(moved.items()))
-        say(f"evaluate: the run already holds other {split}/*_by_horizon curves (an earlier evaluation): this "
-            f"evaluation's are logged beside them, e.g. {first[0]} as {first[1]}")
+        say("evaluate", f"the run already holds other {split}/*_by_horizon curves (an earlier evaluation): "
+            f"this evaluation's are logged beside them, e.g. {first[0]} as {first[1]}")
     if (out / "horizons.png").is_file():
         log_root_artifact(run, out / "horizons.png", f"horizons_{split}.png")
 

@@ -139,8 +139,12 @@ def test_evaluate_prefers_the_best_checkpoint_unless_told(tmp_path, capsys):
     assert _evaluate(tmp_path, "--run", run_id) == 0
     assert json.loads(summary.read_text())["checkpoint"] == "best.pt"
     assert json.loads(summary.read_text())["step"] == 3
+    capsys.readouterr()
     assert _evaluate(tmp_path, "--run", run_id, "--checkpoint", "latest") == 0
     assert json.loads(summary.read_text())["step"] == 7
+    # the second evaluation's curves differ from the first's: logged beside them, and said so
+    assert "this evaluation's are logged beside them, e.g. test/nll_by_horizon as test/nll_by_horizon_2" in \
+        capsys.readouterr().err
 
 
 def test_samples_0_scores_with_the_world_models_fair_number(tmp_path):
