@@ -3,16 +3,20 @@
 Processes share a few cores (two on the CPU demo machine). A child left to PyTorch's
 default takes every core, so N children run N times oversubscribed; here each child is
 told its thread count through `OMP_NUM_THREADS` and sets it with `set_torch_threads()`.
+A child started with `more_threads_later` may be given more while it runs (`Child.grant_threads`, read by
+`ThreadGrants.poll`): the learner takes the cores of the generators once they have finished.
 """
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 from typing import Mapping, Sequence
 
 STOP_GRACE_S = 60.0  # how long a child may take to stop (the learner writes a checkpoint)
+THREADS_FD = "PYDREAMER_THREADS_FD"  # the child's end of the pipe its parent grants threads through
 
 
 def cpu_cores() -> int:
@@ -68,13 +72,37 @@ class Child:
     stops children in order), with its thread count set in its environment."""
 
     def __init__(self, name: str, module: str, args: Sequence[str], threads: int,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, more_threads_later: bool = False):
         self.name = name
+        self.threads = threads
         self.cmd = [sys.executable, "-m", module, *args]
         child_env = dict(os.environ if env is None else env)
         child_env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen(self.cmd, env=child_env, start_new_session=True,
-                                     preexec_fn=_die_with(os.getpid()))
+        child_env.pop(THREADS_FD, None)
+        self._grants: int | None = None  # our end of the pipe (a pipe, not a signal: nothing is lost or fatal
+        read_end = None                  # before the child is ready to hear it)
+        if more_threads_later:
+            read_end, self._grants = os.pipe()
+            child_env[THREADS_FD] = str(read_end)
+        try:
+            self.proc = subprocess.Popen(self.cmd, env=child_env, start_new_session=True,
+                                         preexec_fn=_die_with(os.getpid()),
+                                         pass_fds=(read_end,) if read_end is not None else ())
+        finally:
+            if read_end is not None:
+                os.close(read_end)
+
+    def grant_threads(self, n: int) -> bool:
+        """Tell a child started with `more_threads_later` that it may now use `n` threads. False when it cannot
+        hear (not started so, or gone)."""
+        if self._grants is None or self.proc.poll() is not None:
+            return False
+        try:
+            os.write(self._grants, f"{int(n)}\n".encode())
+        except OSError:  # BrokenPipeError: it exited meanwhile
+            return False
+        self.threads = int(n)
+        return True
 
     @property
     def pid(self) -> int:
@@ -89,6 +117,9 @@ class Child:
     def stop(self, grace: float = STOP_GRACE_S) -> int | None:
         """SIGTERM to the child itself (not its group: the learner's data-loader workers must
         outlive it while it writes its last checkpoint); SIGKILL to the group after `grace` s."""
+        if self._grants is not None:
+            os.close(self._grants)
+            self._grants = None
         if self.proc.poll() is not None:
             return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
@@ -101,3 +132,40 @@ class Child:
             except ProcessLookupError:
                 pass
             return self.proc.wait()
+
+
+class ThreadGrants:
+    """The child's side of `Child.grant_threads`: `poll()` between units of work (a training step) returns the
+    thread count granted since the last poll, or None. Without the pipe (started otherwise) it is always None."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    @classmethod
+    def from_env(cls) -> "ThreadGrants":
+        value = os.environ.get(THREADS_FD, "")
+        return cls(int(value) if value.isdigit() else None)
+
+    def poll(self) -> int | None:
+        if self.fd is None:
+            return None
+        try:
+            ready, _, _ = select.select([self.fd], [], [], 0)
+            data = os.read(self.fd, 4096) if ready else None
+        except OSError:  # not an open pipe (an environment copied from elsewhere)
+            data = b""
+        if data is None:
+            return None
+        if not data:  # the parent closed its end: nothing more will come
+            self.close()
+            return None
+        words = [w for w in data.decode(errors="replace").split() if w.isdigit()]
+        return max(1, int(words[-1])) if words else None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None

@@ -95,7 +95,7 @@ def test_launch_starts_the_learner_under_torchrun(monkeypatch, tmp_path):
     started = []
 
     class FakeChild:
-        def __init__(self, name, module, args, threads, env=None):
+        def __init__(self, name, module, args, threads, env=None, more_threads_later=False):
             started.append((name, module, list(args), threads, env))
 
     monkeypatch.setattr(launch, "Child", FakeChild)

@@ -113,6 +113,8 @@ def test_a_killed_generator_is_named_and_the_launcher_exits_non_zero(capsys):
     from launch import watch
 
     class Proc:  # the part of runtime.processes.Child that watch() uses
+        threads = 1
+
         def __init__(self, name):
             self.name = name
             self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -120,6 +122,9 @@ def test_a_killed_generator_is_named_and_the_launcher_exits_non_zero(capsys):
 
         def poll(self):
             return self.proc.poll()
+
+        def grant_threads(self, n):
+            return False
 
     children = [Proc("generator train w0"), Proc("generator val w0"), Proc("learner")]
     try:

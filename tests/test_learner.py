@@ -162,3 +162,27 @@ def test_a_conditioned_learner_trains_on_its_episodes_labels_and_its_checkpoint_
     ckpt = load_checkpoint(checkpoint_path(conf.replay_dir))
     assert ckpt["step"] == 10 and ckpt["model_args"]["conditions"] == [["language", ["de", "en"]],
                                                                          ["voice", ["m0", "m1", "m2"]]]
+
+
+def test_the_learner_takes_the_threads_granted_while_it_trains(replay, caplog):
+    """launch.py grants the generators' cores once they are done: the learner sets them at its next step."""
+    import logging
+    import os
+
+    from pydreamer.data import make_replay_loader
+    from runtime.processes import ThreadGrants
+
+    conf = replay
+    learner = Learner(conf, conf.replay_dir, {"n_tokens": 8, "tokens_per_step": 2, "action_dim": 3})
+    read_end, write_end = os.pipe()
+    learner.thread_grants = ThreadGrants(read_end)
+    os.write(write_end, b"2\n")
+    try:
+        with caplog.at_level(logging.INFO, logger="pydreamer.train"):
+            learner.run(make_replay_loader(conf, conf.replay_dir), 3)
+        assert torch.get_num_threads() == 2
+        assert "the generators are done: 2 threads from step 1 on" in caplog.text
+    finally:
+        torch.set_num_threads(1)
+        os.close(write_end)
+        learner.thread_grants.close()

@@ -20,6 +20,7 @@ from pydreamer.models.conditioning import Vocabulary
 from pydreamer.replay_layout import CHECKPOINTS, checkpoint_path
 from runtime import distributed
 from runtime.distributed import SINGLE, Ranks
+from runtime.processes import ThreadGrants, set_torch_threads
 from runtime.storage import store_path
 
 log = logging.getLogger("pydreamer.train")
@@ -70,6 +71,7 @@ class Learner:
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
         self.waiting_for_data = False  # blocked on the replay store: a stop signal must not wait for the next batch
         self.skipped_episodes: list[str] = []  # "path: reason" of every unusable episode file the reader met
+        self.thread_grants = ThreadGrants.from_env()  # launch.py grants the generators' cores once they are done
 
     @property
     def episode_spec(self) -> EpisodeSpec:
@@ -203,6 +205,7 @@ class Learner:
                 if skip_fn is not None:
                     skip_fn(list(batch["skipped"]), self.step)
             window.add(self.train_step(batch))
+            self._take_granted_threads()
             if self.step % log_interval == 0 or self.step == n_steps:
                 log_fn(self._train_metrics(window, n_steps), self.step)
                 window = _Window()
@@ -213,6 +216,11 @@ class Learner:
                 with window.paused():
                     self.save_agreed()
         return last_eval
+
+    def _take_granted_threads(self) -> None:
+        granted = self.thread_grants.poll()
+        if granted is not None and granted != torch.get_num_threads():
+            log.info("the generators are done: %d threads from step %d on", set_torch_threads(granted), self.step)
 
     def _next_batch(self, it: Iterator, stop_flag) -> tuple[Mapping[str, torch.Tensor], float, float]:
         """The next batch and when the wait for it began and ended; _Interrupted when any rank must stop."""
