@@ -18,17 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.config import parse_args  # noqa: E402
+from runtime.config import Config, parse_args  # noqa: E402
 from tokenizer.layout import DataLayout  # noqa: E402
 from tokenizer.stages import run_stage  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", nargs="+", default=["4x1", "4x2", "4x4", "8x4", "2x4"],
                         help="time_downsample x tokens_per_step settings")
     parser.add_argument("--out", default="", help="also write the rows as JSON here")
-    conf, args = parse_args(None, parser)
+    conf, args = parse_args(argv, parser)
     source = DataLayout.of(conf.data_dir)
     if not source.manifest.is_file():
         sys.exit(f"{source.manifest} not found: run `python -m tokenizer prepare` for {conf.data_dir} first")
@@ -40,7 +40,7 @@ def main() -> None:
         folder.mkdir(parents=True)
         (folder / "mels").symlink_to((source.root / "mels").resolve())
         shutil.copy(source.manifest, folder / "manifest.json")
-        c = dict(conf, data_dir=str(folder), time_downsample=ds, tokens_per_step=g)
+        c = Config(conf, data_dir=str(folder), time_downsample=ds, tokens_per_step=g)
         for stage in ("train", "evaluate"):
             run_stage(c, DataLayout.of(c.data_dir), stage, force=True)
         m = json.loads(DataLayout.of(folder).metrics.read_text())
@@ -52,6 +52,7 @@ def main() -> None:
         print(f"| {r['time_downsample']} x {r['tokens_per_step']} | " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":

@@ -124,6 +124,24 @@ def test_a_missing_data_root_is_a_config_error_before_anything_is_written(tmp_pa
     assert not (tmp_path / "d").exists()
 
 
+def test_the_bitrate_table_trains_a_tokenizer_per_setting(messy_folder, tmp_path, capsys):
+    """bench/bitrate_table.py on a prepared folder (it once handed the stages a plain dict: AttributeError)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bitrate_table import main as bitrate_table
+
+    data = tmp_path / "data"
+    assert main(_args("prepare", data, tmp_path, "--source", "folder", "--data_root", str(messy_folder))) == 0
+    rows = bitrate_table(["--configs", "defaults", "audio", "tiny", "--data_dir", str(data), *FAST,
+                          "--grid", "4x1", "4x2"])
+    assert [(r["time_downsample"], r["tokens_per_step"]) for r in rows] == [(4, 1), (4, 2)]
+    assert rows[1]["bits_per_second"] == 2 * rows[0]["bits_per_second"]  # twice the tokens per step
+    assert (tmp_path / "data-bitrate-4x2" / "tokenizer" / "vqvae.pt").is_file()
+    assert "| 4 x 2 |" in capsys.readouterr().out
+
+
 def test_train_before_prepare_names_the_command(tmp_path, capsys):
     assert main(_args("train", tmp_path / "d", tmp_path)) == 1
     assert "python -m tokenizer prepare" in capsys.readouterr().err
