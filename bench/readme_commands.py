@@ -59,6 +59,8 @@ NOT_HERE = [
     (r"^make test\b", "the test suite itself (10-11 min)", "CI's .ci/run runs it from a fresh clone"),
     (r"^pip install", "installs the project into the environment it is typed in",
      "tests/test_packaging.py: `pip install .` into a clean venv, then awm-launch from another folder"),
+    (r"bench/readme_commands\.py", "this script itself (it would run every command again inside)",
+     "this run of it"),
     (r"--nnodes 2", "two hosts with a rendezvous address",
      "the torchrun --standalone rows here (two ranks on one host) and tests/test_ddp.py"),
 ]
@@ -237,22 +239,23 @@ def tiny_sections(words: list[str]) -> list[str]:
 class Rewriter:
     def __init__(self, work: Path, clone: Path, corpora: dict[str, Path], services: Services):
         self.work, self.clone, self.corpora, self.services = work, clone, corpora, services
-        self.runs: dict[str, str] = {}  # placeholder -> run id
+        self.runs: dict[tuple[str, str], str] = {}  # (tracking store, placeholder) -> run id
+        self.store = ""  # the tracking store of the row being rewritten ("" = the clone's mlruns)
         self.last: dict[tuple[str, ...], list[str]] = {}  # a command's words -> the arguments it was last given
 
     def value(self, word: str, before: str, target: str = "") -> str:
         if word in RUN_PLACEHOLDERS:
             key = "RUN_ID" if word == "WORLD_MODEL_RUN" else word
             key = "WAVEGAN_RUN" if target == "wavegan" and word == "RUN_ID" else key  # its own run
-            if key not in self.runs:
-                raise LookupError(f"{word}: no command before this one made such a run")
-            return self.runs[key]
+            if (self.store, key) not in self.runs:
+                raise LookupError(f"{word}: no command before this one made such a run in this tracking store")
+            return self.runs[(self.store, key)]
         named = re.fullmatch(r"(synth|librispeech|fsdd)=DIR", word)  # bench/hearing.py's corpora
         if named:
             return f"{named.group(1)}=" + {"synth": "data", "librispeech": "data-libri", "fsdd": "data-digits"}[
                 named.group(1)]
         if word in ("DATA", "DIR"):
-            return {"--out": "out", "--data_dir": "data"}.get(before, "data")
+            return {"--out": "out", "--data_dir": "data", "--mlflow_dir": "mlruns"}.get(before, "data")
         if word in ("R", "REPLAY"):
             return "replay"
         if word in ("N", "$N") and before in ("--learners", "--nproc_per_node", "--n_workers"):
@@ -331,16 +334,17 @@ def new_runs(env: dict[str, str], clone: Path, since_ms: int) -> list[tuple[str,
     return found
 
 
-def remember_runs(rewriter: Rewriter, row: Row, runs: list[tuple[str, dict[str, str]]]) -> None:
+def remember_runs(rewriter: Rewriter, row: Row, runs: list[tuple[str, dict[str, str]]], store: str) -> None:
+    """The runs a row made stand for its tracking store's placeholders (a run on a server is not in mlruns/)."""
     for run_id, tags in runs:
         row.runs.append(run_id)
         if "wavegan/device" in tags:
-            rewriter.runs["WAVEGAN_RUN"] = run_id
-        elif "objective" in tags:  # a launch.py run: the world model's
-            rewriter.runs["RUN_ID"] = run_id
+            rewriter.runs[(store, "WAVEGAN_RUN")] = run_id
+        elif "objective" in tags:  # a world-model run (launch.py or pydreamer.train)
+            rewriter.runs[(store, "RUN_ID")] = run_id
             for mark in ("RUN_A", "RUN_B"):
                 if re.search(rf"run {mark[-1]}\b", row.written):
-                    rewriter.runs[mark] = run_id
+                    rewriter.runs[(store, mark)] = run_id
 
 
 def run_section(rows: list[Row], block: list[tuple[int, str]], rewriter: Rewriter, env: dict[str, str],
@@ -350,14 +354,23 @@ def run_section(rows: list[Row], block: list[tuple[int, str]], rewriter: Rewrite
     background: list[tuple[Row, subprocess.Popen, float]] = []
     later = " ".join(c for _, c in block)
     for line, written in block:
+        if background and "pydreamer.generator" not in written and not written.startswith("export "):
+            join(background, rewriter, env, clone, timeout)  # the learner its generators fed: done before what follows
         row = Row(line, written)
         rows.append(row)
         run_one(row, rewriter, env, clone, logs, timeout, install, line in inline,
                 "pydreamer.generator" in later.split(written, 1)[1], background)
         if row.result != "started in the background":
             _say(row)
-    for row, proc, t0 in background:
+    join(background, rewriter, env, clone, timeout)
+
+
+def join(background: list, rewriter: "Rewriter", env: dict[str, str], clone: Path, timeout: float) -> None:
+    """Wait for the learners started in the background; their runs become RUN_ID for the rows after them."""
+    while background:
+        row, proc, t0, start_ms = background.pop(0)
         finish(row, proc, t0, timeout)
+        remember_runs(rewriter, row, new_runs(env, clone, start_ms), env.get("MLFLOW_TRACKING_URI", ""))
         _say(row)
 
 
@@ -378,6 +391,7 @@ def run_one(row: Row, rewriter: Rewriter, env: dict[str, str], clone: Path, logs
     if skip:
         row.result, row.why = "not run", f"{skip[0]}; checked by {skip[1]}"
         return
+    rewriter.store = env.get("MLFLOW_TRACKING_URI", "")
     try:
         if first.startswith("make install"):
             command = "make install TORCH=cpu"  # no GPU here: CPU-only torch
@@ -414,11 +428,11 @@ def run_one(row: Row, rewriter: Rewriter, env: dict[str, str], clone: Path, logs
         proc = subprocess.Popen(["bash", "-c", command], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     if "pydreamer.train" in command and generators_follow:
-        background.append((row, proc, t0))
+        background.append((row, proc, t0, start_ms))
         row.result = "started in the background"
         return
     finish(row, proc, t0, timeout)
-    remember_runs(rewriter, row, new_runs(env, clone, start_ms))
+    remember_runs(rewriter, row, new_runs(env, clone, start_ms), env.get("MLFLOW_TRACKING_URI", ""))
 
 
 def finish(row: Row, proc: subprocess.Popen, t0: float, timeout: float) -> None:
