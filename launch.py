@@ -122,12 +122,12 @@ def at_end(conf, run_id: str, command: str, *options: str) -> int:
 
 def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
     """Wait until the learner is done or a child fails. Returns (outcome, exit code). Once every generator has
-    finished its budget (seconds, for a corpus), the learner is granted every core: its data-loader workers mostly
-    wait, and 2 threads train `small` 1.45x faster than 1 (bench/learner.py, OMP_NUM_THREADS=1 vs 2)."""
-    from runtime.processes import cpu_cores
+    finished its budget (seconds, for a corpus), the learner is granted every core (OMP_NUM_THREADS caps it): its
+    data-loader workers mostly wait, and 2 threads train `small` 1.45x faster than 1 (bench/learner.py)."""
+    from runtime.processes import thread_budget
 
     learner, generators = children[-1], children[:-1]
-    granted = not generators or cpu_cores() <= learner.threads
+    granted = not generators or thread_budget() <= learner.threads
     while True:
         rc = learner.poll()
         if rc is not None:
@@ -142,8 +142,8 @@ def watch(children: list[Child], poll_s: float = 1.0) -> tuple[str, int]:
                 return "failed", 1
         if not granted and all(child.poll() == 0 for child in generators):
             granted = True
-            if learner.grant_threads(cpu_cores()):
-                print(f"launch: the generators are done; the learner may use {cpu_cores()} threads", flush=True)
+            if learner.grant_threads(thread_budget()):
+                print(f"launch: the generators are done; the learner may use {thread_budget()} threads", flush=True)
         time.sleep(poll_s)
 
 

@@ -27,13 +27,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_budget() -> int:
+    """The threads this process and its children may use in all: OMP_NUM_THREADS where whoever started it set it
+    (two launches on one machine each set it, or their threads stall each other), else every core."""
+    return max(1, int(os.environ.get("OMP_NUM_THREADS") or cpu_cores()))
+
+
 def set_torch_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads to `n`, else to OMP_NUM_THREADS as the parent set it, else all cores."""
     import torch
 
-    if n is None:
-        n = int(os.environ.get("OMP_NUM_THREADS") or cpu_cores())
-    n = max(1, int(n))
+    n = max(1, int(thread_budget() if n is None else n))
     torch.set_num_threads(n)
     return n
 

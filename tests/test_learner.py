@@ -165,7 +165,7 @@ def test_a_conditioned_learner_trains_on_its_episodes_labels_and_its_checkpoint_
 
 
 def test_the_learner_takes_the_threads_granted_while_it_trains(replay, caplog):
-    """launch.py grants the generators' cores once they are done: the learner sets them at its next step."""
+    """launch.py grants the generators' cores once they are done: the learner tries them at its next steps."""
     import logging
     import os
 
@@ -175,14 +175,41 @@ def test_the_learner_takes_the_threads_granted_while_it_trains(replay, caplog):
     conf = replay
     learner = Learner(conf, conf.replay_dir, {"n_tokens": 8, "tokens_per_step": 2, "action_dim": 3})
     read_end, write_end = os.pipe()
-    learner.thread_grants = ThreadGrants(read_end)
+    learner.threads.grants = ThreadGrants(read_end)
     os.write(write_end, b"2\n")
     try:
         with caplog.at_level(logging.INFO, logger="pydreamer.train"):
-            learner.run(make_replay_loader(conf, conf.replay_dir), 3)
-        assert torch.get_num_threads() == 2
-        assert "the generators are done: 2 threads from step 1 on" in caplog.text
+            learner.run(make_replay_loader(conf, conf.replay_dir), 20)
+        assert "the generators are done: 2 threads from step 6 on" in caplog.text
+        kept = "2 threads: " in caplog.text
+        assert kept != ("2 threads were slower" in caplog.text)  # one verdict, whichever it was here
+        assert torch.get_num_threads() == (2 if kept else 1)
     finally:
         torch.set_num_threads(1)
         os.close(write_end)
-        learner.thread_grants.close()
+        learner.threads.grants.close()
+
+
+@pytest.mark.parametrize("after, kept", [(0.5, True), (1.2, False), (4.0, False)])
+def test_granted_threads_are_kept_only_when_steps_get_faster(after, kept):
+    """The verdict on step times given: faster is kept; slower is undone after the trial, 3x slower at once."""
+    import os
+
+    from pydreamer.learner.loop import _GrantedThreads
+    from runtime.processes import ThreadGrants
+
+    read_end, write_end = os.pipe()
+    threads = _GrantedThreads(ThreadGrants(read_end))
+    torch.set_num_threads(1)
+    try:
+        os.write(write_end, b"2\n")
+        for step in range(1, 7):
+            threads.step_took(5.0 if step == 1 else 1.0, step)  # the first step is slow: the median ignores it
+        assert torch.get_num_threads() == 2 and threads.trial == (1, 1.0)
+        for step in range(7, 7 + (1 if after > 3 else threads.TRIAL)):
+            threads.step_took(after, step)
+        assert threads.trial is None and torch.get_num_threads() == (2 if kept else 1)
+    finally:
+        torch.set_num_threads(1)
+        os.close(write_end)
+        threads.grants.close()

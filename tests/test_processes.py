@@ -56,13 +56,15 @@ def test_a_child_hears_the_threads_granted_after_it_started():
         plain.stop(grace=5)
 
 
-@pytest.mark.parametrize("cores, expected", [(2, [2]), (1, [])])
-def test_the_launcher_grants_the_learner_every_core_once_the_generators_are_done(monkeypatch, capsys, cores,
+@pytest.mark.parametrize("cores, omp, expected", [(2, "", [2]), (1, "", []), (2, "1", [])])
+def test_the_launcher_grants_the_learner_every_core_once_the_generators_are_done(monkeypatch, capsys, cores, omp,
                                                                                  expected):
+    """Every core, or what OMP_NUM_THREADS allows where the launcher's caller set it (two launches on 2 cores)."""
     import runtime.processes
     from launch import watch
 
     monkeypatch.setattr(runtime.processes, "cpu_cores", lambda: cores)
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
 
     class Done:  # a generator that finished its budget
         name, pid, threads = "generator train w0", 1, 1

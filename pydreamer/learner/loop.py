@@ -71,7 +71,7 @@ class Learner:
         self.log_artifacts = False  # True when the run's artifacts live elsewhere (a server)
         self.waiting_for_data = False  # blocked on the replay store: a stop signal must not wait for the next batch
         self.skipped_episodes: list[str] = []  # "path: reason" of every unusable episode file the reader met
-        self.thread_grants = ThreadGrants.from_env()  # launch.py grants the generators' cores once they are done
+        self.threads = _GrantedThreads(ThreadGrants.from_env())  # the generators' cores, once they are done
 
     @property
     def episode_spec(self) -> EpisodeSpec:
@@ -204,8 +204,9 @@ class Learner:
                 self.skipped_episodes += list(batch["skipped"])
                 if skip_fn is not None:
                     skip_fn(list(batch["skipped"]), self.step)
+            started = time.perf_counter()
             window.add(self.train_step(batch))
-            self._take_granted_threads()
+            self.threads.step_took(time.perf_counter() - started, self.step)
             if self.step % log_interval == 0 or self.step == n_steps:
                 log_fn(self._train_metrics(window, n_steps), self.step)
                 window = _Window()
@@ -216,11 +217,6 @@ class Learner:
                 with window.paused():
                     self.save_agreed()
         return last_eval
-
-    def _take_granted_threads(self) -> None:
-        granted = self.thread_grants.poll()
-        if granted is not None and granted != torch.get_num_threads():
-            log.info("the generators are done: %d threads from step %d on", set_torch_threads(granted), self.step)
 
     def _next_batch(self, it: Iterator, stop_flag) -> tuple[Mapping[str, torch.Tensor], float, float]:
         """The next batch and when the wait for it began and ended; _Interrupted when any rank must stop."""
@@ -289,6 +285,45 @@ class Learner:
         log.info("eval at step %d: nll_h1 %.3f bits (per-position unigram %.3f), acc_h1 %.3f%s",
                  self.step, metrics["nll_h1"], metrics["unigram_pos_nll"], metrics["acc_h1"], kept)
         return metrics
+
+
+class _GrantedThreads:
+    """More threads when launch.py grants them, kept only if they make steps faster: on a machine that something
+    else keeps busy, threads that wait for each other make every step slower (seen: 40x at `tiny`), so the median
+    step time of the next TRIAL steps is compared with that of the TRIAL before (a step 3x slower ends it at once)."""
+
+    TRIAL = 10
+
+    def __init__(self, grants: ThreadGrants):
+        self.grants = grants
+        self.recent: list[float] = []  # the last TRIAL steps' seconds, at the current thread count
+        self.pending: int | None = None  # granted, waiting for a reference to compare with
+        self.trial: tuple[int, float] | None = None  # (the former thread count, its median step time)
+
+    def step_took(self, seconds: float, step: int) -> None:
+        self.recent = (self.recent + [seconds])[-self.TRIAL:]
+        if self.trial is not None:
+            former, before = self.trial
+            if seconds > 3 * before or len(self.recent) == self.TRIAL:
+                self._decide(former, before, step)
+            return
+        granted = self.grants.poll()
+        self.pending = granted if granted is not None else self.pending
+        now = torch.get_num_threads()
+        if self.pending is None or self.pending == now or len(self.recent) <= self.TRIAL // 2:
+            return  # the reference: a few steps at the former count (the median leaves the slow first one out)
+        self.trial, self.recent = (now, sorted(self.recent)[len(self.recent) // 2]), []
+        log.info("the generators are done: %d threads from step %d on", set_torch_threads(self.pending), step)
+        self.pending = None
+
+    def _decide(self, former: int, before: float, step: int) -> None:
+        after = sorted(self.recent)[len(self.recent) // 2]
+        self.trial, self.recent = None, []
+        if after < before:
+            log.info("%d threads: %.3f s per step (%d threads: %.3f s)", torch.get_num_threads(), after, former, before)
+            return
+        log.info("%d threads were slower (%.3f s per step against %.3f s: a busy machine?): back to %d from step %d",
+                 torch.get_num_threads(), after, before, set_torch_threads(former), step)
 
 
 class _Window:
