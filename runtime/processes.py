@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 from typing import Mapping, Sequence
@@ -147,8 +148,13 @@ class ThreadGrants:
 
     @classmethod
     def from_env(cls) -> "ThreadGrants":
+        """The pipe named in the environment, if it is an open pipe (the variable may have been inherited by a
+        process in which that number is some other file, which must not be read)."""
         value = os.environ.get(THREADS_FD, "")
-        return cls(int(value) if value.isdigit() else None)
+        try:
+            return cls(int(value) if value.isdigit() and stat.S_ISFIFO(os.fstat(int(value)).st_mode) else None)
+        except OSError:
+            return cls(None)
 
     def poll(self) -> int | None:
         if self.fd is None:
@@ -156,8 +162,9 @@ class ThreadGrants:
         try:
             ready, _, _ = select.select([self.fd], [], [], 0)
             data = os.read(self.fd, 4096) if ready else None
-        except OSError:  # not an open pipe (an environment copied from elsewhere)
-            data = b""
+        except OSError:  # not an open pipe any more: stop listening, and leave the number alone
+            self.fd = None
+            return None
         if data is None:
             return None
         if not data:  # the parent closed its end: nothing more will come

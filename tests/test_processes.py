@@ -35,6 +35,9 @@ def test_thread_grants_without_a_pipe_are_always_none(monkeypatch):
     monkeypatch.setenv(THREADS_FD, "not-a-number")
     assert ThreadGrants.from_env().poll() is None
     assert ThreadGrants(987).poll() is None  # a number that is no open file: nothing, and no error
+    with open(__file__, "rb") as other:  # a number inherited where it is some other file: never read from
+        monkeypatch.setenv(THREADS_FD, str(other.fileno()))
+        assert ThreadGrants.from_env().fd is None and other.tell() == 0
 
 
 def test_a_child_hears_the_threads_granted_after_it_started():
