@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# librosa's numba functions cache their machine code beside librosa's sources, and two test processes compiling
+# the same one at once can share a half-written cache: the likely cause of a SIGSEGV inside librosa's pyin in a
+# fresh clone's CI. Each test process keeps its own cache (set before numba is first imported).
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir())
+                                              / f"awm-tests-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 
-from tokenizer.shards import ShardWriter
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tokenizer.shards import ShardWriter  # noqa: E402
 
 CODEBOOK = 32
 G = 4
