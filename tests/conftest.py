@@ -6,11 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
-# librosa's numba functions cache their machine code beside librosa's sources, and two test processes compiling
-# the same one at once can share a half-written cache: the likely cause of a SIGSEGV inside librosa's pyin in a
-# fresh clone's CI. Each test process keeps its own cache (set before numba is first imported).
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir())
-                                              / f"awm-tests-numba-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+# librosa's numba functions cache their machine code beside librosa's sources. In a fresh clone's CI, two test
+# processes sharing that cache (or one folder of ours) died with SIGSEGV inside librosa's pyin, and a plain pyin
+# call on that cache crashed too; on a new cache folder it ran. Each test process (and what it starts) keeps its
+# own cache, set before numba is first imported.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"awm-tests-numba-{os.getpid()}"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
