@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -312,12 +313,12 @@ class _GrantedThreads:
         now = torch.get_num_threads()
         if self.pending is None or self.pending == now or len(self.recent) <= self.TRIAL // 2:
             return  # the reference: a few steps at the former count (the median leaves the slow first one out)
-        self.trial, self.recent = (now, sorted(self.recent)[len(self.recent) // 2]), []
+        self.trial, self.recent = (now, statistics.median_high(self.recent)), []
         log.info("the generators are done: %d threads from step %d on", set_torch_threads(self.pending), step)
         self.pending = None
 
     def _decide(self, former: int, before: float, step: int) -> None:
-        after = sorted(self.recent)[len(self.recent) // 2]
+        after = statistics.median_high(self.recent)
         self.trial, self.recent = None, []
         if after < before:
             log.info("%d threads: %.3f s per step (%d threads: %.3f s)", torch.get_num_threads(), after, former, before)
