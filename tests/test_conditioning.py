@@ -9,6 +9,7 @@ from pydreamer.dreams.alignment import LabelClassifier, alignment, alignment_met
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import build_model, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.conditioning import Conditioning, UnknownCondition
+from pydreamer.models.functions import guided_logits
 from runtime.config import ConfigError, load_config
 from tokenizer.layout import DataLayout
 from tokenizer.shards import ShardWriter
@@ -73,6 +74,56 @@ def test_a_conditioned_model_dreams_its_condition_and_dropout_leaves_an_uncondit
     else:
         free = (model.wm.imagine(model.wm.as_tokens(None), 1, 64, seed=1)[:, 0] == 1).float().mean()
     assert 0.15 < free < 0.85  # none: both languages' tokens
+
+
+def test_guided_logits_move_the_unconditioned_distribution_towards_the_conditioned_one():
+    cond, uncond = torch.log(torch.tensor([0.6, 0.3, 0.1])), torch.log(torch.tensor([0.2, 0.4, 0.4]))
+    lanes = torch.stack([cond, uncond])  # one conditioned lane, then the same lane unconditioned
+    assert torch.allclose(torch.softmax(guided_logits(lanes, 1.0), -1)[0], cond.exp())
+    assert torch.allclose(torch.softmax(guided_logits(lanes, 0.0), -1)[0], uncond.exp())
+    want = torch.softmax(uncond + 3.0 * (cond - uncond), -1)  # p_u (p_c / p_u)^3, renormalized
+    assert torch.allclose(torch.softmax(guided_logits(lanes, 3.0), -1)[0], want)
+    assert want[0] > 0.95
+
+
+@pytest.mark.parametrize("imagination,head", [("tokens", "independent"), ("latent", "independent"),
+                                              ("tokens", "autoregressive")])
+def test_guidance_pushes_a_weakly_conditioned_rssm_to_its_condition_and_scale_0_unconditions_it(imagination, head):
+    """Trained briefly, the conditioned RSSM follows its condition only partly; guidance above 1 makes its dreams
+    follow it, 1 changes nothing, 0 dreams as the unconditioned model does."""
+    torch.manual_seed(0)
+    conf = load_config(["defaults", "tiny"], ["--condition", "language", "--condition_dropout", "0.5",
+                                              "--adam_lr", "3e-3", "--token_head", head])
+    model = Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1])
+    opts = model.make_optimizers(conf)
+    for step in range(1, 11):  # a few steps: the condition is heard, but weakly
+        model.training_step(_batch(6, 16, torch.randint(1, 3, (16,))), model.initial_state(16), opts, step)
+    model.eval()
+    wm = model.wm
+    wm.imagine_by(imagination)
+
+    def share_of_de(scale: float | None, steps: int = 3) -> float:
+        if scale is not None:
+            assert wm.guide(scale)
+        with wm.conditioned({"language": "de"} if scale is not None else None):
+            dreams = wm.imagine(wm.as_tokens(None), steps, 256, seed=3)
+        return (dreams == 1).float().mean().item()
+
+    plain = share_of_de(1.0)
+    wm.guide(1.0)
+    with wm.conditioned({"language": "de"}):
+        assert wm.guided_lanes(4) is None  # scale 1: the very dream of the conditioned model
+    guided, free, unguided_free = share_of_de(4.0), share_of_de(0.0), share_of_de(None)
+    assert guided > plain + 0.05, (plain, guided)
+    assert abs(free - unguided_free) < 0.04 and free < plain, (free, unguided_free, plain)
+    with pytest.raises(ValueError, match="0 or more"):
+        wm.guide(-1.0)
+
+
+def test_models_without_guidance_say_so():
+    conf = load_config(["defaults", "tiny"], ["--world_model", "transformer", "--condition", "language"])
+    assert not Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1]).wm.guide(3.0)
+    assert not Dreamer(load_config(["defaults", "tiny"]), 4, 2, 1).wm.guide(3.0)  # unconditioned: nothing to guide
 
 
 def test_a_checkpoint_rebuilds_the_conditioned_model_with_its_vocabulary(tmp_path):

@@ -386,16 +386,21 @@ def test_conditioned_dreams_a_row_per_value_scored_by_a_classifier_and_unknown_v
     assert score["n"] == 4 and score["chance"] == 0.5 and 0.0 <= score["acc"] <= 1.0
     assert 0.0 <= summary["metrics"]["dream/condition/language/real_acc"] <= 1.0
     assert "Conditional alignment" in (out / "acoustics.md").read_text()
+    assert summary["metrics"]["dream/condition/guidance"] == 1.0
     fixed = tmp_path / "es"
-    assert _dream(root, run_id, fixed, "--no_log", "--condition", "language=en") == 0
+    assert _dream(root, run_id, fixed, "--no_log", "--condition", "language=en", "--dream_guidance", "3") == 0
     summary = json.loads((fixed / "summary.json").read_text())
     assert summary["conditioned"] == {} and set(summary["alignment"]["language"]["per_value"]) == {"en"}
+    assert summary["metrics"]["dream/condition/guidance"] == 3.0
+    assert "guided at scale 3 (classifier-free guidance" in (fixed / "acoustics.md").read_text()
+    assert any("guided at scale 3" in note for note in summary["notes"])
     capsys.readouterr()  # what the dreams above said (their progress on stderr)
     for bad_run, option, message in ((run_id, "language=fr", "unknown language 'fr'; the model knows de, en"),
                                      (run_id, "voice=m1", "not conditioned on 'voice'; its labels: language"),
-                                     (plain_run, "language=de", "trained without conditioning")):
+                                     (plain_run, "language=de", "trained without conditioning"),
+                                     (run_id, "language=de --dream_guidance -2", "--dream_guidance must be 0 or more")):
         with pytest.raises(SystemExit) as e:
-            _dream(root, bad_run, tmp_path / "bad", "--condition", option)
+            _dream(root, bad_run, tmp_path / "bad", "--condition", *option.split())
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()

@@ -118,9 +118,10 @@ def alignment(classifier: LabelClassifier, dreams: Mapping[str, Sequence[np.ndar
             "real_test_n": classifier.n_test, "per_value": per_value}
 
 
-def alignment_metrics(results: Mapping[str, dict]) -> dict[str, float]:
-    """`dream/condition/{label}/acc`, `/chance`, `/real_acc` and `/over_chance` of each label scored."""
-    out = {}
+def alignment_metrics(results: Mapping[str, dict], guidance: float = 1.0) -> dict[str, float]:
+    """`dream/condition/{label}/acc`, `/chance`, `/real_acc` and `/over_chance` of each label scored, and the
+    guidance scale the dreams were drawn at (`dream/condition/guidance`)."""
+    out = {"dream/condition/guidance": float(guidance)} if results else {}
     for label, r in results.items():
         base = f"dream/condition/{label}"
         out.update({f"{base}/acc": r["acc"], f"{base}/chance": r["chance"], f"{base}/real_acc": r["real_acc"],
@@ -130,12 +131,14 @@ def alignment_metrics(results: Mapping[str, dict]) -> dict[str, float]:
     return out
 
 
-def alignment_markdown(results: Mapping[str, dict]) -> str:
+def alignment_markdown(results: Mapping[str, dict], guidance: float = 1.0) -> str:
     """The table of acoustics.md: per label, dreams' accuracy beside chance and real clips."""
     if not results:
         return ""
+    how = (f"dreams guided at scale {guidance:g} (classifier-free guidance, --dream_guidance)" if guidance != 1
+           else "dreams as trained, not guided")
     md = ["Conditional alignment: a classifier of each label fitted on real train clips (per-band log-mel "
-          "statistics, logistic regression) names the value of every conditioned dream:", "",
+          f"statistics, logistic regression) names the value of every conditioned dream ({how}):", "",
           "| label | dreams classified as their condition | chance | real held-out train clips | real test clips | per value |",
           "|---|---|---|---|---|---|"]
     for label, r in results.items():

@@ -246,6 +246,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
 
         codec = MelStepCodec.of(codec, meta["mel_mean"], meta["mel_std"])
     args.fixed, args.rows = parse_conditions(args.condition, model.wm)
+    args.guided = model.wm.guide(args.guidance)
     args.imagination = model.wm.imagine_by(args.imagination)  # what it will do (the Transformer has one way only)
     prompts = load_prompts(codec, args.prompt + ([args.prompt2] if args.prompt2 else []), args.prompt_seconds,
                            args.seconds, conf["vad_db"])
@@ -280,14 +281,26 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
                           f"none of the {args.split} split's {len(pool)} utterances lasts {min_frames / fps:.2f} s)"))
     for c in prompts:
         r.notes += [f"prompt {c.name}: {n}" for n in c.notes]
+    if setup.model.wm.conditioning is not None:
+        r.notes.append(_guidance_note(args, setup.model.world_model))
     user = dream_all(args, setup, dreamer, real, prompt_s, r)
     say("dream", f"measuring the dreams beside {len(real[:args.real_clips])} real {args.split}-split clips")
     measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
     r.not_measured = not_measured(r, args, len(pool), min_frames / fps)
     r.alignment = score_alignment(args, layout, r, setup.model.wm)
-    r.metrics.update(alignment_metrics(r.alignment))
+    r.metrics.update(alignment_metrics(r.alignment, args.guidance if args.guided else 1.0))
     r.seconds = time.time() - t_start
     return r
+
+
+def _guidance_note(args: argparse.Namespace, kind: str) -> str:
+    """What acoustics.md says of how a conditioned run's dreams were guided."""
+    if args.guidance == 1:
+        return "conditioned dreams as trained (--dream_guidance 1: no classifier-free guidance)"
+    if not args.guided:
+        return (f"conditioned dreams as trained: the {kind} world model has no classifier-free guidance "
+                f"(--dream_guidance {args.guidance:g} is not used)")
+    return f"conditioned dreams guided at scale {args.guidance:g} (classifier-free guidance: --dream_guidance)"
 
 
 def dream_all(args: argparse.Namespace, setup: Setup, dreamer, real: list, prompt_s: float, r: DreamResults) -> list:

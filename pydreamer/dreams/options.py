@@ -30,7 +30,7 @@ CONFIG_DEFAULTS = {"seconds": "dream_seconds", "samples": "dream_samples", "unco
                    "warm": "dream_warm", "test_prompts": "dream_test_prompts", "real_clips": "dream_real_clips",
                    "griffin_lim_iters": "dream_griffin_lim_iters", "vocoder": "vocoder", "seed": "seed",
                    "perceptual": "dream_perceptual", "imagination": "dream_imagination",
-                   "end": "dream_end"}
+                   "end": "dream_end", "guidance": "dream_guidance"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a folder's name and a part of metric names
 
 
@@ -53,6 +53,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         "perceptual": dict(action=flag, help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip"),
         "imagination": dict(choices=choices_of("dream_imagination"), help="rssm: how a dream goes on"),
         "end": dict(action=flag, help="a dream ends where the world model says its utterance does, silence after"),
+        "guidance": dict(type=float, help="conditioned rssm dreams: classifier-free guidance scale (1 = as trained, "
+                                          "0 = unconditioned, above 1 = more of the condition)"),
     }
     group = p.add_argument_group("the run's config keys (each left out is the run's own value)")
     for dest, spec in specs.items():
@@ -79,7 +81,7 @@ def check_args(a: argparse.Namespace) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise RunError(f"{name} must be greater than 0, not {value}")
-    for name in ("unconditional", "warm", "test_prompts", "real_clips", "griffin_lim_iters"):
+    for name in ("unconditional", "warm", "test_prompts", "real_clips", "griffin_lim_iters", "guidance"):
         if getattr(a, name) < 0:
             raise RunError(f"--{CONFIG_DEFAULTS[name]} must be 0 or more, not {getattr(a, name)}")
     if a.prompt2 and not a.prompt:

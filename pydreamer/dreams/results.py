@@ -177,7 +177,7 @@ class DreamResults:
         md.append(perceptual_markdown(self.perceptual, self.vocoder))
         if getattr(a, "fixed", None):
             md.append("Every dream above is conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + ".\n")
-        md.append(alignment_markdown(self.alignment))
+        md.append(alignment_markdown(self.alignment, self.metrics.get("dream/condition/guidance", 1.0)))
         if not self.mix:
             md.append(f"No interpolation: {self.not_measured.get('interpolation', 'it needs two prompts')}.\n")
         md.append(f"Real-time factor {t.realtime_factor:.3f}: {t.generation_s:.2f} s generation + "

@@ -56,6 +56,8 @@ class WorldModel(nn.Module, ABC):
     # language model generates; the RSSM can also imagine in its latent (`latent`, rssm_world_model.py).
     imaginations: ClassVar[tuple[str, ...]] = ("tokens",)
     imagination: str = "tokens"
+    # Whether its conditioned imagination can be guided (classifier-free guidance: `guide`).
+    guides: ClassVar[bool] = False
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
                  conditions: Vocabulary = ()):
@@ -76,13 +78,15 @@ class WorldModel(nn.Module, ABC):
                 " (does the model's codebook size match the data's?)"
             )
 
-    def null_action(self, n: int, device: torch.device | str, first: bool = False) -> torch.Tensor:
+    def null_action(self, n: int, device: torch.device | str, first: bool = False,
+                    ids: torch.Tensor | None = None) -> torch.Tensor:
         """The action leading to a step of the audio env's episodes: the null action (index 0), or zeros
-        before an episode's first step (no action led to it), with the fixed condition. The one place it is built."""
+        before an episode's first step (no action led to it), with the fixed condition (or each lane's `ids` [n, C]:
+        `guided_lanes`). The one place it is built."""
         a = torch.zeros(n, self.action_dim, device=device)
         if not first:
             a[:, 0] = 1.0
-        return self.with_condition(a)
+        return self.with_condition(a, ids)
 
     def episode_actions(self, n_steps: int, device: torch.device | str) -> torch.Tensor:
         """The actions [T, 1, A] of one utterance replayed as an episode: none before its first step, the null
@@ -114,6 +118,27 @@ class WorldModel(nn.Module, ABC):
             ids = torch.zeros(*batch["action"].shape[:-1], len(self.conditioning.names), dtype=torch.long,
                               device=batch["action"].device)
         return {**batch, "action": self.with_condition(batch["action"], ids)}
+
+    def guide(self, scale: float) -> bool:
+        """Classifier-free guidance of conditioned imagination from now on: every draw from the unconditioned
+        distribution moved `scale` times its distance to the conditioned one, in log-probability (1: the conditioned
+        model as trained; 0: unconditioned; above 1: more of the condition). Label dropout in training is what gives
+        the one model both. Returns whether it applies: a conditioned model that `guides`."""
+        if not scale >= 0:
+            raise ValueError(f"guidance scale must be 0 or more, not {scale}")
+        if self.conditioning is None or not self.guides:
+            return False
+        self.conditioning.guidance = float(scale)
+        return True
+
+    def guided_lanes(self, n: int) -> torch.Tensor | None:
+        """The condition ids [2n, C] of a guided dream of n lanes: each lane on the fixed condition, then again on
+        none. None where nothing guides it (scale 1, or no value fixed)."""
+        c = self.conditioning
+        if c is None or c.guidance == 1.0 or not bool(c.fixed.any()):
+            return None
+        fixed = c.fixed.expand(n, -1)
+        return torch.cat([fixed, torch.zeros_like(fixed)])
 
     @contextmanager
     def conditioned(self, values: Mapping[str, str] | None):

@@ -6,7 +6,9 @@ seen in training); the embeddings of all labels are summed. Every world model ta
 takes the action between steps (`WorldModel.with_condition`): the RSSM's GRU input, and so its
 prior; the Transformer's next-step heads; the masked decoder's heads and block decoder. Dropping the label of a share
 of training sequences (`condition_dropout`) trains the "none" embedding on all the data, so the
-same model also forecasts and dreams unconditioned (what `evaluate` scores).
+same model also forecasts and dreams unconditioned (what `evaluate` scores), and lets a dream be guided
+(classifier-free guidance: the RSSM imagines each lane twice, on the condition and on none, and draws from the
+unconditioned distribution moved `guidance` times towards the conditioned one).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Conditioning(nn.Module):
         # What imagination is conditioned on while no per-step ids are given: "none" for every label
         # unless `fixed` sets values (dreams; the `conditioned` context).
         self.register_buffer("fixed", torch.zeros(len(self.vocabulary), dtype=torch.long), persistent=False)
+        self.guidance = 1.0  # classifier-free guidance of imagination on `fixed` (WorldModel.guide); 1 = none
 
     @property
     def names(self) -> list[str]:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .functions import mlp, sample_index
+from .functions import guided_logits, mlp, sample_index
 
 
 class TokenDecoder(nn.Module):
@@ -49,23 +49,28 @@ class TokenDecoder(nn.Module):
         """Autoregressive head: the codebook logits of a token from its context (trunk + earlier tokens + position)."""
         return self.out(F.elu(self.norm(context))).float()
 
-    def sample(self, features: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, features: torch.Tensor, temperature: float = 1.0, guidance: float | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Imagine a step's tokens: (probs [*B, G, K] of each token given the draws before it, tokens [*B, G]).
 
         Averaged over imagined futures, these probabilities estimate each token's predictive
         distribution (for the autoregressive head, with the step's earlier tokens drawn, not known).
-        Draws use torch's global generator (seed it for repeatable dreams).
+        Draws use torch's global generator (seed it for repeatable dreams). With `guidance`, features [2N, F] are
+        N conditioned lanes then the same N unconditioned, and one draw per lane pair comes from the guided
+        distribution (functions.guided_logits): probs and tokens [N, ...].
         """
+        guide = (lambda x: x) if guidance is None else (lambda x: guided_logits(x, guidance))
         if not self.autoregressive:
-            probs = torch.softmax(self.forward(features), -1)
+            probs = torch.softmax(guide(self.forward(features)), -1)
             return probs, _draw(probs, temperature)
         trunk = self.net(features)
         context = torch.zeros_like(trunk)
         probs, tokens = [], []
         for g in range(self.tokens_per_step):
-            p = torch.softmax(self._logits(trunk + context + self.position[g]), -1)
+            p = torch.softmax(guide(self._logits(trunk + context + self.position[g])), -1)
             x = _draw(p, temperature)
-            context = context + self.prefix(x + g * self.n_tokens)
+            drawn = self.prefix(x + g * self.n_tokens)
+            context = context + (drawn if guidance is None else torch.cat([drawn, drawn]))  # both lanes heard it
             probs.append(p)
             tokens.append(x)
         return torch.stack(probs, -2), torch.stack(tokens, -1)

@@ -56,6 +56,14 @@ def sample_one_hot(logits: torch.Tensor, straight_through: bool = True) -> torch
     return sample
 
 
+def guided_logits(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: logits [2N, ..., K] of N conditioned lanes then the same N unconditioned ->
+    log-probabilities [N, ..., K] moved from the unconditioned ones `scale` times their distance to the conditioned
+    (1: the conditioned model as trained; 0: unconditioned; above 1: more of the condition than training gave)."""
+    cond, uncond = torch.log_softmax(logits.float(), -1).chunk(2, 0)
+    return uncond + scale * (cond - uncond)
+
+
 def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per categorical of probs [*B, K] (last axis; need not sum to 1) -> int64 [*B].
 

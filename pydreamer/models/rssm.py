@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .functions import LayerNormGRUCell, mlp, sample_one_hot
+from .functions import LayerNormGRUCell, guided_logits, mlp, sample_one_hot
 
 
 class State(NamedTuple):
@@ -75,11 +75,16 @@ class RSSM(nn.Module):
     def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
         return self._logits(self.prior_net, deter)
 
-    def imagine_step(self, state: State, action: torch.Tensor, temperature: float = 1.0) -> tuple[State, torch.Tensor]:
+    def imagine_step(self, state: State, action: torch.Tensor, temperature: float = 1.0,
+                     guidance: float | None = None) -> tuple[State, torch.Tensor]:
         """One dreamed step: the next state drawn from the prior (sharpened or flattened by `temperature`
-        for dreams). Returns (state, prior logits)."""
+        for dreams). Returns (state, prior logits). With `guidance`, the lanes are N conditioned then the same N
+        unconditioned (a guided dream) and each pair shares one draw from the guided prior."""
         deter = self.deter_step(state, action)
         logits = self.prior_logits(deter)
+        if guidance is not None:
+            stoch = self._sample(guided_logits(logits, guidance) / temperature)
+            return State(deter, torch.cat([stoch, stoch])), logits
         return State(deter, self._sample(logits if temperature == 1.0 else logits / temperature)), logits
 
     def posterior_logits(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
     # h = 1 on val), `tokens` goes on from the tokens it drew (the better dreams on val): dream and evaluate choose.
     imaginations = IMAGINATIONS
     imagination = "latent"
+    guides = True
 
     def __init__(self, conf: Mapping[str, Any], n_tokens: int, tokens_per_step: int, action_dim: int,
                  conditions: Vocabulary = ()):
@@ -312,31 +313,38 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
 
     def _rollout(self, state: State, n_steps: int, temperature: float, first: bool) -> torch.Tensor:
         """Imagine `n_steps` from `state` [N, ...]: tokens [N, n_steps, G]. `first`: the first step starts an
-        episode (no action led to it)."""
+        episode (no action led to it). A guided dream (base.guided_lanes) carries each lane twice, conditioned and
+        not, both reading the same draws."""
         N = state.deter.shape[0]
+        lanes = self.guided_lanes(N)
+        scale = None if lanes is None else self.conditioning.guidance
+        if lanes is not None:
+            state = State(*(torch.cat([x, x]) for x in state))
         out = []
         for i in range(n_steps):
-            action = self.null_action(N, state.deter.device, first=first and i == 0)
+            action = self.null_action(state.deter.shape[0], state.deter.device, first=first and i == 0, ids=lanes)
             if self.imagination == "tokens":
-                state, _, tokens = self._token_step(state, action, temperature)
+                state, _, tokens = self._token_step(state, action, temperature, scale)
             else:
-                state, _ = self.rssm.imagine_step(state, action, temperature)
-                tokens = self.decoder.sample(RSSM.features(state), temperature)[1]  # the global generator: seeded
+                state, _ = self.rssm.imagine_step(state, action, temperature, scale)
+                # the global generator: seeded
+                tokens = self.decoder.sample(RSSM.features(state), temperature, scale)[1]
             out.append(tokens)
         if not out:
             return torch.zeros(N, 0, self.tokens_per_step, dtype=torch.long, device=state.deter.device)
         return torch.stack(out, 1)
 
-    def _token_step(self, state: State, action: torch.Tensor, temperature: float = 1.0
-                    ) -> tuple[State, torch.Tensor, torch.Tensor]:
+    def _token_step(self, state: State, action: torch.Tensor, temperature: float = 1.0,
+                    guidance: float | None = None) -> tuple[State, torch.Tensor, torch.Tensor]:
         """One step imagined through its tokens: (the state after reading them, the forecast they were drawn
         from [N, G, K], the tokens [N, G]). The forecast is the model's h = 1 prediction from the tokens so far;
-        without a forecast head, the decoder of a prior draw."""
-        prior, _ = self.rssm.imagine_step(state, action, temperature)
+        without a forecast head, the decoder of a prior draw. `guidance`: lanes [2N] as in `_rollout`."""
+        prior, _ = self.rssm.imagine_step(state, action, temperature, guidance)
         head, read = (self.forecast_head, prior.deter) if self.forecast_head is not None \
             else (self.decoder, RSSM.features(prior))
-        probs, tokens = head.sample(read, temperature)
-        return self.rssm.posterior_step(prior.deter, self.encoder(tokens)), probs, tokens
+        probs, tokens = head.sample(read, temperature, guidance)
+        heard = tokens if guidance is None else torch.cat([tokens, tokens])
+        return self.rssm.posterior_step(prior.deter, self.encoder(heard)), probs, tokens
 
     @torch.no_grad()
     def step_features(self, tokens: torch.Tensor) -> torch.Tensor:
