@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                         "on a large split)")
     parser.add_argument("--no_log_mel", action="store_true",
                         help="skip the log-mel scores (forecasts decoded to dB beside continuous baselines: log_mel.py)")
+    parser.add_argument("--conditioned", action="store_true",
+                        help="a conditioned run: forecast each utterance conditioned on its own labels (the values the "
+                             "model knows; others none) instead of unconditioned: {split}_conditioned/* metrics and "
+                             "evaluation/{split}_conditioned/, beside the unconditioned scores")
     parser.add_argument("--mlflow_dir", default="mlruns", help="the local tracking store (MLFLOW_TRACKING_URI wins)")
     group = parser.add_argument_group("the run's config keys (each left out is the run's own value)")
     for key, old, spec in (
@@ -113,6 +117,7 @@ def _main(args) -> int:
     model, step = load_model(ckpt_path, conf, spec.codebook_size, spec.tokens_per_step, device)
     args.imagination = model.wm.imagine_by(args.imagination or conf["evaluate_imagination"])
     args.samples = args.samples or model.wm.fair_samples  # 0: as many as make this world model's forecast converge
+    conditions = _own_labels(model.wm, utterances, args) if args.conditioned else None
     if model.wm.observes == "mel":
         return _evaluate_mel(run, conf, args, layout, utterances, model, step, ckpt_path, replay_dir, device)
     t0 = time.time()
@@ -127,39 +132,51 @@ def _main(args) -> int:
     with Progress("evaluate", sum(len(t) for t in tokens), "steps") as progress:
         sums = evaluate_split(model, tokens, baselines, args.horizons, args.samples, args.starts_per_utterance,
                               args.seed, device, voices=[u.get("voice") for u in utterances],
-                              observe=_counted(progress, tokens, log_mel[0] if log_mel else None))
+                              observe=_counted(progress, tokens, log_mel[0] if log_mel else None),
+                              conditions=conditions)
     log_mel = log_mel[:2] if log_mel else None
     scores = Scores(sums, seed=args.seed)
     seconds = time.time() - t0
     cells = "every start step" if args.starts_per_utterance <= 0 else \
         f"{args.starts_per_utterance} seeded start steps per utterance (seed {args.seed})"
-    out = Path(ReplayLayout.of(replay_dir).evaluation(args.split))
+    out = Path(ReplayLayout.of(replay_dir).evaluation(args.scored))
     out.mkdir(parents=True, exist_ok=True)
     (out / "horizons.csv").write_text(scores.csv())
-    title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.split} split, {len(tokens)} utterances"
+    title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.scored}, {len(tokens)} utt."
     scores.plot(out / "horizons.png", title)
     rate = (spec.tokens_per_step, spec.steps_per_second)
     summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
-               "split": args.split, "utterances": len(tokens), "cells": cells, "samples": args.samples,
-               "fair_samples": model.wm.fair_samples, "imagination": args.imagination,
+               "split": args.split, "conditioned": conditions is not None, "utterances": len(tokens), "cells": cells,
+               "samples": args.samples, "fair_samples": model.wm.fair_samples, "imagination": args.imagination,
                "seconds": seconds, "tokens_per_step": spec.tokens_per_step, "steps_per_second": spec.steps_per_second,
                "baseline_smoothing": baselines.choices(), **scores.summary(*rate)}
     summary["results"] = summary["all"]["results"]  # where readers of earlier summaries look
-    metrics = scores.metrics(args.split, *rate)
+    metrics = scores.metrics(args.scored, *rate)
     if log_mel:
         from pydreamer.log_mel import log_mel_metrics, log_mel_table
 
         summary["log_mel"] = {**log_mel[1].report(seed=args.seed), "starts_per_utterance": args.log_mel_starts}
-        metrics.update(log_mel_metrics(summary["log_mel"], args.split))
+        metrics.update(log_mel_metrics(summary["log_mel"], args.scored))
         (out / "log_mel.md").write_text(log_mel_table(summary["log_mel"]) + "\n")
     summary["probes"], probe_metrics = _probes(model, layout, train, utterances, device, args)
     metrics.update(probe_metrics)
     _latent_picture(out, model, utterances, device, args)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _log(run, metrics, step, out, args.split)
+    _log(run, metrics, step, out, args.scored)
     _print(run, scores, summary, spec, f"{conf['world_model']} run {args.run} at step {step} ({ckpt_path.name}), "
            f"{args.split} split, {len(tokens)} utterances, {cells}, {args.samples} samples, {seconds:.0f} s -> {out}")
     return 0
+
+
+def _own_labels(wm, utterances: list[dict], args) -> list[dict[str, str]]:
+    """Each utterance's label values that the conditioned model knows (a test-only voice is none), for
+    `--conditioned`; exit 2 for a run trained without conditioning. Probes and t-SNE are the unconditioned run's."""
+    if wm.conditioning is None:
+        raise EvaluationError(f"--conditioned: run {args.run} was trained without conditioning (its config's "
+                              "`condition` is empty)")
+    args.no_probes = args.no_tsne = True
+    known = dict(wm.conditioning.vocabulary)
+    return [{k: v for k, v in u.get("labels", {}).items() if v in known.get(k, ())} for u in utterances]
 
 
 def _fill_from_config(args, conf) -> None:
@@ -167,6 +184,7 @@ def _fill_from_config(args, conf) -> None:
     for option, key, before in (("horizons", "evaluate_horizons", None), ("samples", "evaluate_samples", None),
                                 ("log_mel_starts", "evaluate_log_mel_starts", 0), ("seed", "seed", None)):
         setattr(args, option, conf.get(key, before) if getattr(args, option) is None else getattr(args, option))
+    args.scored = f"{args.split}_conditioned" if args.conditioned else args.split  # metric prefix and folder
     if args.horizons < 1 or args.samples < 0:
         raise EvaluationError(f"--evaluate_horizons must be positive and --evaluate_samples at least 0, not "
                               f"{args.horizons} and {args.samples}")
@@ -261,6 +279,9 @@ def _evaluate_mel(run, conf, args, layout, utterances: list[dict], model, step: 
     from pydreamer.log_mel import log_mel_metrics, log_mel_table, true_steps
     from tokenizer.tokens import read_token_meta
 
+    if args.conditioned:
+        raise EvaluationError(f"--conditioned: built for token world models; a {conf['world_model']} run is scored "
+                              "unconditioned only")
     found = _log_mel_scorer(run, conf, layout, utterances, args, device)
     if found is None:
         raise EvaluationError(f"a {conf['world_model']} run is scored as log-mel: it needs the {args.split} split's "

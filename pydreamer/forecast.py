@@ -67,10 +67,12 @@ class CellSums:
 def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, horizons: int, samples: int,
                    starts_per_utterance: int, seed: int, device: torch.device,
                    voices: list[np.ndarray] | None = None,
-                   observe: Callable[[int, np.ndarray, torch.Tensor], None] | None = None) -> CellSums:
+                   observe: Callable[[int, np.ndarray, torch.Tensor], None] | None = None,
+                   conditions: list[dict[str, str]] | None = None) -> CellSums:
     """Bits and hits of the model and each baseline on the same cells, per utterance and horizon.
 
     `voices[i]` is utterance i's per-step voice activity (0..1); without it no cell counts as voiced.
+    `conditions[i]`, when given, are the label values utterance i is forecast conditioned on (a conditioned model).
     `observe(u, starts, probs)`, when given, sees every forecast too (the log-mel scores: log_mel.py).
     """
     rng = np.random.default_rng(seed)
@@ -82,8 +84,9 @@ def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, hori
     model.eval()
     for u, tokens in enumerate(utterances):
         starts = start_steps(len(tokens), starts_per_utterance, rng)
-        probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
-                                  torch.from_numpy(starts).to(device), gen)
+        with model.wm.conditioned(conditions[u] if conditions else None):
+            probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
+                                      torch.from_numpy(starts).to(device), gen)
         m_bits, m_hits, valid = score(probs, tokens, starts)
         if observe is not None:
             observe(u, starts, probs)

@@ -55,15 +55,16 @@ def test_mean_probability_estimator_matches_the_chains_entropy(h):
     assert hits.dtype == bool and valid[:, 0].all() and not valid[-1, 1]
 
 
-def _run_with_checkpoint(tmp_path, splits, checkpoint=True):
-    data = make_token_corpus(tmp_path / "tok", splits)
+def _run_with_checkpoint(tmp_path, splits, checkpoint=True, conditions=()):
+    data = make_token_corpus(tmp_path / "tok", splits, labels=bool(conditions))
+    condition = ["--condition", ",".join(name for name, _ in conditions)] if conditions else []
     conf = load_config(["defaults", "audio", "tiny"], ["--data_dir", str(data), "--mlflow_dir", str(tmp_path / "mlruns"),
-                                                        "--codebook_size", "32"])
+                                                        "--codebook_size", "32", *condition])
     replay = tmp_path / "replay"
     with start_or_resume_run(conf, tags={"replay_dir": str(replay)}) as run:
         pass
     if checkpoint:
-        model = Dreamer(conf, 32, 4, 1)
+        model = Dreamer(conf, 32, 4, 1, conditions=conditions)
         save_checkpoint(checkpoint_path(replay), model, None, 7)
     return run.info.run_id
 
@@ -117,6 +118,36 @@ def test_evaluate_logs_test_metrics_beside_baselines(tmp_path, capsys):
     for label, report in summary["probes"].items():
         if "skipped" not in report:
             assert 0 <= report["latent"]["acc"] <= 1 and metrics[f"test/probe/{label}/acc"] == report["latent"]["acc"]
+
+
+def test_conditioned_forecasts_read_each_utterances_own_labels_beside_the_unconditioned_ones(tmp_path, capsys,
+                                                                                            monkeypatch):
+    from pydreamer.models.conditioning import Conditioning
+
+    run_id = _run_with_checkpoint(tmp_path, {"train": 6, "val": 2, "test": 3},
+                                  conditions=[("language", ["de", "en"]), ("voice", ["m0", "m1", "m2"])])
+    asked = []
+    ids = Conditioning.ids
+    monkeypatch.setattr(Conditioning, "ids", lambda self, values: asked.append(dict(values)) or ids(self, values))
+    assert _evaluate(tmp_path, "--run", run_id, "--no_probes", "--no_tsne", "--no_log_mel") == 0
+    assert asked == []  # plain: every utterance unconditioned
+    assert _evaluate(tmp_path, "--run", run_id, "--conditioned", "--no_log_mel") == 0
+    # test utterances 0..2: their own language; voice m0 for the first, f9 (never in train) is none for the others
+    assert asked == [{"language": "de", "voice": "m0"}, {"language": "en"}, {"language": "de"}]
+    import mlflow
+
+    metrics = mlflow.get_run(run_id).data.metrics
+    assert np.isfinite(metrics["test_conditioned/nll_h1"]) and np.isfinite(metrics["test/nll_h1"])
+    assert metrics["test_conditioned/nll_h1"] != metrics["test/nll_h1"]  # the label embeddings moved the forecast
+    assert metrics["test_conditioned/baseline/ngram/nll_h1"] == metrics["test/baseline/ngram/nll_h1"]  # same cells
+    summary = json.loads((tmp_path / "replay" / "evaluation" / "test_conditioned" / "summary.json").read_text())
+    assert summary["conditioned"] is True and summary["split"] == "test"
+    capsys.readouterr()
+    plain = _run_with_checkpoint(tmp_path / "plain", {"train": 6, "val": 2, "test": 2})
+    with pytest.raises(SystemExit) as e:
+        main(["--mlflow_dir", str(tmp_path / "plain" / "mlruns"), "--run", plain, "--conditioned"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "trained without conditioning" in err and len(err.strip().splitlines()) == 1
 
 
 def test_per_horizon_metrics_become_curves_with_the_horizon_as_step():
@@ -224,4 +255,4 @@ def test_the_options_are_named_as_the_config_keys_and_show_their_defaults(capsys
         assert f"(default: the run's {key})" in entries[f"--{key}"], key
     assert not {"--horizons", "--samples", "--imagination", "--log_mel_starts"} & set(entries)
     for flag, text in entries.items():
-        assert "default" in text or flag in ("-h", "--run", "--no_probes", "--no_tsne", "--no_log_mel"), text
+        assert "default" in text or flag in ("-h", "--run", "--no_probes", "--no_tsne", "--no_log_mel", "--conditioned"), text
