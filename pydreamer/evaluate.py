@@ -142,7 +142,7 @@ def _main(args) -> int:
     out = Path(ReplayLayout.of(replay_dir).evaluation(args.scored))
     out.mkdir(parents=True, exist_ok=True)
     (out / "horizons.csv").write_text(scores.csv())
-    title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.scored}, {len(tokens)} utt."
+    title = f"{conf['world_model']} run {args.run[:8]} at step {step} ({ckpt_path.stem}): {args.scored} split, {len(tokens)} utterances"
     scores.plot(out / "horizons.png", title)
     rate = (spec.tokens_per_step, spec.steps_per_second)
     summary = {"run": args.run, "world_model": conf["world_model"], "step": step, "checkpoint": ckpt_path.name,
