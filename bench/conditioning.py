@@ -1,7 +1,7 @@
 """Conditioned world models against their two targets, from run ids: the README's conditioning tables.
 
     python bench/conditioning.py --cond_store M1 --cond ID0,ID1,ID2 --uncond_store M2 --uncond ID0,ID1,ID2
-        [--guidance 1 3] [--dream_seed 0] [--grid_dreams 8] [--labels language voice] [--out bench-out/conditioning]
+        [--guidance 1 3] [--dream_seed 0] [--grid_dreams 8] [--labels language ...] [--out bench-out/conditioning]
 
 `--cond` are runs of one conditioned recipe (e.g. `--condition language,voice`), one per seed; `--uncond` the
 same recipe unconditioned, the same seeds in the same order (the seed pairs them). Two tables:
@@ -67,7 +67,7 @@ def dream_folder(a: argparse.Namespace, run_id: str, scale: float) -> Path:
     out = Path(a.out) / f"{run_id[:8]}-guidance{scale:g}-seed{a.dream_seed}"
     if not (out / "summary.json").exists():
         cmd = [sys.executable, "-m", "pydreamer.dream", "--run", run_id, "--mlflow_dir", a.cond_store,
-               *[x for label in a.labels for x in ("--condition", label)], "--dream_guidance", f"{scale:g}",
+               *[x for label in a.labels or () for x in ("--condition", label)], "--dream_guidance", f"{scale:g}",
                "--grid_dreams", str(a.grid_dreams), "--seed", str(a.dream_seed), "--dream_unconditional", "0",
                "--dream_warm", "0", "--dream_test_prompts", "0", "--dream_real_clips", "0", "--no-dream_perceptual",
                "--vocoder", "griffinlim", "--dream_griffin_lim_iters", "1", "--out", str(out), "--no_log"]
@@ -82,7 +82,7 @@ def alignment_table(a: argparse.Namespace) -> list[str]:
           "|---|---|---|---|---|---|---|---|---|---|"]
     for scale in a.guidance:
         scores = [json.loads((dream_folder(a, r, scale) / "summary.json").read_text())["alignment"] for r in a.cond]
-        for label in a.labels:
+        for label in a.labels or list(dict.fromkeys(k for s in scores for k in s)):
             got = [s[label] for s in scores if label in s]
             if not got:
                 continue
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uncond_store", help="tracking store of the unconditioned runs (default: --cond_store)")
     p.add_argument("--uncond", help="unconditioned run ids, the same seeds in the same order (none: no forecast table)")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales to dream at")
-    p.add_argument("--labels", nargs="+", default=["language", "voice"], help="labels to dream a row per value of")
+    p.add_argument("--labels", nargs="+", help="labels to dream a row per value of (default: every label of the runs)")
     p.add_argument("--grid_dreams", type=int, default=8, help="dreams from nothing per value")
     p.add_argument("--dream_seed", type=int, default=0)
     p.add_argument("--out", default="bench-out/conditioning")
