@@ -86,17 +86,21 @@ def test_guided_logits_move_the_unconditioned_distribution_towards_the_condition
     assert want[0] > 0.95
 
 
-@pytest.mark.parametrize("imagination,head", [("tokens", "independent"), ("latent", "independent"),
-                                              ("tokens", "autoregressive")])
-def test_guidance_pushes_a_weakly_conditioned_rssm_to_its_condition_and_scale_0_unconditions_it(imagination, head):
-    """Trained briefly, the conditioned RSSM follows its condition only partly; guidance above 1 makes its dreams
+@pytest.mark.parametrize("world_model,imagination,head,steps", [
+    ("rssm", "tokens", "independent", 10), ("rssm", "latent", "independent", 10),
+    ("rssm", "tokens", "autoregressive", 10), ("transformer", "tokens", "independent", 60)])
+def test_guidance_pushes_a_weakly_conditioned_model_to_its_condition_and_scale_0_unconditions_it(world_model,
+                                                                                                 imagination, head,
+                                                                                                 steps):
+    """Trained briefly, the conditioned model follows its condition only partly; guidance above 1 makes its dreams
     follow it, 1 changes nothing, 0 dreams as the unconditioned model does."""
     torch.manual_seed(0)
-    conf = load_config(["defaults", "tiny"], ["--condition", "language", "--condition_dropout", "0.5",
+    conf = load_config(["defaults", "tiny"], ["--world_model", world_model, "--context_steps", "16",
+                                              "--condition", "language", "--condition_dropout", "0.5",
                                               "--adam_lr", "3e-3", "--token_head", head])
     model = Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1])
     opts = model.make_optimizers(conf)
-    for step in range(1, 11):  # a few steps: the condition is heard, but weakly
+    for step in range(1, steps + 1):  # a few steps: the condition is heard, but weakly
         model.training_step(_batch(6, 16, torch.randint(1, 3, (16,))), model.initial_state(16), opts, step)
     model.eval()
     wm = model.wm
@@ -121,7 +125,7 @@ def test_guidance_pushes_a_weakly_conditioned_rssm_to_its_condition_and_scale_0_
 
 
 def test_models_without_guidance_say_so():
-    conf = load_config(["defaults", "tiny"], ["--world_model", "transformer", "--condition", "language"])
+    conf = load_config(["defaults", "tiny"], ["--world_model", "maskgit", "--condition", "language"])
     assert not Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1]).wm.guide(3.0)
     assert not Dreamer(load_config(["defaults", "tiny"]), 4, 2, 1).wm.guide(3.0)  # unconditioned: nothing to guide
 

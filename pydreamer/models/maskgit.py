@@ -102,6 +102,7 @@ class MaskedBlock(nn.Module):
 
 class MaskGITWorldModel(TransformerWorldModel):
     kind = "maskgit"
+    guides = False  # its block decoder reads the condition too: guiding it is not built
     # At the default horizons (h <= maskgit_block) forecasts draw nothing; past the block, each future decodes
     # blocks. Not measured with bench/samples.py: the RSSM's count, since h > K is not the default.
     fair_samples = 8
