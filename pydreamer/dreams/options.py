@@ -53,8 +53,8 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         "perceptual": dict(action=flag, help="DNSMOS of every group, PESQ/STOI/ViSQOL of the tokenizer round trip"),
         "imagination": dict(choices=choices_of("dream_imagination"), help="rssm: how a dream goes on"),
         "end": dict(action=flag, help="a dream ends where the world model says its utterance does, silence after"),
-        "guidance": dict(type=float, help="conditioned dreams (rssm, transformer): classifier-free guidance scale (1 = as trained, "
-                                          "0 = unconditioned, above 1 = more of the condition)"),
+        "guidance": dict(type=float, help="conditioned dreams (rssm, transformer): classifier-free guidance scale "
+                                          "(1 = as trained, 0 = unconditioned, above 1 = more of the condition)"),
     }
     group = p.add_argument_group("the run's config keys (each left out is the run's own value)")
     for dest, spec in specs.items():
