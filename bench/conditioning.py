@@ -1,7 +1,8 @@
 """Conditioned world models against their two targets, from run ids: the README's conditioning tables.
 
     python bench/conditioning.py --cond_store M1 --cond ID0,ID1,ID2 --uncond_store M2 --uncond ID0,ID1,ID2
-        [--guidance 1 3] [--dream_seed 0] [--grid_dreams 8] [--labels language ...] [--out bench-out/conditioning]
+        [--guidance 1 3] [--dream_seed 0] [--temperature 1] [--grid_dreams 8] [--labels language ...]
+        [--out bench-out/conditioning]
 
 `--cond` are runs of one conditioned recipe (e.g. `--condition language,voice`), one per seed; `--uncond` the
 same recipe unconditioned, the same seeds in the same order (the seed pairs them). Two tables:
@@ -32,16 +33,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imagination import evaluation_summary, fmt, t_interval  # noqa: E402  (bench/imagination.py)
+from imagination import fmt, t_interval  # noqa: E402  (bench/imagination.py)
 
 HORIZONS = (1, 5, 15)
 NLL_ALLOWED = 0.05  # bits/token the unconditioned forecast may lose at h = 1
 TARGETS = {"language": ("acc", 0.80), "voice": ("over_chance", 3.0)}
 
 
+def evaluation_summary(store: str, run_id: str) -> dict:
+    """The run's test evaluation (made first where it is missing). Each store by its own client: two stores in one
+    process, which MLflow's global tracking URI would not allow."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
+    path = Path(client.get_run(run_id).data.tags["replay_dir"]) / "evaluation" / "test" / "summary.json"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run_id, "--mlflow_dir", store]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    return json.loads(path.read_text())
+
+
 def _forecast(store: str, run_id: str, h: int) -> tuple[float, float, str]:
     """(model NLL, best baseline NLL, its name) at horizon h on all test cells (evaluation/test/summary.json)."""
-    s = evaluation_summary(store, run_id, "test")["all"]
+    s = evaluation_summary(store, run_id)["all"]
     best = s["best_baseline"][h - 1]
     return s["results"]["model"]["nll"][h - 1], s["results"][best]["nll"][h - 1] if best else float("nan"), best or ""
 
@@ -64,11 +79,13 @@ def forecast_table(a: argparse.Namespace) -> list[str]:
 
 def dream_folder(a: argparse.Namespace, run_id: str, scale: float) -> Path:
     """`python -m pydreamer.dream` of a row of dreams from nothing per value of each label, at a guidance scale."""
-    out = Path(a.out) / f"{run_id[:8]}-guidance{scale:g}-seed{a.dream_seed}"
+    out = Path(a.out) / (f"{run_id[:8]}-guidance{scale:g}-seed{a.dream_seed}"
+                         + (f"-T{a.temperature:g}" if a.temperature != 1 else "") + f"-n{a.grid_dreams}")
     if not (out / "summary.json").exists():
         cmd = [sys.executable, "-m", "pydreamer.dream", "--run", run_id, "--mlflow_dir", a.cond_store,
                *[x for label in a.labels or () for x in ("--condition", label)], "--dream_guidance", f"{scale:g}",
-               "--grid_dreams", str(a.grid_dreams), "--seed", str(a.dream_seed), "--dream_unconditional", "0",
+               "--grid_dreams", str(a.grid_dreams), "--seed", str(a.dream_seed), "--temperature", f"{a.temperature:g}",
+               "--dream_unconditional", "0",
                "--dream_warm", "0", "--dream_test_prompts", "0", "--dream_real_clips", "0", "--no-dream_perceptual",
                "--vocoder", "griffinlim", "--dream_griffin_lim_iters", "1", "--out", str(out), "--no_log"]
         print("+", " ".join(cmd), flush=True)
@@ -103,7 +120,7 @@ def alignment_table(a: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cond_store", required=True, help="tracking store (--mlflow_dir) of the conditioned runs")
+    p.add_argument("--cond_store", required=True, help="local tracking store (--mlflow_dir) of the conditioned runs")
     p.add_argument("--cond", required=True, help="conditioned run ids, comma-separated, one per seed")
     p.add_argument("--uncond_store", help="tracking store of the unconditioned runs (default: --cond_store)")
     p.add_argument("--uncond", help="unconditioned run ids, the same seeds in the same order (none: no forecast table)")
@@ -111,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", nargs="+", help="labels to dream a row per value of (default: every label of the runs)")
     p.add_argument("--grid_dreams", type=int, default=8, help="dreams from nothing per value")
     p.add_argument("--dream_seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
     p.add_argument("--out", default="bench-out/conditioning")
     a = p.parse_args(argv)
     a.cond = [r for r in a.cond.split(",") if r]
@@ -122,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.uncond:
         md += ["Test forecast (bits/token), conditioned runs scored unconditioned against unconditioned runs "
                f"({', '.join(r[:8] for r in a.uncond)}):", "", *forecast_table(a), ""]
-    md += [f"Alignment of dreams from nothing ({a.grid_dreams} per value, dream seed {a.dream_seed}):", "",
+    md += [f"Alignment of dreams from nothing ({a.grid_dreams} per value, dream seed {a.dream_seed}, temperature "
+           f"{a.temperature:g}):", "",
            *alignment_table(a), ""]
     text = "\n".join(md)
     print(text)
