@@ -81,6 +81,9 @@ class DreamResults:
 
         a, kind, fps = self.args, self.world_model, self.frames_per_second
         files: list[str] = []
+        guided = f", guidance {a.guidance:g}" if getattr(a, "guided", False) and a.guidance != 1 else ""
+        told = (", conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + guided
+                if getattr(a, "fixed", None) else "")  # what every dream of the command was told
 
         def wav(rel: str, wave: np.ndarray) -> None:
             write_wav(stage / rel, wave, self.sample_rate)
@@ -90,7 +93,7 @@ class DreamResults:
             wav(f"unconditional/{d.name}.wav", d.wave)
         if self.uncond:
             grid_png(stage / "unconditional.png", f"{kind}: {len(self.uncond)} dreams from the initial state (corpus "
-                     "level)", [d.db for d in self.uncond], fps)
+                     f"level{told})", [d.db for d in self.uncond], fps)
             files.append("unconditional.png")
         for d in self.warm:
             wav(f"warm/{d.name}.wav", d.wave)
@@ -104,7 +107,7 @@ class DreamResults:
                 wav(f"{folder}/prompt+dream-{k:02d}.wav", d.wave)
             start = f" from {c.clip.start_s:.2f} s (leading silence trimmed)" if c.clip.start_s else ""
             completion_png(stage / f"{folder}.png", f"{kind}: {c.clip.name}, {c.dreams[0].prompt_s:.2f} s prompt{start}, "
-                           f"{a.seconds:g} s dreamt (T={a.temperature:g}, {a.imagination} imagination)", c.true_db, [d.db for d in c.dreams],
+                           f"{a.seconds:g} s dreamt (T={a.temperature:g}, {a.imagination} imagination{told})", c.true_db, [d.db for d in c.dreams],
                            c.dreams[0].prompt_s, fps)
             files.append(f"{folder}.png")
         for label in dict.fromkeys(k.split("=", 1)[0] for k in self.conditioned):  # a picture per label, a row per value
@@ -114,7 +117,7 @@ class DreamResults:
                     wav(f"conditioned/{label}-{_slug(value)}/{d.name}.wav", d.wave)
             cols = min(4, max(len(ds) for ds in rows.values()))
             grid_png(stage / f"conditioned_{label}.png", f"{kind}: dreams from nothing conditioned on {label}, a row "
-                     "per value", [ds[i].db if i < len(ds) else None for ds in rows.values() for i in range(cols)], fps,
+                     f"per value{told or guided}", [ds[i].db if i < len(ds) else None for ds in rows.values() for i in range(cols)], fps,
                      cols=cols, titles=[f"{label} {v} #{i}" for v in rows for i in range(cols)])
             files.append(f"conditioned_{label}.png")
         if self.mix:
