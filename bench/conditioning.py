@@ -61,6 +61,12 @@ def _forecast(store: str, run_id: str, h: int) -> tuple[float, float, str]:
     return s["results"]["model"]["nll"][h - 1], s["results"][best]["nll"][h - 1] if best else float("nan"), best or ""
 
 
+def _nll(runs: list[tuple[float, float, str]]) -> str:
+    """The mean NLL over seeds with its 95% t half-width."""
+    m, half = t_interval([r[0] for r in runs])
+    return f"{m:.3f}" + (f" ± {half:.3f}" if np.isfinite(half) else "")
+
+
 def forecast_table(a: argparse.Namespace) -> list[str]:
     md = ["| h | unconditioned RSSM | conditioned RSSM, label dropped | difference (paired by seed, 95% t) | "
           "best baseline | target | met |", "|---|---|---|---|---|---|---|"]
@@ -70,10 +76,12 @@ def forecast_table(a: argparse.Namespace) -> list[str]:
         diff = [c[0] - p[0] for c, p in zip(cond, plain)]
         m, half = t_interval(diff)
         target = f"<= +{NLL_ALLOWED}" if h == 1 else ""
-        met = ("met" if m <= NLL_ALLOWED else "missed") if h == 1 else ""
+        upper = m + (half if np.isfinite(half) else 0.0)
+        met = ("met" if upper <= NLL_ALLOWED else "met on the mean, not at the interval's top" if m <= NLL_ALLOWED
+               else "missed") if h == 1 else ""
         names = sorted({p[2] for p in plain if p[2]})
-        md.append(f"| {h} | {fmt(*t_interval([p[0] for p in plain]))} | {fmt(*t_interval([c[0] for c in cond]))} | "
-                  f"{fmt(m, half)} | {np.mean([p[1] for p in plain]):.3f} {'/'.join(names)} | {target} | {met} |")
+        md.append(f"| {h} | {_nll(plain)} | {_nll(cond)} | {fmt(m, half)} | {np.mean([p[1] for p in plain]):.3f} "
+                  f"{'/'.join(names)} | {target} | {met} |")
     return md
 
 
