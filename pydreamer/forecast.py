@@ -10,6 +10,7 @@ accuracy is the argmax of that mean against the true token.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,7 +85,7 @@ def evaluate_split(model: Dreamer, utterances: list[np.ndarray], baselines, hori
     model.eval()
     for u, tokens in enumerate(utterances):
         starts = start_steps(len(tokens), starts_per_utterance, rng)
-        with model.wm.conditioned(conditions[u] if conditions else None):
+        with model.wm.conditioned(conditions[u]) if conditions else nullcontext():
             probs = model.wm.forecast(torch.from_numpy(tokens).to(device), horizons, samples,
                                       torch.from_numpy(starts).to(device), gen)
         m_bits, m_hits, valid = score(probs, tokens, starts)
