@@ -33,30 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imagination import fmt, t_interval  # noqa: E402  (bench/imagination.py)
+from imagination import evaluation_summary, fmt, t_interval  # noqa: E402  (bench/imagination.py)
 
 HORIZONS = (1, 5, 15)
 NLL_ALLOWED = 0.05  # bits/token the unconditioned forecast may lose at h = 1
 TARGETS = {"language": ("acc", 0.80), "voice": ("over_chance", 3.0)}
 
 
-def evaluation_summary(store: str, run_id: str) -> dict:
-    """The run's test evaluation (made first where it is missing). Each store by its own client: two stores in one
-    process, which MLflow's global tracking URI would not allow."""
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
-    path = Path(client.get_run(run_id).data.tags["replay_dir"]) / "evaluation" / "test" / "summary.json"
-    if not path.exists():
-        cmd = [sys.executable, "-m", "pydreamer.evaluate", "--run", run_id, "--mlflow_dir", store]
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
-    return json.loads(path.read_text())
-
-
 def _forecast(store: str, run_id: str, h: int) -> tuple[float, float, str]:
     """(model NLL, best baseline NLL, its name) at horizon h on all test cells (evaluation/test/summary.json)."""
-    s = evaluation_summary(store, run_id)["all"]
+    s = evaluation_summary(store, run_id, "test")["all"]
     best = s["best_baseline"][h - 1]
     return s["results"]["model"]["nll"][h - 1], s["results"][best]["nll"][h - 1] if best else float("nan"), best or ""
 

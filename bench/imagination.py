@@ -66,12 +66,13 @@ def fmt(mean: float, half: float, digits: int = 3) -> str:
 
 
 def _run(mlflow_dir: str, run_id: str):
+    """The run, read by a client of its own store (MLflow's global tracking URI holds one store per process, and
+    bench/conditioning.py reads two)."""
     import mlflow
 
-    from runtime.tracking import setup_mlflow
+    from runtime.tracking import tracking_uri
 
-    setup_mlflow({"mlflow_dir": mlflow_dir, "experiment": "audio-world-model"})
-    return mlflow.get_run(run_id)
+    return mlflow.MlflowClient(tracking_uri({"mlflow_dir": mlflow_dir})).get_run(run_id)
 
 
 def evaluation_summary(mlflow_dir: str, run_id: str, split: str) -> dict:

@@ -82,8 +82,7 @@ class DreamResults:
         a, kind, fps = self.args, self.world_model, self.frames_per_second
         files: list[str] = []
         guided = f", guidance {a.guidance:g}" if getattr(a, "guided", False) and a.guidance != 1 else ""
-        told = (", conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + guided
-                if getattr(a, "fixed", None) else "")  # what every dream of the command was told
+        told = f", conditioned on {_told(a)}{guided}" if getattr(a, "fixed", None) else ""  # every dream of the command
 
         def wav(rel: str, wave: np.ndarray) -> None:
             write_wav(stage / rel, wave, self.sample_rate)
@@ -179,7 +178,7 @@ class DreamResults:
         md.append(rhythm_markdown(self.rhythm))
         md.append(perceptual_markdown(self.perceptual, self.vocoder))
         if getattr(a, "fixed", None):
-            md.append("Every dream above is conditioned on " + ", ".join(f"{k} = {v}" for k, v in a.fixed.items()) + ".\n")
+            md.append(f"Every dream above is conditioned on {_told(a)}.\n")
         md.append(alignment_markdown(self.alignment, self.metrics.get("dream/condition/guidance", 1.0)))
         if not self.mix:
             md.append(f"No interpolation: {self.not_measured.get('interpolation', 'it needs two prompts')}.\n")
@@ -207,6 +206,11 @@ class DreamResults:
             "conditioned": {k: len(ds) for k, ds in self.conditioned.items()}, "alignment": self.alignment,
             "files": files,
         }
+
+
+def _told(a) -> str:
+    """The label values every dream of the command was conditioned on (`--condition LABEL=VALUE`), as said."""
+    return ", ".join(f"{k} = {v}" for k, v in a.fixed.items())
 
 
 def _slug(name: str) -> str:

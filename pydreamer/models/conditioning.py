@@ -7,8 +7,9 @@ takes the action between steps (`WorldModel.with_condition`): the RSSM's GRU inp
 prior; the Transformer's next-step heads; the masked decoder's heads and block decoder. Dropping the label of a share
 of training sequences (`condition_dropout`) trains the "none" embedding on all the data, so the
 same model also forecasts and dreams unconditioned (what `evaluate` scores), and lets a dream be guided
-(classifier-free guidance: the RSSM imagines each lane twice, on the condition and on none, and draws from the
-unconditioned distribution moved `guidance` times towards the conditioned one).
+(classifier-free guidance: the RSSM imagines each lane twice, on the condition and on none, the Transformer asks its
+heads both ways, and each draws from the unconditioned distribution moved `guidance` times towards the conditioned
+one; the masked decoder has none).
 """
 from __future__ import annotations
 

@@ -249,9 +249,10 @@ class TransformerWorldModel(WorldModel):
             values.append(v[:, :, v.shape[2] - keep:])
         return x, KVCache(keys, values, valid[:, valid.shape[1] - keep:], step)
 
-    def _next_logits(self, feature: torch.Tensor) -> torch.Tensor:
-        """The forecast [N, G, K] of the step an imagined step leads to (the null action between them)."""
-        return self._heads(feature, self.null_action(feature.shape[0], feature.device))[0]
+    def _next_logits(self, feature: torch.Tensor, first: bool = False) -> torch.Tensor:
+        """The forecast [N, G, K] of the step an imagined step leads to (the null action between them; `first`: the
+        episode's first step, no action before it)."""
+        return self._heads(feature, self.null_action(feature.shape[0], feature.device, first=first))[0]
 
     def _dreamt_logits(self, feature: torch.Tensor, first: bool = False) -> torch.Tensor:
         """What a dream draws its next step from [N, G, K]: the heads' forecast, guided where asked (base.guide).
@@ -259,7 +260,7 @@ class TransformerWorldModel(WorldModel):
         n = feature.shape[0]
         lanes = self.guided_lanes(n)
         if lanes is None:
-            return self._heads(feature, self.null_action(n, feature.device, first=first))[0]
+            return self._next_logits(feature, first)
         both = self._heads(torch.cat([feature, feature]), self.null_action(2 * n, feature.device, first, lanes))[0]
         return guided_logits(both, self.conditioning.guidance)
 
