@@ -25,6 +25,8 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 # The project, editable, with its test tools. `deps` first: then this step only adds the project itself.
 install: deps
 	$(PIP) -e '.[test,hear]'
+	# librosa's pyin compiled and cached by one process, before any two can race on numba's cache (numba issue 10128)
+	$(BIN)/python -c "import numpy, librosa; librosa.pyin(numpy.zeros(4096), fmin=60.0, fmax=500.0, sr=16000)"
 	touch $(VENV)/.installed
 
 # Only the dependencies pyproject.toml lists (and its `test` extra), read by docker/deps.py: no second

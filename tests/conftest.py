@@ -6,11 +6,23 @@ import os
 import tempfile
 from pathlib import Path
 
-# librosa's numba functions cache their machine code beside librosa's sources. In a fresh clone's CI, two test
-# processes sharing that cache (or one folder of ours) died with SIGSEGV inside librosa's pyin, and a plain pyin
-# call on that cache crashed too; on a new cache folder it ran. Each test process (and what it starts) keeps its
-# own cache, set before numba is first imported.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"awm-tests-numba-{os.getpid()}"))
+# librosa's numba gufuncs (pyin's) cache their machine code beside librosa's sources, as two files per function. Two
+# processes compiling them at once can leave the pair from different processes, and a process that loads it dies
+# with SIGSEGV inside pyin (numba issue 10128; seen in CI in test processes and in the commands they start, also
+# with a cache folder per test process). So the first test process compiles and caches pyin while the others wait on
+# a lock, and then every process, and every command a test starts, only reads that one writer's cache.
+import fcntl  # noqa: E402
+
+with open(Path(tempfile.gettempdir()) / "awm-tests-numba.lock", "w") as _lock:
+    fcntl.flock(_lock, fcntl.LOCK_EX)
+    try:
+        import librosa as _librosa
+        import numpy as _np
+
+        for _dtype in (_np.float32, _np.float64):
+            _librosa.pyin(_np.zeros(4096, _dtype), fmin=60.0, fmax=500.0, sr=16000)
+    finally:
+        fcntl.flock(_lock, fcntl.LOCK_UN)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
