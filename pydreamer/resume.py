@@ -23,7 +23,7 @@ RESUMED_TAG = "config.resumed"  # JSON of the keys resumes changed from the run'
 
 # What the checkpoint's weights are shaped by: every world model's `arch_keys` and the actor-critic's (the model_args
 # a checkpoint carries; tests/test_resume.py keeps this list complete), what the model reads and is trained for.
-MODEL_KEYS = ("world_model", "observation", "env_id", "wm_objective", "condition", "condition_dim", "token_embed_dim",
+MODEL_KEYS = ("world_model", "observation", "env_id", "wm_objective", "condition", "condition_dim", "condition_heads", "token_embed_dim",
               "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete", "token_head", "forecast_head",
               "contrastive_dim", "contrastive_temperature", "context_steps", "transformer_dim", "transformer_heads",
               "transformer_layers", "transformer_dropout", "maskgit_block", "maskgit_layers", "maskgit_iterations",

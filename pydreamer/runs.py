@@ -73,7 +73,8 @@ RESUMED_TAG = "config.resumed"  # pydreamer/resume.py's (which imports this modu
 # A run recorded before a key existed gets the value that reproduces what its code did.
 BEFORE_KEY = {"forecast_head": False, "token_head": "independent", "overshoot_steps": 0,
               "wm_objective": "reconstruction", "dream_imagination": "latent", "vocoder": "griffinlim",
-              "dream_perceptual": False, "dream_end": False}
+              "dream_perceptual": False, "dream_end": False,
+              "condition_heads": False}
 
 
 def open_run(run_id: str, mlflow_dir: str = "mlruns"):

@@ -29,8 +29,12 @@ class RSSM(nn.Module):
         stoch_discrete: int,
         hidden_dim: int,
         unimix: float = 0.0,
+        condition_dim: int = 0,
     ):
         super().__init__()
+        # The prior also reads the condition's embedding (the last `condition_dim` of each action), not only
+        # through the GRU: a conditioned dream's every draw sees what it was asked for.
+        self.condition_dim = int(condition_dim)
         self.unimix = float(unimix)  # DreamerV3: each categorical mixed with 1% uniform, so no class is ever impossible
         self.deter_dim = deter_dim
         self.stoch_dim = stoch_dim
@@ -41,7 +45,7 @@ class RSSM(nn.Module):
             nn.Linear(self.stoch_size + action_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ELU()
         )
         self.gru = LayerNormGRUCell(hidden_dim, deter_dim)
-        self.prior_net = mlp(deter_dim, hidden_dim, self.stoch_size, layers=1)
+        self.prior_net = mlp(deter_dim + self.condition_dim, hidden_dim, self.stoch_size, layers=1)
         self.post_net = mlp(deter_dim + embed_dim, hidden_dim, self.stoch_size, layers=1)
 
     @property
@@ -72,8 +76,17 @@ class RSSM(nn.Module):
         x = self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1))
         return self.gru(x, state.deter)
 
-    def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.prior_net, deter)
+    def prior_logits(self, deter: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The prior over z given h (and, with `condition_dim`, the condition carried by `action`)."""
+        return self._logits(self.prior_net, self.with_condition(deter, action))
+
+    def with_condition(self, x: torch.Tensor, action: torch.Tensor | None) -> torch.Tensor:
+        """x [..., D] with the condition part of `action` appended when the prior reads it (else x)."""
+        if not self.condition_dim:
+            return x
+        if action is None:
+            raise ValueError("this RSSM's prior reads the condition: pass the step's action")
+        return torch.cat([x, action[..., -self.condition_dim:].to(x.dtype)], -1)
 
     def imagine_step(self, state: State, action: torch.Tensor, temperature: float = 1.0,
                      guidance: float | None = None) -> tuple[State, torch.Tensor]:
@@ -81,7 +94,7 @@ class RSSM(nn.Module):
         for dreams). Returns (state, prior logits). With `guidance`, the lanes are N conditioned then the same N
         unconditioned (a guided dream) and each pair shares one draw from the guided prior."""
         deter = self.deter_step(state, action)
-        logits = self.prior_logits(deter)
+        logits = self.prior_logits(deter, action)
         if guidance is not None:
             stoch = self._sample(guided_logits(logits, guidance) / temperature)
             return State(deter, torch.cat([stoch, stoch])), logits
@@ -109,7 +122,7 @@ class RSSM(nn.Module):
             keep = (~reset[t]).to(state.deter.dtype).unsqueeze(-1)
             state = State(state.deter * keep, state.stoch * keep)
             deter = self.deter_step(state, action[t])
-            prior = self.prior_logits(deter)
+            prior = self.prior_logits(deter, action[t])
             post = self.posterior_logits(deter, embed[t])
             state = State(deter, self._sample(post))
             deters.append(deter)

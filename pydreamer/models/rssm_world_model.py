@@ -39,7 +39,7 @@ class WorldModelOutput(NamedTuple):
 class RSSMWorldModel(RSSMLatent, WorldModel):
     kind = "rssm"
     arch_keys = ("token_embed_dim", "hidden_dim", "embed_dim", "deter_dim", "stoch_dim", "stoch_discrete",
-                 "token_head", "forecast_head", "wm_objective", "contrastive_dim")
+                 "token_head", "forecast_head", "wm_objective", "contrastive_dim", "condition_heads")
     has_latent = True
     # Both ways (base.py): `latent` is what the overshoot loss trains the forecast head for (the better forecast past
     # h = 1 on val), `tokens` goes on from the tokens it drew (the better dreams on val): dream and evaluate choose.
@@ -64,6 +64,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
             stoch_dim=conf["stoch_dim"],
             stoch_discrete=conf["stoch_discrete"],
             hidden_dim=hidden,
+            condition_dim=self.head_condition_dim(conf),
         )
         feat = self.rssm.feature_dim
         self.decoder = TokenDecoder(feat, n_tokens, tokens_per_step, hidden_dim=hidden, head=conf["token_head"])
@@ -72,8 +73,8 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         # step the decoder given one prior draw is sharp and often wrong, and a Monte-Carlo mean over a few
         # draws scores far worse than the model's actual predictive distribution.
         self.forecast_weight = conf["forecast_weight"]
-        self.forecast_head = TokenDecoder(self.rssm.deter_dim, n_tokens, tokens_per_step, hidden_dim=hidden,
-                                     head=conf["token_head"]) if conf["forecast_head"] else None
+        self.forecast_head = TokenDecoder(self.rssm.deter_dim + self.rssm.condition_dim, n_tokens, tokens_per_step,
+                                          hidden_dim=hidden, head=conf["token_head"]) if conf["forecast_head"] else None
         self.overshoot_steps = conf["overshoot_steps"] if self.forecast_head is not None else 0
         self.overshoot_starts = conf["overshoot_starts"]
         self.objective = conf["wm_objective"]
@@ -84,6 +85,11 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         self.contrastive_weight = conf["contrastive_weight"]
         self.reward_head = ScalarHead(feat, hidden)
         self.terminal_head = ScalarHead(feat, hidden)
+
+    def head_condition_dim(self, conf: Mapping[str, Any]) -> int:
+        """Width of the condition the prior and the forecast head read beside h (`condition_heads`), else 0: the
+        condition reaches them only through the GRU, where a dream from nothing must first write it into h."""
+        return self.conditioning.dim if self.conditioning is not None and conf["condition_heads"] else 0
 
     def forward(self, batch: Mapping[str, torch.Tensor], state: State) -> WorldModelOutput:
         batch = self.conditioned_batch(batch)
@@ -111,7 +117,8 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         loss_forecast = zero
         if self.forecast_head is not None:  # h_t has seen steps < t only: predicting step t from it is a forecast
             deter = states.deter.detach() if probe else states.deter
-            loss_forecast = TokenDecoder.nll(self.forecast_head(deter, tokens), tokens).sum(-1).mean()
+            loss_forecast = TokenDecoder.nll(self.forecast_head(self.rssm.with_condition(deter, batch["action"]), tokens),
+                                             tokens).sum(-1).mean()
         nce = {"same": zero, "acc": zero, "multi": zero}
         if probe:  # the positive of step (t, b) is its own embedding; every other step of the batch is a negative
             keys = self.contrastive.keys(embed)
@@ -178,7 +185,8 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
             if 2 <= k <= self.overshoot_steps:  # k = 1 is the observed path's forecast loss already
                 target = tokens[t0 + k, b0]
                 deter = state.deter.detach() if self.contrastive is not None else state.deter
-                nll = TokenDecoder.nll(self.forecast_head(deter, target), target).sum(-1)
+                read = self.rssm.with_condition(deter, action[t0 + k, b0])
+                nll = TokenDecoder.nll(self.forecast_head(read, target), target).sum(-1)
                 total = total + (nll * alive).sum()
                 count = count + alive.sum()
             if k <= self.contrastive_steps:  # the step's true embedding sits at row (t0 + k) * B + b0 of keys
@@ -189,27 +197,30 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         return total / count.clamp_min(1), nce / nce_count.clamp_min(1)
 
     @torch.no_grad()
-    def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8) -> torch.Tensor:
+    def horizon1_probs(self, states: State, prior_logits: torch.Tensor, n_samples: int = 8,
+                       action: torch.Tensor | None = None) -> torch.Tensor:
         """Predictive token probabilities one step ahead [T, B, G, K].
 
         Step t is predicted from h_t (which saw steps < t): by the forecast head, which reads h_t
         alone (exact when its tokens are independent; else averaged over `n_samples` draws of the
         step's earlier tokens), or else by the decoder of z_t drawn from the prior, averaged over
-        `n_samples` draws.
+        `n_samples` draws. `action`: the steps' actions with their condition (the heads that read it).
         """
         if self.forecast_head is not None:
             n = n_samples if self.forecast_head.autoregressive else 1
-            return sum(self.forecast_head.sample(states.deter)[0] for _ in range(n)) / n
+            read = self.rssm.with_condition(states.deter, action)
+            return sum(self.forecast_head.sample(read)[0] for _ in range(n)) / n
         probs = None
         for z in self.rssm.sample_prior(prior_logits, n_samples):
             p = self.decoder.sample(torch.cat([states.deter, z.to(states.deter.dtype)], -1))[0]
             probs = p if probs is None else probs + p
         return probs / n_samples
 
-    def predict_tokens(self, state: State) -> torch.Tensor:
-        """The model's forecast of the tokens of the step `state` stands for [*B, G, K], before they are seen."""
+    def predict_tokens(self, state: State, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's forecast of the tokens of the step `state` stands for [*B, G, K], before they are seen
+        (`action`: the one that led to it, with its condition)."""
         if self.forecast_head is not None:
-            return self.forecast_head.sample(state.deter)[0]
+            return self.forecast_head.sample(self.rssm.with_condition(state.deter, action))[0]
         return self.decoder.sample(RSSM.features(state))[0]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -226,8 +237,9 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         loss_tokens: posterior reconstruction; first steps, which have no past, left out of the three."""
         tokens = batch["tokens"]
         G = tokens.shape[-1]
+        batch = self.conditioned_batch(batch)  # forward's own (it leaves a conditioned batch as it is)
         out = self(batch, self.initial_state(tokens.shape[1], tokens.device))
-        probs = self.horizon1_probs(out.states, out.prior_logits, samples)
+        probs = self.horizon1_probs(out.states, out.prior_logits, samples, batch["action"])
         feats = RSSM.features(out.states)
         reward_pred = self.reward_head(feats).float()
         m1 = mask.clone()
@@ -279,7 +291,7 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
                         s, p, _ = self._token_step(s, action)
                     else:
                         s, _ = self.rssm.imagine_step(s, action)
-                        p = self.predict_tokens(s)  # [n*S, G, K]
+                        p = self.predict_tokens(s, action)  # [n*S, G, K]
                     steps.append(p.reshape(n, samples, *p.shape[1:]).mean(1))
                 out.append(torch.stack(steps, 1))
         return torch.cat(out, 0)
@@ -340,7 +352,8 @@ class RSSMWorldModel(RSSMLatent, WorldModel):
         from [N, G, K], the tokens [N, G]). The forecast is the model's h = 1 prediction from the tokens so far;
         without a forecast head, the decoder of a prior draw. `guidance`: lanes [2N] as in `_rollout`."""
         prior, _ = self.rssm.imagine_step(state, action, temperature, guidance)
-        head, read = (self.forecast_head, prior.deter) if self.forecast_head is not None \
+        head, read = (self.forecast_head, self.rssm.with_condition(prior.deter, action)) \
+            if self.forecast_head is not None \
             else (self.decoder, RSSM.features(prior))
         probs, tokens = head.sample(read, temperature, guidance)
         heard = tokens if guidance is None else torch.cat([tokens, tokens])
