@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pydreamer.dreams.alignment import LabelClassifier, alignment, alignment_metrics, clip_features
+from pydreamer.dreams.alignment import LabelClassifier, alignment, alignment_markdown, alignment_metrics, clip_features
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import build_model, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.conditioning import Conditioning, UnknownCondition
@@ -47,14 +47,15 @@ def _batch(T: int, B: int, language: torch.Tensor) -> dict:
             "reset": reset, "condition": torch.stack([language, torch.zeros_like(language)], -1).expand(T, B, 2)}
 
 
-@pytest.mark.parametrize("world_model", ["rssm", "transformer", "maskgit"])
+@pytest.mark.parametrize("world_model", ["rssm", "rssm+heads", "transformer", "maskgit"])
 def test_a_conditioned_model_dreams_its_condition_and_dropout_leaves_an_unconditioned_one(world_model):
     """Language decides the tokens. After training with label dropout the first dreamt step follows the condition
     given, and the unconditioned model (none) draws both."""
     torch.manual_seed(0)
+    world_model, _, heads = world_model.partition("+")
     conf = load_config(["defaults", "tiny"], ["--world_model", world_model, "--context_steps", "16",
                                               "--condition", "language,voice", "--condition_dropout", "0.3",
-                                              "--adam_lr", "3e-3"])
+                                              "--adam_lr", "3e-3", "--condition_heads", str(bool(heads)).lower()])
     model = Dreamer(conf, 4, 2, 1, conditions=VOCAB)
     opts = model.make_optimizers(conf)
     losses = []
@@ -88,16 +89,19 @@ def test_guided_logits_move_the_unconditioned_distribution_towards_the_condition
 
 @pytest.mark.parametrize("world_model,imagination,head,steps", [
     ("rssm", "tokens", "independent", 10), ("rssm", "latent", "independent", 10),
-    ("rssm", "tokens", "autoregressive", 10), ("transformer", "tokens", "independent", 60)])
+    ("rssm", "tokens", "autoregressive", 10), ("rssm+heads", "tokens", "independent", 10),
+    ("rssm+heads", "latent", "independent", 10), ("transformer", "tokens", "independent", 60)])
 def test_guidance_pushes_a_weakly_conditioned_model_to_its_condition_and_scale_0_unconditions_it(world_model,
                                                                                                  imagination, head,
                                                                                                  steps):
     """Trained briefly, the conditioned model follows its condition only partly; guidance above 1 makes its dreams
     follow it, 1 changes nothing, 0 dreams as the unconditioned model does."""
     torch.manual_seed(0)
+    world_model, _, heads = world_model.partition("+")
     conf = load_config(["defaults", "tiny"], ["--world_model", world_model, "--context_steps", "16",
                                               "--condition", "language", "--condition_dropout", "0.5",
-                                              "--adam_lr", "3e-3", "--token_head", head])
+                                              "--adam_lr", "3e-3", "--token_head", head,
+                                              "--condition_heads", str(bool(heads)).lower()])
     model = Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1])
     opts = model.make_optimizers(conf)
     for step in range(1, steps + 1):  # a few steps: the condition is heard, but weakly
@@ -122,6 +126,22 @@ def test_guidance_pushes_a_weakly_conditioned_model_to_its_condition_and_scale_0
     assert abs(free - unguided_free) < 0.04 and free < plain, (free, unguided_free, plain)
     with pytest.raises(ValueError, match="0 or more"):
         wm.guide(-1.0)
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_with_condition_heads_the_prior_and_forecast_head_read_the_condition_beside_h(heads):
+    """condition_heads: at one deterministic state, another condition changes the prior and the forecast; without
+    it the condition reaches them only through the GRU, so at one state they are the same."""
+    torch.manual_seed(0)
+    conf = load_config(["defaults", "tiny"], ["--condition", "language", "--condition_heads", str(heads).lower()])
+    wm = Dreamer(conf, 4, 2, 1, conditions=VOCAB[:1]).wm
+    deter = torch.randn(3, wm.rssm.deter_dim)
+    actions = [wm.null_action(3, "cpu", ids=torch.full((3, 1), i)) for i in (1, 2)]
+    priors = [wm.rssm.prior_logits(deter, a) for a in actions]
+    forecasts = [wm.predict_tokens(wm.rssm.posterior_step(deter, torch.zeros(3, wm.encoder.out_dim)), a)
+                 for a in actions]
+    assert (not torch.allclose(*priors)) == heads and (not torch.allclose(*forecasts)) == heads
+    assert wm.rssm.condition_dim == (wm.conditioning.dim if heads else 0)
 
 
 def test_models_without_guidance_say_so():
@@ -161,8 +181,9 @@ def _clip(kind: int, seed: int) -> np.ndarray:
     return (shape[None, :] + rng.normal(0, 3, (120, 80)) - 40).astype(np.float32)
 
 
-def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_otherwise(tmp_path):
-    layout = DataLayout.of(tmp_path)
+def _labelled_mels(root) -> None:
+    """40 train clips in de/en and 6 test clips in de/en/fr, each language its own band shape (fr like de)."""
+    layout = DataLayout.of(root)
     for split, n in (("train", 40), ("test", 6)):
         with ShardWriter(layout.mels(split)) as w:
             for i in range(n):
@@ -172,6 +193,11 @@ def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_o
                 w.add(per_step={"mel": ((db - mean) / std).astype("float16")},
                       per_utterance={"utterance_id": f"u{i}", "mean": mean, "std": std,
                                      "label_language": ("de", "en", "fr")[value]})
+
+
+def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_otherwise(tmp_path):
+    _labelled_mels(tmp_path)
+    layout = DataLayout.of(tmp_path)
     clf = LabelClassifier.fit(layout, "language", ["de", "en"])
     assert clf.real_accuracy == 1.0 and clf.n_held_out == 8
     assert clf.n_test == 4 and clf.test_accuracy == 1.0  # the test clips in 'fr' (not a train value) left out
@@ -184,3 +210,22 @@ def test_the_classifier_hears_the_label_of_clips_like_its_real_ones_and_chance_o
     assert clip_features(_clip(0, 1)).shape == clip_features(_clip(0, 1)[:30]).shape
     with pytest.raises(ValueError, match="carry 1 of the 2 values"):
         LabelClassifier.fit(layout, "language", ["de", "fr"])
+    assert np.isnan(clf.tokenized_accuracy) and "dream/condition/language/tokenized_acc" not in metrics
+
+
+def test_the_classifier_reports_what_perfect_tokens_of_real_clips_score(tmp_path):
+    """A tokenizer that keeps the label's cue (a blur across bands) leaves real clips recognised; one that erases
+    it (every clip the same shape) takes tokenized clips to chance, while the recorded ones are still named."""
+    _labelled_mels(tmp_path)
+    layout = DataLayout.of(tmp_path)
+    blur = lambda db: np.convolve(db.mean(0), np.ones(5) / 5, "same")[None].repeat(len(db), 0) + db * 0.1
+    kept = LabelClassifier.fit(layout, "language", ["de", "en"], roundtrip=blur)
+    assert kept.tokenized_accuracy == 1.0 and kept.tokenized_test_accuracy == 1.0 and kept.test_accuracy == 1.0
+    erase = lambda db: _clip(0, int(abs(db.sum())) % 1000)
+    lost = LabelClassifier.fit(layout, "language", ["de", "en"], roundtrip=erase)
+    assert lost.tokenized_accuracy <= 0.75 and lost.real_accuracy == 1.0
+    result = alignment(lost, {"de": [_clip(0, 100 + i) for i in range(4)]})
+    assert result["tokenized_acc"] == lost.tokenized_accuracy
+    metrics = alignment_metrics({"language": result})
+    assert metrics["dream/condition/language/tokenized_test_acc"] == lost.tokenized_test_accuracy
+    assert "through the tokenizer" in alignment_markdown({"language": result})

@@ -385,6 +385,7 @@ def test_conditioned_dreams_a_row_per_value_scored_by_a_classifier_and_unknown_v
     score = summary["alignment"]["language"]
     assert score["n"] == 4 and score["chance"] == 0.5 and 0.0 <= score["acc"] <= 1.0
     assert 0.0 <= summary["metrics"]["dream/condition/language/real_acc"] <= 1.0
+    assert 0.0 <= summary["metrics"]["dream/condition/language/tokenized_acc"] <= 1.0  # real clips through the tokenizer
     assert "Conditional alignment" in (out / "acoustics.md").read_text()
     assert summary["metrics"]["dream/condition/guidance"] == 1.0
     fixed = tmp_path / "es"

@@ -287,7 +287,8 @@ def dream_and_measure(args: argparse.Namespace, setup: Setup) -> DreamResults:
     say("dream", f"measuring the dreams beside {len(real[:args.real_clips])} real {args.split}-split clips")
     measure(r, dreamer, [db for _, db in real[:args.real_clips]], n_user=len(user), kind_of=_kind_of(layout.root))
     r.not_measured = not_measured(r, args, len(pool), min_frames / fps)
-    r.alignment = score_alignment(args, layout, r, setup.model.wm)
+    r.alignment = score_alignment(args, layout, r, setup.model.wm,
+                                  None if setup.model.wm.observes == "mel" else codec.roundtrip)
     r.metrics.update(alignment_metrics(r.alignment, args.guidance if args.guided else 1.0))
     r.seconds = time.time() - t_start
     return r
@@ -339,19 +340,22 @@ def dream_all(args: argparse.Namespace, setup: Setup, dreamer, real: list, promp
     return user
 
 
-def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm) -> dict:
-    """Per conditioned label, a classifier fitted on real train clips names each conditioned dream's value: the
-    rows of a LABEL (each value's dreams), or a LABEL=VALUE's dreams from nothing. {} when the corpus' clips
-    carry no such labels (a note says so)."""
-    from pydreamer.dreams.alignment import LabelClassifier, alignment
+def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm, roundtrip=None) -> dict:
+    """Per conditioned label, a classifier fitted on real train clips (as recorded and, with the tokenizer's
+    `roundtrip`, as their tokens sound) names each conditioned dream's value: the rows of a LABEL (each value's
+    dreams), or a LABEL=VALUE's dreams from nothing. {} when the corpus' clips carry no such labels (a note says so)."""
+    from pydreamer.dreams.alignment import LabelClassifier, RealClips, alignment
 
-    out = {}
+    out, clips = {}, {}
     for label in [*args.rows, *[f for f in args.fixed if f not in args.rows]]:
         dreams = ({k.split("=", 1)[1]: [d.db for d in ds] for k, ds in r.conditioned.items()
                    if k.split("=", 1)[0] == label} if label in args.rows
                   else {args.fixed[label]: [d.db for d in r.uncond]})
         try:
-            classifier = LabelClassifier.fit(layout, label, dict(wm.conditioning.vocabulary)[label], seed=args.seed)
+            if not clips:  # read once for every label
+                clips = {split: RealClips.read(layout, split, roundtrip) for split in ("train", "test")}
+            classifier = LabelClassifier.fit(layout, label, dict(wm.conditioning.vocabulary)[label], seed=args.seed,
+                                             roundtrip=roundtrip, clips=clips)
         except (ValueError, OSError) as e:
             r.notes.append(f"no alignment score for {label}: {e}")
             continue
