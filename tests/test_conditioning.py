@@ -166,6 +166,22 @@ def test_a_checkpoint_rebuilds_the_conditioned_model_with_its_vocabulary(tmp_pat
             pass
 
 
+def test_a_conditioned_checkpoint_from_before_condition_heads_rebuilds_and_dreams(tmp_path):
+    """Bug: checkpoints written before the key existed were refused ("trained as another model: condition_heads
+    None"). Without the key they are the model whose condition reaches the heads through the GRU alone."""
+    conf = load_config(["defaults", "tiny"], ["--condition", "language"])
+    model = Dreamer(conf, 8, 2, 1, conditions=VOCAB[:1])
+    save_checkpoint(tmp_path / "c.pt", model, None, 3)
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    ckpt["model_args"]["conf"].pop("condition_heads")  # as written before the key
+    heads_on = load_config(["defaults", "tiny"], ["--condition", "language", "--condition_heads", "true"])
+    again = build_model(ckpt, heads_on)
+    assert restore(ckpt, again) == 3 and again.wm.rssm.condition_dim == 0
+    assert restore(ckpt, Dreamer(conf, 8, 2, 1, conditions=VOCAB[:1])) == 3
+    with pytest.raises(ValueError, match="condition_heads"):
+        restore(ckpt, Dreamer(heads_on, 8, 2, 1, conditions=VOCAB[:1]))
+
+
 def test_bad_condition_names_are_refused_at_load():
     with pytest.raises(ConfigError, match="'condition'.*label names without repeats"):
         load_config(["defaults", "tiny"], ["--condition", "Language"])

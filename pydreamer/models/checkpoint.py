@@ -92,6 +92,10 @@ def restore(checkpoint: Mapping[str, Any], model: torch.nn.Module, optimizers: M
     return int(checkpoint["step"])
 
 
+# Architecture keys added after checkpoints were written: a checkpoint without one was trained as this value.
+ARCH_KEYS_ADDED = {"condition_heads": False}
+
+
 def args_differ(checkpoint: Mapping[str, Any], model: torch.nn.Module) -> str:
     """'' when the checkpoint's model_args are the model's (or it has none), else which keys differ and how."""
     saved, mine = dict(checkpoint.get("model_args") or {}), model.model_args() if hasattr(model, "model_args") else {}
@@ -99,6 +103,7 @@ def args_differ(checkpoint: Mapping[str, Any], model: torch.nn.Module) -> str:
         return ""
     flat = lambda a: {**{k: v for k, v in a.items() if k != "conf"}, **a.get("conf", {})}  # noqa: E731
     saved, mine = flat(saved), flat(mine)
+    saved.update({k: v for k, v in ARCH_KEYS_ADDED.items() if k in mine and k not in saved})
     return ", ".join(f"{k} {saved.get(k)!r} (this config: {mine.get(k)!r})"
                      for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
 
@@ -115,5 +120,5 @@ def build_model(checkpoint: Mapping[str, Any], conf: Mapping[str, Any], dims: Ma
         if not dims:
             raise ValueError("the checkpoint records neither its model_args nor its dims, and none were given")
         return Dreamer(conf, **dims)
-    merged = {**dict(conf), **args.pop("conf", {}), "world_model": args.pop("world_model")}
+    merged = {**dict(conf), **ARCH_KEYS_ADDED, **args.pop("conf", {}), "world_model": args.pop("world_model")}
     return Dreamer(merged, **args)
