@@ -82,10 +82,10 @@ class RealClips:
 
 @dataclass
 class LabelClassifier:
-    """A classifier of one label on `clip_features` (an RBF support-vector machine: on the built-in corpus' val
-    split it named the language of recorded and of tokenized clips more often than a logistic regression),
-    fitted on real train-split clips, as recorded and, with the tokenizer's round trip, as their tokens sound: a
-    dream is heard through the tokenizer's decoder, so the classifier must know a language in that form too."""
+    """A classifier of one label on `clip_features` (an RBF support-vector machine or a logistic regression,
+    whichever cross-validates better on the train clips), fitted on real train-split clips as recorded and, with
+    the tokenizer's round trip, as their tokens sound: a dream is heard through the tokenizer's decoder, so the
+    classifier must know a language in that form too."""
 
     label: str
     values: list[str]
@@ -107,7 +107,9 @@ class LabelClassifier:
         """Fit on the train split's clips that carry one of `values` (`label_<label>` in its log-mel shards);
         `clips`: the splits already read (RealClips.read, with the same round trip). ValueError when fewer than two
         values have clips."""
-        from sklearn.pipeline import make_pipeline
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV, GroupKFold
+        from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
@@ -123,9 +125,15 @@ class LabelClassifier:
         order = np.random.default_rng(seed).permutation(len(y))[:max_clips]
         n_out = max(1, int(round(HELD_OUT * len(order))))
         out, fit = order[:n_out], order[n_out:]
-        train_x, train_y = (np.concatenate([x[fit], xt[fit]]), np.concatenate([y[fit], y[fit]])) if xt is not None \
-            else (x[fit], y[fit])
-        model = make_pipeline(StandardScaler(), SVC(C=3.0, random_state=seed)).fit(train_x, train_y)
+        both = xt is not None
+        train_x = np.concatenate([x[fit], xt[fit]]) if both else x[fit]
+        train_y, groups = np.tile(y[fit], 2 if both else 1), np.tile(fit, 2 if both else 1)  # an utterance: one group
+        # Which classifier, by cross-validation over the fitted utterances (both forms of one in the same fold)
+        pipe = Pipeline([("scale", StandardScaler()), ("clf", SVC())])
+        grid = [{"clf": [SVC(C=3.0)]}, {"clf": [LogisticRegression(max_iter=3000, C=0.1)]}]
+        folds = min(3, int(np.bincount(y[fit]).min())) if len(fit) else 0
+        model = (GridSearchCV(pipe, grid, cv=GroupKFold(folds)).fit(train_x, train_y, groups=groups).best_estimator_
+                 if folds >= 2 else pipe.fit(train_x, train_y))
         hit = model.predict(x[out]) == y[out]
         per_value = {values[v]: float(hit[y[out] == v].mean()) for v in np.unique(y[out])}
         score = lambda feats, ys: float((model.predict(feats) == ys).mean()) if len(ys) else float("nan")
