@@ -74,15 +74,19 @@ def forecast_table(a: argparse.Namespace) -> list[str]:
 
 
 def dream_folder(a: argparse.Namespace, run_id: str, scale: float) -> Path:
-    """`python -m pydreamer.dream` of a row of dreams from nothing per value of each label, at a guidance scale."""
+    """`python -m pydreamer.dream` of a row of dreams from nothing per value of each label, at a guidance scale, and
+    (at the first scale) two unconditioned completions of each of `--prompts` test utterances."""
+    prompts = a.prompts if scale == a.guidance[0] else 0
     out = Path(a.out) / (f"{run_id[:8]}-guidance{scale:g}-seed{a.dream_seed}"
-                         + (f"-T{a.temperature:g}" if a.temperature != 1 else "") + f"-n{a.grid_dreams}")
+                         + (f"-T{a.temperature:g}" if a.temperature != 1 else "") + f"-n{a.grid_dreams}"
+                         + (f"-p{prompts}" if prompts else ""))
     if not (out / "summary.json").exists():
         cmd = [sys.executable, "-m", "pydreamer.dream", "--run", run_id, "--mlflow_dir", a.cond_store,
                *[x for label in a.labels or () for x in ("--condition", label)], "--dream_guidance", f"{scale:g}",
                "--grid_dreams", str(a.grid_dreams), "--seed", str(a.dream_seed), "--temperature", f"{a.temperature:g}",
                "--dream_unconditional", "0",
-               "--dream_warm", "0", "--dream_test_prompts", "0", "--dream_real_clips", "0", "--no-dream_perceptual",
+               "--dream_warm", "0", "--dream_test_prompts", str(prompts), "--dream_samples", "2",
+               "--dream_real_clips", "0", "--no-dream_perceptual",
                "--vocoder", "griffinlim", "--dream_griffin_lim_iters", "1", "--out", str(out), "--no_log"]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
@@ -116,6 +120,24 @@ def alignment_table(a: argparse.Namespace) -> list[str]:
     return md
 
 
+def completion_table(a: argparse.Namespace) -> list[str]:
+    """Per label: how often unconditioned completions of test prompts are named as their prompt's value, beside the
+    true continuations through the tokenizer: the same models asked by a prompt instead of a label."""
+    scores = [json.loads((dream_folder(a, r, a.guidance[0]) / "summary.json").read_text())["alignment"] for r in a.cond]
+    md = ["| label | completions named as their prompt's value (mean over runs, 95% t) | per run | true continuations "
+          "through the tokenizer | chance |", "|---|---|---|---|---|"]
+    for label in a.labels or list(dict.fromkeys(k for s in scores for k in s)):
+        got = [s[label]["completions"] for s in scores if s.get(label, {}).get("completions", {}).get("n")]
+        if got:
+            acc = [g["acc"] for g in got]
+            m, half = t_interval(acc)
+            md.append(f"| {label} | {m:.1%}" + (f" ± {half:.1%}" if np.isfinite(half) else "")
+                      + f" (n={got[0]['n']} each) | {', '.join(f'{x:.0%}' for x in acc)} | "
+                      f"{np.mean([g['true_acc'] for g in got]):.1%} (n={got[0]['true_n']}) | "
+                      f"{scores[0][label]['chance']:.1%} |")
+    return md if len(md) > 2 else []
+
+
 def _both(scores: list[dict], recorded: str, tokenized: str) -> str:
     """The mean over runs of a real-clip accuracy as recorded / through the tokenizer (dreams made before the
     tokenized score: the recorded alone)."""
@@ -135,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid_dreams", type=int, default=8, help="dreams from nothing per value")
     p.add_argument("--dream_seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits of every draw")
+    p.add_argument("--prompts", type=int, default=16, help="test utterances completed unconditioned (0: none)")
     p.add_argument("--out", default="bench-out/conditioning")
     a = p.parse_args(argv)
     a.cond = [r for r in a.cond.split(",") if r]
@@ -149,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     md += [f"Alignment of dreams from nothing ({a.grid_dreams} per value, dream seed {a.dream_seed}, temperature "
            f"{a.temperature:g}):", "",
            *alignment_table(a), ""]
+    kept = completion_table(a) if a.prompts else []
+    if kept:
+        md += [f"Completions of {a.prompts} test prompts (2 each, dreamt unconditioned; the dreamt part scored):", "",
+               *kept, ""]
     text = "\n".join(md)
     print(text)
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pydreamer.dreams.alignment import LabelClassifier, alignment, alignment_markdown, alignment_metrics, clip_features
+from pydreamer.dreams.alignment import LabelClassifier, RealClips, alignment, alignment_markdown, alignment_metrics, \
+    clip_features, prompt_kept
 from pydreamer.models import Dreamer
 from pydreamer.models.checkpoint import build_model, load_checkpoint, restore, save_checkpoint
 from pydreamer.models.conditioning import Conditioning, UnknownCondition
@@ -245,3 +246,17 @@ def test_the_classifier_reports_what_perfect_tokens_of_real_clips_score(tmp_path
     metrics = alignment_metrics({"language": result})
     assert metrics["dream/condition/language/tokenized_test_acc"] == lost.tokenized_test_accuracy
     assert "through the tokenizer" in alignment_markdown({"language": result})
+
+
+def test_completions_are_scored_on_keeping_their_prompts_value(tmp_path):
+    _labelled_mels(tmp_path)
+    clf = LabelClassifier.fit(DataLayout.of(tmp_path), "language", ["de", "en"])
+    de, en = ([_clip(k, 700 + i) for i in range(2)] for k in (0, 1))
+    kept = prompt_kept(clf, [("de", de, _clip(0, 800)), ("en", en, None), ("fr", de, _clip(0, 801)),
+                             ("en", de, _clip(1, 802))])  # fr: no train value; the last prompt's dreams lost it
+    assert kept["n"] == 6 and kept["acc"] == 4 / 6 and kept["true_n"] == 2 and kept["true_acc"] == 1.0
+    result = {**alignment(clf, {"de": de}), "completions": kept}
+    assert alignment_metrics({"language": result})["dream/condition/language/completion_acc"] == 4 / 6
+    assert "Completions of real prompts (dreamt unconditioned) are named as their prompt's language 66.7%" \
+        in alignment_markdown({"language": result})
+    assert RealClips.read(DataLayout.of(tmp_path), "test").label_of("u2", "language") == "fr"

@@ -57,20 +57,27 @@ class RealClips:
     labels: list[dict[str, str]]
     recorded: list[np.ndarray]
     tokenized: list[np.ndarray] | None
+    ids: list[str] = field(default_factory=list)  # each clip's utterance id
+
+    def label_of(self, utterance_id: str, label: str) -> str | None:
+        """The `label` value of one utterance of the split (None: not among its clips, or unlabelled)."""
+        where = {u: i for i, u in enumerate(self.ids)}.get(str(utterance_id))
+        return None if where is None else self.labels[where].get(label)
 
     @classmethod
     def read(cls, layout: DataLayout, split: str, roundtrip: Roundtrip | None = None) -> "RealClips":
-        labels, recorded, tokenized = [], [], [] if roundtrip is not None else None
+        labels, recorded, tokenized, ids = [], [], [] if roundtrip is not None else None, []
         folder = layout.mels(split)
         for u in iter_utterances(folder) if folder.is_dir() else ():
             if len(u["mel"]) < 8:
                 continue
             db = u["mel"].astype(np.float32) * float(u["std"]) + float(u["mean"])
             labels.append({k[len("label_"):]: str(v) for k, v in u.items() if k.startswith("label_")})
+            ids.append(str(u.get("utterance_id", "")))
             recorded.append(clip_features(db))
             if tokenized is not None:
                 tokenized.append(clip_features(roundtrip(db)))
-        return cls(labels, recorded, tokenized)
+        return cls(labels, recorded, tokenized, ids)
 
     def of(self, label: str, values: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(recorded features, value indices, tokenized features or None) of the clips carrying one of `values`."""
@@ -165,6 +172,22 @@ def alignment(classifier: LabelClassifier, dreams: Mapping[str, Sequence[np.ndar
             "tokenized_test_acc": classifier.tokenized_test_accuracy, "per_value": per_value}
 
 
+def prompt_kept(classifier: LabelClassifier, completions: Sequence[tuple[str, Sequence[np.ndarray], np.ndarray | None]],
+                roundtrip: Roundtrip | None = None) -> dict:
+    """Do unconditioned completions keep their prompt's value? Per completion (the prompt's value, its dreams' log-mels
+    after the prompt, the true continuation's log-mel or None): how often a dream is named as the prompt's value,
+    beside the true continuation (through the tokenizer's `roundtrip` when given): the same model asked by a
+    prompt instead of a label, and its ceiling."""
+    values = [(v, d) for v, ds, _ in completions if v in classifier.values for d in ds if len(d) >= 8]
+    truth = [(v, roundtrip(t) if roundtrip is not None else t) for v, _, t in completions
+             if v in classifier.values and t is not None and len(t) >= 50]  # half a second of it at least
+    named = classifier.predict([d for _, d in values])
+    true_named = classifier.predict([t for _, t in truth])
+    return {"acc": float(np.mean([n == v for n, (v, _) in zip(named, values)])) if values else float("nan"),
+            "n": len(values), "true_acc": float(np.mean([n == v for n, (v, _) in zip(true_named, truth)]))
+            if truth else float("nan"), "true_n": len(truth), "tokenized": roundtrip is not None}
+
+
 def alignment_metrics(results: Mapping[str, dict], guidance: float = 1.0) -> dict[str, float]:
     """`dream/condition/{label}/acc`, `/chance`, `/real_acc`, `/over_chance`, and where measured `/real_test_acc` and
     the same clips through the tokenizer (`/tokenized_acc`, `/tokenized_test_acc`) of each label scored, and the
@@ -179,6 +202,9 @@ def alignment_metrics(results: Mapping[str, dict], guidance: float = 1.0) -> dic
         for key in ("tokenized_acc", "tokenized_test_acc") if r.get("real_test_n") else ("tokenized_acc",):
             if np.isfinite(r.get(key, float("nan"))):
                 out[f"{base}/{key}"] = r[key]
+        kept = r.get("completions") or {}
+        if kept.get("n"):
+            out[f"{base}/completion_acc"] = kept["acc"]
     return out
 
 
@@ -190,7 +216,8 @@ def alignment_markdown(results: Mapping[str, dict], guidance: float = 1.0) -> st
     how = (f"dreams guided at scale {guidance:g} (classifier-free guidance, --dream_guidance)" if guidance != 1
            else "dreams as trained, not guided")
     md = ["Conditional alignment: a classifier of each label fitted on real train clips, as recorded and as their "
-          f"tokens sound (per-band log-mel statistics, RBF support-vector machine), names the value of every "
+          f"tokens sound (per-band log-mel statistics; a support-vector machine or a logistic regression, whichever "
+          f"cross-validates better), names the value of every "
           f"conditioned dream ({how}). Real clips are scored as recorded / through the tokenizer:", "",
           "| label | dreams classified as their condition | chance | real held-out train clips | real test clips "
           "| per value |", "|---|---|---|---|---|---|"]
@@ -201,4 +228,11 @@ def alignment_markdown(results: Mapping[str, dict], guidance: float = 1.0) -> st
                 else "none (no test clip has a train value)")
         md.append(f"| {label} | {r['acc']:.1%} (n={r['n']}) | {r['chance']:.1%} | "
                   f"{both(r, 'real_acc', 'tokenized_acc')} (n={r['real_n']}) | {test} | {values} |")
+    for label, r in results.items():
+        kept = r.get("completions") or {}
+        if kept.get("n"):
+            md += ["", f"Completions of real prompts (dreamt unconditioned) are named as their prompt's {label} "
+                   f"{kept['acc']:.1%} of the time (n={kept['n']}); the true continuations"
+                   + (" through the tokenizer" if kept["tokenized"] else "")
+                   + (f" {kept['true_acc']:.1%} (n={kept['true_n']})." if kept["true_n"] else ": none long enough.")]
     return "\n".join(md) + "\n"

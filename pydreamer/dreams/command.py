@@ -343,8 +343,9 @@ def dream_all(args: argparse.Namespace, setup: Setup, dreamer, real: list, promp
 def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm, roundtrip=None) -> dict:
     """Per conditioned label, a classifier fitted on real train clips (as recorded and, with the tokenizer's
     `roundtrip`, as their tokens sound) names each conditioned dream's value: the rows of a LABEL (each value's
-    dreams), or a LABEL=VALUE's dreams from nothing. {} when the corpus' clips carry no such labels (a note says so)."""
-    from pydreamer.dreams.alignment import LabelClassifier, RealClips, alignment
+    dreams), or a LABEL=VALUE's dreams from nothing; and, where the label was not fixed, whether the completions of
+    `--split` prompts keep their prompt's value. {} when the corpus' clips carry no such labels (a note says so)."""
+    from pydreamer.dreams.alignment import LabelClassifier, RealClips, alignment, prompt_kept
 
     out, clips = {}, {}
     for label in [*args.rows, *[f for f in args.fixed if f not in args.rows]]:
@@ -353,13 +354,18 @@ def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm, round
                   else {args.fixed[label]: [d.db for d in r.uncond]})
         try:
             if not clips:  # read once for every label
-                clips = {split: RealClips.read(layout, split, roundtrip) for split in ("train", "test")}
+                clips = {split: RealClips.read(layout, split, roundtrip) for split in {"train", "test", args.split}}
             classifier = LabelClassifier.fit(layout, label, dict(wm.conditioning.vocabulary)[label], seed=args.seed,
                                              roundtrip=roundtrip, clips=clips)
         except (ValueError, OSError) as e:
             r.notes.append(f"no alignment score for {label}: {e}")
             continue
         out[label] = alignment(classifier, dreams)
+        if label not in args.fixed and r.completions:  # completions dreamt unconditioned: do they keep the prompt's?
+            after = lambda d: d.db[int(round(d.prompt_s * r.frames_per_second)):]  # noqa: E731 (the dreamt part)
+            out[label]["completions"] = prompt_kept(classifier, [
+                (clips[args.split].label_of(c.clip.name, label), [after(d) for d in c.dreams], c.clip.continuation_db)
+                for c in r.completions], roundtrip)
     return out
 
 
