@@ -1,11 +1,11 @@
 """Conditioned world models against their two targets, from run ids: the README's conditioning tables.
 
     python bench/conditioning.py --cond_store M1 --cond ID0,ID1,ID2 --uncond_store M2 --uncond ID0,ID1,ID2
-        [--guidance 1 3] [--dream_seed 0] [--temperature 1] [--grid_dreams 8] [--labels language ...]
+        [--guidance 1 3] [--dream_seed 0] [--temperature 1] [--grid_dreams 8] [--prompts 16] [--labels language ...]
         [--out bench-out/conditioning]
 
 `--cond` are runs of one conditioned recipe (e.g. `--condition language,voice`), one per seed; `--uncond` the
-same recipe unconditioned, the same seeds in the same order (the seed pairs them). Two tables:
+same recipe unconditioned, the same seeds in the same order (the seed pairs them). Three tables:
 
 1. forecasts: the conditioned model's unconditioned forecast (the label dropped, what `evaluate` scores) against
    the unconditioned model's, test NLL at h = 1, 5, 15: each mean over seeds, the difference paired by seed with
@@ -14,7 +14,9 @@ same recipe unconditioned, the same seeds in the same order (the seed pairs them
    classifier of `pydreamer/dreams/alignment.py` (fitted on real train clips as recorded and through the
    tokenizer), mean accuracy over the runs with its t-interval, beside chance and the classifier on real clips as
    recorded and through the tokenizer (what perfect tokens score: the ceiling for a dream); targets: language >=
-   80%, voice >= 3x chance.
+   80%, voice >= 3x chance;
+3. completions: how often two unconditioned completions of each of `--prompts` test utterances are named as their
+   prompt's value (the dreamt part only), beside the true continuations through the tokenizer.
 
 The dreams are made by `python -m pydreamer.dream` into `--out` (nothing logged into the runs; a folder already
 there is read again, not remade). Alignment reads the dreams' log-mels, not their audio, so they are heard through

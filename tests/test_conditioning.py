@@ -260,3 +260,6 @@ def test_completions_are_scored_on_keeping_their_prompts_value(tmp_path):
     assert "Completions of real prompts (dreamt unconditioned) are named as their prompt's language 66.7%" \
         in alignment_markdown({"language": result})
     assert RealClips.read(DataLayout.of(tmp_path), "test").label_of("u2", "language") == "fr"
+    few = RealClips.read(DataLayout.of(tmp_path), "train", max_clips=5)  # a large split: a random 5 read, all known
+    assert len(few.recorded) == 5 and len(few.labels) == 5 and few.tokenized is None
+    assert [few.label_of(f"u{i}", "language") for i in range(4)] == ["de", "en", "de", "en"]

@@ -52,32 +52,36 @@ Roundtrip = Callable[[np.ndarray], np.ndarray]  # a real log-mel (dB) through th
 class RealClips:
     """One split's real clips as the classifier reads them: each clip's labels, its features as recorded, and
     (with the tokenizer's round trip) its features as perfect tokens of it sound. Read once, every label's
-    classifier uses them."""
+    classifier uses them; a split of more than `max_clips` clips is read as a random `max_clips` of them (the round
+    trip is the cost), while every clip's labels stay known (`label_of`)."""
 
     labels: list[dict[str, str]]
     recorded: list[np.ndarray]
     tokenized: list[np.ndarray] | None
-    ids: list[str] = field(default_factory=list)  # each clip's utterance id
+    every: dict[str, dict[str, str]] = field(default_factory=dict)  # utterance id -> labels, of every clip
 
     def label_of(self, utterance_id: str, label: str) -> str | None:
         """The `label` value of one utterance of the split (None: not among its clips, or unlabelled)."""
-        where = {u: i for i, u in enumerate(self.ids)}.get(str(utterance_id))
-        return None if where is None else self.labels[where].get(label)
+        return self.every.get(str(utterance_id), {}).get(label)
 
     @classmethod
-    def read(cls, layout: DataLayout, split: str, roundtrip: Roundtrip | None = None) -> "RealClips":
-        labels, recorded, tokenized, ids = [], [], [] if roundtrip is not None else None, []
+    def read(cls, layout: DataLayout, split: str, roundtrip: Roundtrip | None = None, max_clips: int = 4000,
+             seed: int = 0) -> "RealClips":
         folder = layout.mels(split)
-        for u in iter_utterances(folder) if folder.is_dir() else ():
-            if len(u["mel"]) < 8:
+        clips = lambda: (u for u in (iter_utterances(folder) if folder.is_dir() else ()) if len(u["mel"]) >= 8)  # noqa: E731
+        labels_of = lambda u: {k[len("label_"):]: str(v) for k, v in u.items() if k.startswith("label_")}  # noqa: E731
+        every = [(str(u.get("utterance_id", "")), labels_of(u)) for u in clips()]
+        chosen = set(np.random.default_rng(seed).permutation(len(every))[:max_clips].tolist())
+        labels, recorded, tokenized = [], [], [] if roundtrip is not None else None
+        for i, u in enumerate(clips()):
+            if i not in chosen:
                 continue
             db = u["mel"].astype(np.float32) * float(u["std"]) + float(u["mean"])
-            labels.append({k[len("label_"):]: str(v) for k, v in u.items() if k.startswith("label_")})
-            ids.append(str(u.get("utterance_id", "")))
+            labels.append(labels_of(u))
             recorded.append(clip_features(db))
             if tokenized is not None:
                 tokenized.append(clip_features(roundtrip(db)))
-        return cls(labels, recorded, tokenized, ids)
+        return cls(labels, recorded, tokenized, dict(every))
 
     def of(self, label: str, values: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(recorded features, value indices, tokenized features or None) of the clips carrying one of `values`."""
@@ -124,7 +128,7 @@ class LabelClassifier:
         clips = dict(clips or {})
         for split in ("train", "test"):
             if split not in clips:
-                clips[split] = RealClips.read(layout, split, roundtrip)
+                clips[split] = RealClips.read(layout, split, roundtrip, max_clips, seed)
         x, y, xt = clips["train"].of(label, values)
         if len(set(y.tolist())) < 2:
             raise ValueError(f"{layout.mels('train')}: train clips carry {len(set(y.tolist()))} of the {len(values)} "
