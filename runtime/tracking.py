@@ -1,9 +1,11 @@
 """MLflow set-up shared by every process: a local SQLite store unless MLFLOW_TRACKING_URI says otherwise."""
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -58,13 +60,35 @@ def setup_mlflow(conf: Mapping[str, Any]) -> str:
     uri = tracking_uri(conf)
     mlflow.set_tracking_uri(uri)
     name = conf.get("experiment", "audio-world-model")
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(uri, conf))
-    else:
-        exp_id = exp.experiment_id
+    with _first_use(uri):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(uri, conf))
+        else:
+            exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+@contextmanager
+def _first_use(uri: str) -> Iterator[None]:
+    """One process at a time creates or upgrades a local SQLite store and its experiment (bug: two launches into
+    one new store at once both ran MLflow's schema migration, and one died on "duplicate column name: step").
+    A database server or tracking server orders this itself."""
+    db = None
+    if urlparse(uri).scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        db = make_url(uri).database
+    if not db or db == ":memory:":
+        yield
+        return
+    with open(f"{Path(db).resolve()}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def params_of(conf: Mapping[str, Any]) -> dict[str, str]:

@@ -209,3 +209,26 @@ def test_curves_and_root_artifacts(chosen, tmp_path, monkeypatch):
     log_root_artifact(run, picture, "horizons_test.png")
     names = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
     assert names == ["horizons_test.png"] and (local_artifact_dir(run) / "horizons_test.png").read_bytes() == b"png"
+
+
+def _set_up_store(folder: str, barrier) -> str:
+    """In a fresh process: wait for the other, then set up the same new store at once."""
+    import os
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    barrier.wait(timeout=60)
+    return setup_mlflow({"mlflow_dir": folder, "experiment": "two-at-once"})
+
+
+def test_two_processes_set_up_one_new_store_at_once(tmp_path):
+    """Bug: two launches into one new SQLite store both ran MLflow's schema migration, and one died on
+    "duplicate column name: step". Both now get the one experiment."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = mp.get_context("spawn")
+    barrier = context.Manager().Barrier(2)
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        ids = [f.result(timeout=300) for f in [pool.submit(_set_up_store, str(tmp_path), barrier) for _ in range(2)]]
+    assert ids[0] == ids[1]
+    assert (tmp_path / "mlflow.db.lock").exists()
