@@ -354,7 +354,8 @@ def score_alignment(args: argparse.Namespace, layout, r: DreamResults, wm, round
                   else {args.fixed[label]: [d.db for d in r.uncond]})
         try:
             if not clips:  # read once for every label
-                clips = {split: RealClips.read(layout, split, roundtrip, seed=args.seed)
+                clips = {split: RealClips.read(layout, split, roundtrip if split in ("train", "test") else None,
+                                               seed=args.seed)  # the prompts' split: only its labels are asked
                          for split in {"train", "test", args.split}}
             classifier = LabelClassifier.fit(layout, label, dict(wm.conditioning.vocabulary)[label], seed=args.seed,
                                              roundtrip=roundtrip, clips=clips)
